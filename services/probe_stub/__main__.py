@@ -1,0 +1,3 @@
+from services.probe_stub.entrypoint import main
+
+main()

@@ -1,0 +1,23 @@
+"""Bearer tokens for the stand-in; `python -m services.probe_stub.token` prints one for local runs."""
+
+import time
+
+import jwt
+
+from services.probe_stub.settings import ProbeStubSettings
+
+
+def make_token(secret: str, subject: str = "mailing-sender", ttl_seconds: int | None = None) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": subject, "iat": now}
+    if ttl_seconds is not None:
+        claims["exp"] = now + ttl_seconds
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def main() -> None:
+    print(make_token(ProbeStubSettings().jwt_secret))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Connecting to RabbitMQ, publishing with confirms, and the one consumer wrapper that acks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from loguru import logger
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shared.contracts import C, Contract, decode
+
+CONNECT_ERRORS = (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError)
+
+
+async def connect(url: str, *, give_up_after: float = 60.0) -> AbstractRobustConnection:
+    """A robust connection; waits (with growing pauses) for a broker that is still starting."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(CONNECT_ERRORS),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(give_up_after),
+        reraise=True,
+    ):
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                logger.warning("RabbitMQ not reachable yet, retrying (attempt {})", attempt.retry_state.attempt_number)
+            return await aio_pika.connect_robust(url, timeout=10)
+    raise AssertionError("unreachable")
+
+
+async def confirm_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+def amqp_message(body: bytes, *, message_id: str | None = None) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+    )
+
+
+class Publisher:
+    """Publishes contracts with publisher confirms and `mandatory`, confirming a batch as a stream."""
+
+    def __init__(self, exchange: AbstractExchange) -> None:
+        self.exchange = exchange
+
+    async def publish(self, contract: Contract, routing_key: str, *, message_id: str | None = None) -> None:
+        await self.exchange.publish(amqp_message(contract.encode(), message_id=message_id), routing_key)
+
+    async def publish_many(self, items: Iterable[tuple[Contract, str]]) -> None:
+        """Publish every item and return once the broker confirmed all of them; raises if any failed."""
+        results = await asyncio.gather(
+            *(self.exchange.publish(amqp_message(c.encode()), key) for c, key in items),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+class Reject(Exception):
+    """A handler raises it for a delivery that can never be processed: it goes to the parking lot."""
+
+
+T = TypeVar("T", bound=Contract)
+
+
+@dataclass
+class Delivery(Generic[T]):
+    body: T
+    redelivered: bool
+    delivery_count: int
+
+
+Handler = Callable[[Delivery[C]], Awaitable[None]]
+
+
+class Consumer(Generic[C]):
+    """Owns the ack decision for every handler: ack on success, park on Reject or an unreadable body,
+    requeue on any other error (the queue's delivery limit parks a poison message)."""
+
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        contract: type[C],
+        handler: Callable[[Delivery[C]], Awaitable[None]],
+        *,
+        parking: Publisher,
+        parking_key: str,
+        requeue_pause: float = 1.0,
+    ) -> None:
+        self.queue = queue
+        self.contract = contract
+        self.handler = handler
+        self.parking = parking
+        self.parking_key = parking_key
+        self.requeue_pause = requeue_pause
+        self._tag: str | None = None
+        self._active: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._tag = await self.queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        count = int(message.headers.get("x-delivery-count", 0) or 0)  # type: ignore[arg-type]
+        try:
+            body = decode(self.contract, message.body)
+        except (ValidationError, ValueError) as exc:
+            await self._park(message, f"unreadable body: {exc}")
+            return
+        try:
+            await self.handler(Delivery(body, bool(message.redelivered), count))
+        except Reject as exc:
+            await self._park(message, str(exc))
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        except Exception:
+            logger.exception("handler failed on {} (delivery {}); requeueing", self.queue.name, count + 1)
+            await asyncio.sleep(self.requeue_pause)
+            await message.nack(requeue=True)
+        else:
+            await message.ack()
+
+    async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
+        logger.error("parking a delivery from {}: {}", self.queue.name, reason)
+        parked = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={**message.headers, "x-parked-reason": reason[:500], "x-parked-from": self.queue.name},
+        )
+        await self.parking.exchange.publish(parked, self.parking_key)
+        await message.ack()
+
+    async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        """Stop taking deliveries, then give the ones in progress time to finish."""
+        if self._tag is not None:
+            await self.queue.cancel(self._tag)
+            self._tag = None
+        if self._active:
+            await asyncio.wait(list(self._active), timeout=drain_timeout)
+
+
+async def queue_depths(channel: AbstractChannel, names: Sequence[str]) -> dict[str, int]:
+    """Ready-message counts of the named queues (passive declare: never creates a queue)."""
+    depths: dict[str, int] = {}
+    for name in names:
+        queue = await channel.declare_queue(name, passive=True)
+        depths[name] = int(queue.declaration_result.message_count or 0)
+    return depths

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Time,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Client(Base):
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    phone: Mapped[str] = mapped_column(String(11), nullable=False)
+    operator_code: Mapped[str] = mapped_column(String(3), nullable=False)
+    tag: Mapped[str] = mapped_column(String(64), nullable=False, server_default="")
+    timezone: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    # Clients are deleted softly so that messages already sent keep their history.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(r"phone ~ '^7[0-9]{10}$'", name="phone_format"),
+        CheckConstraint(r"operator_code ~ '^[0-9]{3}$'", name="operator_code_format"),
+        Index("uq_clients_phone_live", "phone", unique=True, postgresql_where=text("deleted_at IS NULL")),
+        Index("ix_clients_operator_code", "operator_code"),
+        Index("ix_clients_tag", "tag"),
+    )
+
+
+class Mailing(Base):
+    __tablename__ = "mailings"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    end_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    filter_tags: Mapped[list[str]] = mapped_column(ARRAY(String(64)), nullable=False, server_default="{}")
+    filter_operator_codes: Mapped[list[str]] = mapped_column(
+        ARRAY(String(3)), nullable=False, server_default="{}"
+    )
+    window_start: Mapped[time | None] = mapped_column(Time)
+    window_end: Mapped[time | None] = mapped_column(Time)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="scheduled")
+    # Set when the scheduler has expanded the mailing into messages for its current filter.
+    expanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("end_at > start_at", name="end_after_start"),
+        CheckConstraint("(window_start IS NULL) = (window_end IS NULL)", name="window_complete"),
+        CheckConstraint(
+            "status IN ('scheduled', 'running', 'paused', 'finished', 'cancelled')", name="status_known"
+        ),
+        Index("ix_mailings_status_start", "status", "start_at"),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    mailing_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("mailings.id"), nullable=False)
+    client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    # Earliest instant the message may be sent: the mailing's start moved into the client's window.
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # A sender holds a message while its request is in flight; a redelivered copy skips it.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'queued', 'retrying', 'sent', 'failed', 'expired', 'cancelled')",
+            name="status_known",
+        ),
+        Index("uq_messages_mailing_id_client_id", "mailing_id", "client_id", unique=True),
+        Index("ix_messages_mailing_id_status", "mailing_id", "status"),
+        Index("ix_messages_client_id", "client_id"),
+        Index("ix_messages_due", "not_before", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_messages_in_flight",
+            "queued_at",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+    )
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    routing_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(12), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False, server_default="operator")
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'operator')", name="role_known"),)

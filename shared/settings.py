@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topology import Topology
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service shares; each service subclasses it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILING_", env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/mailing"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Prefix of every exchange and queue name, so test runs and environments never share a queue.
+    amqp_namespace: str = "mailing"
+    log_json: bool = False
+    log_level: str = "INFO"
+    db_pool_size: int = Field(default=10, ge=1)
+    # Delays of the retry tiers (seconds); one RabbitMQ TTL queue per delay.
+    retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+
+    def topology(self) -> Topology:
+        return Topology(self.amqp_namespace, retry_delays=self.retry_delays_seconds)
+
+    @property
+    def psycopg_dsn(self) -> str:
+        """The database URL in the form psycopg itself takes (no SQLAlchemy driver suffix)."""
+        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from shared.broker import Publisher, confirm_channel, connect, queue_depths
+from shared.contracts import SendItem, SendMessages, decode
+from shared.topology import Topology, declare
+
+from ..conftest import AMQP_URL
+
+pytestmark = pytest.mark.integration
+
+
+async def test_declaring_the_topology_twice_is_harmless(topology: Topology) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queues = await declare(channel, topology)
+        assert set(queues) == set(topology.all_queues)
+
+
+async def test_a_message_in_a_retry_tier_returns_to_the_send_queue_after_its_delay(topology: Topology) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await confirm_channel(connection)
+        work = await channel.get_exchange(topology.work_exchange)
+        command = SendMessages(messages=[SendItem(message_id=1, mailing_id=2, client_id=3)])
+        await Publisher(work).publish(command, topology.retry_key(0))
+        send = await channel.get_queue(topology.send_queue)
+        for _ in range(100):
+            message = await send.get(fail=False)
+            if message is not None:
+                await message.ack()
+                assert decode(SendMessages, message.body) == command
+                assert message.headers["x-death"][0]["reason"] == "expired"  # type: ignore[index]
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail("the retried message never came back to the send queue")
+
+
+async def test_an_unroutable_publish_is_an_error_not_a_silent_loss(topology: Topology) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await confirm_channel(connection)
+        work = await channel.get_exchange(topology.work_exchange)
+        command = SendMessages(messages=[SendItem(message_id=1, mailing_id=2, client_id=3)])
+        with pytest.raises(aio_pika.exceptions.PublishError):
+            await Publisher(work).publish(command, "no-such-route")
+        assert (await queue_depths(channel, [topology.send_queue]))[topology.send_queue] == 0
