@@ -1,0 +1,41 @@
+"""The operations endpoints every background service serves: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+def build_ops_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = await readiness()
+        ready = all(checks.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_ops_server(
+    host: str, port: int, registry: CollectorRegistry, readiness: ReadinessCheck
+) -> web.AppRunner:
+    """Start serving in the background; the caller awaits `runner.cleanup()` at shutdown."""
+    runner = web.AppRunner(build_ops_app(registry, readiness), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
