@@ -39,13 +39,15 @@ TRANSITIONS = [
 BERLIN = "Europe/Berlin"
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
-def local(tz: str, *args: int, fold: int = 0) -> datetime:
+def local(
+    tz: str, year: int, month: int, day: int, hour: int = 0, minute: int = 0, fold: int = 0
+) -> datetime:
     """The instant of a local wall-clock time, in UTC: ambiguous local datetimes never compare equal."""
-    return datetime(*args, tzinfo=ZoneInfo(tz), fold=fold).astimezone(UTC)  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(tz), fold=fold).astimezone(UTC)
 
 
 def window(start: str, end: str) -> DailyWindow:
@@ -275,9 +277,7 @@ def test_next_opening_is_the_earliest_open_instant(w: DailyWindow, tz: str, at: 
 
 @settings(max_examples=200, deadline=None)
 @given(w=windows(), tz=st.sampled_from(ZONES), at=instants)
-def test_window_closes_after_opening_and_stays_open_until_then(
-    w: DailyWindow, tz: str, at: datetime
-) -> None:
+def test_window_closes_after_opening_and_stays_open_until_then(w: DailyWindow, tz: str, at: datetime) -> None:
     opened = next_opening(w, tz, at)
     closes = window_closes_at(w, tz, opened)
     assert closes is not None and closes > opened
