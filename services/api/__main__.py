@@ -1,0 +1,3 @@
+from services.api.entrypoint import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The operator API: app factory, lifespan, middleware and the service endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.api.auth import ensure_bootstrap_key
+from services.api.errors import install_error_handlers
+from services.api.metrics import ApiMetrics
+from services.api.relay import OutboxRelay
+from services.api.settings import ApiSettings
+from shared.db import make_engine, make_sessionmaker
+from shared.readiness import broker_ready, database_ready
+
+DESCRIPTION = """
+Operators keep the client directory, create SMS mailings and watch how each one goes.
+
+Every endpoint except `/healthz`, `/readyz`, `/metrics`, `/docs/` and `/openapi.json` needs an API key:
+`Authorization: Bearer <key>` (use **Authorize** above). The first admin key comes from
+`MAILING_BOOTSTRAP_API_KEY`; admins create and revoke further keys under `/api/v1/api-keys`.
+
+Errors: `422` names each bad field in `detail[].loc`, `404` an unknown id, `409` a conflict such as a
+duplicate phone.
+"""
+
+TAGS = [
+    {"name": "clients", "description": "The client directory."},
+    {"name": "mailings", "description": "Mailings: create, change, pause, resume, cancel, delete."},
+    {"name": "statistics", "description": "What happened to every message."},
+    {"name": "api-keys", "description": "API keys (admin only)."},
+    {"name": "service", "description": "Health, readiness and Prometheus metrics."},
+]
+
+
+def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    metrics = ApiMetrics(registry or CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine: AsyncEngine = make_engine(settings)
+        app.state.engine = engine
+        app.state.sessions = make_sessionmaker(engine)
+        if settings.bootstrap_api_key is not None:
+            await ensure_bootstrap_key(app.state.sessions, settings.bootstrap_api_key.get_secret_value())
+        relay = OutboxRelay(settings, app.state.sessions, metrics)
+        app.state.relay = relay
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if settings.relay_enabled else None
+        logger.info("api ready on {}:{}", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            relay.stop()
+            if relay_task is not None:
+                await relay_task
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Mailing service API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url="/docs/",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    _install_middleware(app, metrics)
+    _install_service_routes(app, metrics)
+    from services.api.routers import include_routers
+
+    include_routers(app)
+    return app
+
+
+def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        with logger.contextualize(request_id=request_id):
+            try:
+                response = await call_next(request)
+            except Exception:
+                logger.exception("unhandled error on {} {}", request.method, request.url.path)
+                response = JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
+            elapsed = time.perf_counter() - started
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+            metrics.latency.labels(request.method, route).observe(elapsed)
+            if route not in ("/metrics", "/healthz", "/readyz"):
+                logger.info(
+                    "{} {} -> {} in {:.1f} ms",
+                    request.method,
+                    request.url.path,
+                    response.status_code,
+                    elapsed * 1000,
+                )
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+
+def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], responses={503: {"description": "a dependency is unreachable"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: PostgreSQL answers and the outbox relay holds a RabbitMQ connection."""
+        checks = {
+            "database": await database_ready(request.app.state.engine),
+            "rabbitmq": broker_ready(request.app.state.relay.connection),
+        }
+        ready = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+        )
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of this process (see docs/metrics.md)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

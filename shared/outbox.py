@@ -1,0 +1,19 @@
+"""Writing mailing events to the outbox (in the caller's transaction) and reading them back as contracts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared.contracts import MailingChanged, MailingEventType
+from shared.models import OutboxEvent
+
+
+def mailing_event(event_type: MailingEventType, mailing_id: int, occurred_at: datetime) -> OutboxEvent:
+    return OutboxEvent(
+        routing_key=f"mailing.{event_type}",
+        payload={"type": event_type, "mailing_id": mailing_id, "occurred_at": occurred_at.isoformat()},
+    )
+
+
+def to_contract(row_id: int, payload: dict[str, object]) -> MailingChanged:
+    return MailingChanged.model_validate({**payload, "event_id": row_id})
