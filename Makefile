@@ -1,0 +1,48 @@
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+RUN := $(UV) run --frozen
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install run test test-unit lint format migrate bench demo up down preflight check-deploy
+
+install: ## virtual environment and packages from the lock file
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+preflight: install
+	@$(RUN) python -m shared.preflight
+
+migrate: preflight ## create the database if missing and apply every migration
+	$(RUN) python -m shared.migrate
+
+run: migrate ## migrate, then start every service (api, scheduler, sender, probe stand-in)
+	$(RUN) honcho start -f Procfile
+
+test: preflight ## every test: unit, integration, end-to-end
+	$(RUN) pytest
+
+test-unit: install
+	$(RUN) pytest -m unit
+
+lint: install ## ruff and mypy (strict)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy shared services bench tests
+
+format: install
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
+	$(RUN) python -m bench.csv_import
+	$(RUN) python -m bench.scheduler
+	$(RUN) python -m bench.sender
+
+demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress
+	$(RUN) python -m bench.demo
+
+up: ## every part in containers
+	docker compose up --build -d
+
+down:
+	docker compose down
