@@ -55,7 +55,7 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
         relay = OutboxRelay(settings, app.state.sessions, metrics)
         app.state.relay = relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if settings.relay_enabled else None
-        logger.info("api ready on {}:{}", settings.host, settings.port)
+        logger.info("api ready on {}:{}", settings.api_host, settings.api_port)
         try:
             yield
         finally:

@@ -13,8 +13,8 @@ def main() -> int:
     app = create_app(settings)
     uvicorn.run(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.api_host,
+        port=settings.api_port,
         log_config=None,
         access_log=False,
         loop="uvloop",

@@ -6,8 +6,8 @@ from shared.settings import CommonSettings
 
 
 class ApiSettings(CommonSettings):
-    host: str = "127.0.0.1"
-    port: int = 8000
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
     # The first administrator key, created (stored hashed) at start so a fresh installation can be used.
     bootstrap_api_key: SecretStr | None = None
     relay_batch_size: int = Field(default=500, ge=1)

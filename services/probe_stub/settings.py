@@ -19,3 +19,4 @@ class ProbeStubSettings(BaseSettings):
     outage_seconds: float = Field(default=0.0, ge=0)
 
     log_level: str = "INFO"
+    log_json: bool = False
