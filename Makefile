@@ -39,7 +39,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.sender
 
 demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress
-	$(RUN) python -m bench.demo
+	$(RUN) python -m scripts.demo
 
 up: ## every part in containers
 	docker compose up --build -d
