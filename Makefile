@@ -1,12 +1,12 @@
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run test test-unit lint format migrate bench demo up down preflight check-deploy
 
 install: ## virtual environment and packages from the lock file
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
 preflight: install
