@@ -1,0 +1,105 @@
+"""API fixtures: settings for a per-test database, an in-process client and a live server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from shared.settings import CommonSettings
+
+ADMIN_KEY = "test-admin-key"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def api_settings(settings: CommonSettings) -> ApiSettings:
+    return ApiSettings(
+        **settings.model_dump(),
+        bootstrap_api_key=SecretStr(ADMIN_KEY),
+        relay_enabled=False,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def api_app(api_settings: ApiSettings) -> FastAPI:
+    return create_app(api_settings)
+
+
+@pytest.fixture
+async def api(api_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the in-process app, its lifespan running, sending the bootstrap admin key."""
+    async with (
+        api_app.router.lifespan_context(api_app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api_app), base_url="http://api", headers=ADMIN_HEADERS
+        ) as client,
+    ):
+        yield client
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    base_url: str
+    settings: ApiSettings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def live_api(api_settings: ApiSettings) -> Iterator[LiveApi]:
+    """The real API (`python -m services.api`) in a subprocess on a free port, until the test ends."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MAILING_DATABASE_URL": api_settings.database_url,
+        "MAILING_AMQP_URL": api_settings.amqp_url,
+        "MAILING_AMQP_NAMESPACE": api_settings.amqp_namespace,
+        "MAILING_API_HOST": "127.0.0.1",
+        "MAILING_API_PORT": str(port),
+        "MAILING_BOOTSTRAP_API_KEY": ADMIN_KEY,
+        "MAILING_RELAY_ENABLED": "false",
+        "MAILING_LOG_LEVEL": "WARNING",
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API exited with code {process.returncode} before it was ready")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not answer /healthz within 30 s")
+            time.sleep(0.1)
+        yield LiveApi(base_url, api_settings)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
