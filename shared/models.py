@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -57,6 +58,8 @@ class Client(Base):
         Index("uq_clients_phone_live", "phone", unique=True, postgresql_where=text("deleted_at IS NULL")),
         Index("ix_clients_operator_code", "operator_code"),
         Index("ix_clients_tag", "tag"),
+        # The scheduler picks up clients added or changed while a mailing runs by this column.
+        Index("ix_clients_updated_at", "updated_at"),
     )
 
 
@@ -76,6 +79,8 @@ class Mailing(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="scheduled")
     # Set when the scheduler has expanded the mailing into messages for its current filter.
     expanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Hash of the filter, window and period the last expansion used; a change means re-expanding.
+    expansion_signature: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -148,3 +153,13 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'operator')", name="role_known"),)
+
+
+class SenderRateBucket(Base):
+    """The token bucket every sender process takes from when the external API is rate-limited."""
+
+    __tablename__ = "sender_rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float, nullable=False)
+    refreshed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -1,0 +1,3 @@
+from services.scheduler.entrypoint import main
+
+main()

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import uvloop
+
+from services.scheduler.app import serve
+from services.scheduler.settings import SchedulerSettings
+from shared.logging import configure_logging
+
+
+def main() -> None:
+    settings = SchedulerSettings()
+    configure_logging("scheduler", json=settings.log_json, level=settings.log_level)
+    uvloop.run(serve(settings))

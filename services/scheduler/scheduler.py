@@ -1,0 +1,266 @@
+"""The scheduler's work, one step at a time: `tick(now)` is everything the periodic loop does once."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, cast
+
+from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.scheduler import store
+from services.scheduler.clock import Clock, utc_now
+from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.planning import (
+    MAILING_CANCELLED,
+    MAILING_DELETED,
+    MAILING_ENDED,
+    chunks,
+    plan_timezones,
+)
+from services.scheduler.publisher import SchedulerPublisher
+from services.scheduler.settings import SchedulerSettings
+from shared.broker import Delivery
+from shared.contracts import (
+    FinalStatus,
+    MailingChanged,
+    MessageOutcome,
+    MessagesFinalized,
+    SendItem,
+    SendMessages,
+)
+from shared.domain.statuses import MailingStatus
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+RUNNING = MailingStatus.RUNNING.value
+PAUSED = MailingStatus.PAUSED.value
+SCHEDULED = MailingStatus.SCHEDULED.value
+ACTIVE = (SCHEDULED, RUNNING, PAUSED)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    mailings: int
+    requeued: int
+    dispatched: int
+    backlog: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: SchedulerPublisher,
+        settings: SchedulerSettings,
+        metrics: SchedulerMetrics,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+
+    async def tick(
+        self, now: datetime | None = None, *, should_stop: Callable[[], bool] = bool
+    ) -> TickReport:
+        now = now or self.clock()
+        async with self.engine.connect() as conn:
+            mailing_ids = await store.mailings_needing_attention(conn, now)
+        for mailing_id in mailing_ids:
+            try:
+                await self.process_mailing(mailing_id, now)
+            except Exception:
+                # One broken mailing must not stop the others; the next tick tries it again.
+                logger.bind(mailing_id=mailing_id).exception("processing the mailing failed")
+        requeued = await self.sweep(now, should_stop=should_stop)
+        dispatched = await self.dispatch(now, should_stop=should_stop)
+        async with self.engine.connect() as conn:
+            backlog = await store.due_backlog(conn, await store.running_mailings(conn, now), now)
+        self.metrics.due_backlog.set(backlog)
+        return TickReport(len(mailing_ids), requeued, dispatched, backlog)
+
+    async def on_mailing_changed(self, delivery: Delivery[MailingChanged]) -> None:
+        event = delivery.body
+        logger.bind(mailing_id=event.mailing_id).info("mailing {} event {}", event.type, event.event_id)
+        await self.process_mailing(event.mailing_id, self.clock())
+
+    async def process_mailing(self, mailing_id: int, now: datetime) -> bool:
+        """Bring one mailing up to date with `now`; False when another scheduler holds it right now."""
+        log = logger.bind(mailing_id=mailing_id)
+        async with self.engine.begin() as conn:
+            if not await store.try_lock_mailing(conn, mailing_id):
+                return False
+            row = await store.load_mailing(conn, mailing_id)
+            if row is None:
+                return True
+            finalized: list[store.Finalized] = []
+            if row.deleted or row.status == MailingStatus.CANCELLED:
+                reason = MAILING_DELETED if row.deleted else MAILING_CANCELLED
+                finalized += await store.finalize_unfinished(conn, mailing_id, "cancelled", reason, now)
+                if row.deleted and await store.set_mailing_status(conn, mailing_id, "cancelled", ACTIVE):
+                    log.info("mailing deleted: status {} -> cancelled", row.status)
+            elif row.status in ACTIVE and row.plan.start_at <= now:
+                ended = now >= row.plan.end_at
+                if row.expanded_at is None or not ended:
+                    finalized += await self._expand(conn, row, now)
+                status = row.status
+                if status == SCHEDULED and await store.set_mailing_status(
+                    conn, mailing_id, RUNNING, (SCHEDULED,)
+                ):
+                    log.info("mailing started: status scheduled -> running")
+                    status = RUNNING
+                if ended:
+                    finalized += await store.finalize_unfinished(
+                        conn, mailing_id, "expired", MAILING_ENDED, now
+                    )
+                done_from = (RUNNING, PAUSED) if ended else (RUNNING,)
+                if await store.finish_if_done(conn, mailing_id, done_from):
+                    log.info("mailing finished: status {} -> finished", status)
+            if finalized:
+                await self._publish_finalized(finalized, now)
+        self._count_finalized(finalized, log)
+        return True
+
+    async def _expand(
+        self, conn: AsyncConnection, row: store.MailingRow, now: datetime
+    ) -> list[store.Finalized]:
+        plan = row.plan
+        started = time.perf_counter()
+        full = row.expanded_at is None or row.expansion_signature != plan.signature
+        changed_since = (
+            None
+            if full or row.expanded_at is None
+            else row.expanded_at - timedelta(seconds=self.settings.client_change_margin_seconds)
+        )
+        finalized: list[store.Finalized] = []
+        if row.expanded_at is not None:
+            finalized += await store.cancel_unmatched(conn, plan, now, changed_since)
+        zones = plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now)
+        moved = 0
+        if full and row.expanded_at is not None and zones.timezones:
+            moved, replan_expired = await store.replan_pending(conn, plan, zones, now)
+            finalized += replan_expired
+        planned = 0
+        if zones.timezones:
+            result = await store.insert_messages(conn, plan, zones, now, changed_since)
+            planned = result.planned
+            finalized += result.expired
+        await store.mark_expanded(conn, plan.id, plan.signature)
+        self.metrics.expansion_duration.observe(time.perf_counter() - started)
+        self.metrics.planned.inc(planned)
+        if full or planned or finalized or moved:
+            logger.bind(mailing_id=plan.id).info(
+                "{} expansion: {} planned, {} expired, {} cancelled, {} re-planned over {} timezones",
+                "full" if full else "incremental",
+                planned,
+                sum(1 for f in finalized if f.status == "expired"),
+                sum(1 for f in finalized if f.status == "cancelled"),
+                moved,
+                len(zones.timezones),
+            )
+        return finalized
+
+    async def sweep(self, now: datetime, *, should_stop: Callable[[], bool] = bool) -> int:
+        """Publish again what was queued or due back from a retry long ago and never picked up."""
+        after = timedelta(seconds=self.settings.requeue_after_seconds)
+        total = 0
+        async with self.engine.connect() as conn:
+            running = await store.running_mailings(conn, now)
+        while running and not should_stop():
+            async with self.engine.begin() as conn:
+                claimed = await store.claim_stale(conn, running, now, after, self.settings.dispatch_batch)
+                if claimed:
+                    await self.publisher.send(self._commands(claimed))
+            if not claimed:
+                break
+            total += len(claimed)
+            self.metrics.requeued.inc(len(claimed))
+            for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
+                logger.bind(mailing_id=mailing_id).warning(
+                    "recovery sweep re-published {} stale messages", count
+                )
+            if len(claimed) < self.settings.dispatch_batch:
+                break
+        return total
+
+    async def dispatch(self, now: datetime, *, should_stop: Callable[[], bool] = bool) -> int:
+        """Hand every due message of a running mailing to the sender, batch by batch, within the cap."""
+        async with self.engine.connect() as conn:
+            running = await store.running_mailings(conn, now)
+        total, more = 0, bool(running)
+        while more and not should_stop():
+            claimed, more = await self._dispatch_batch(running, now)
+            total += claimed
+        return total
+
+    async def _dispatch_batch(self, running: Sequence[int], now: datetime) -> tuple[int, bool]:
+        """Returns how many were dispatched and whether more may be due."""
+        started = time.perf_counter()
+        limit = self.settings.dispatch_batch
+        async with self.engine.begin() as conn:
+            if self.settings.max_outstanding:
+                budget = self.settings.max_outstanding - await store.outstanding(conn)
+                if budget <= 0:
+                    logger.info("dispatch held back: {} messages outstanding", self.settings.max_outstanding)
+                    return 0, False
+                limit = min(limit, budget)
+            claimed = await store.claim_due(conn, running, now, limit)
+            if claimed:
+                # Confirms before commit: a crash in between leaves the rows pending, never lost.
+                await self.publisher.send(self._commands(claimed))
+        if not claimed:
+            return 0, False
+        self.metrics.dispatched.inc(len(claimed))
+        self.metrics.dispatch_duration.observe(time.perf_counter() - started)
+        for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
+            logger.bind(mailing_id=mailing_id).info("dispatched {} messages", count)
+        return len(claimed), len(claimed) == limit
+
+    def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
+        items = [
+            SendItem(message_id=c.message_id, mailing_id=c.mailing_id, client_id=c.client_id) for c in claimed
+        ]
+        return [
+            SendMessages(messages=list(chunk)) for chunk in chunks(items, self.settings.messages_per_event)
+        ]
+
+    async def _publish_finalized(self, finalized: Sequence[store.Finalized], now: datetime) -> None:
+        outcomes = [
+            MessageOutcome(
+                message_id=f.message_id,
+                mailing_id=f.mailing_id,
+                client_id=f.client_id,
+                status=cast(FinalStatus, f.status),
+                attempts=f.attempts,
+                occurred_at=now,
+                reason=f.reason,
+            )
+            for f in finalized
+        ]
+        await self.publisher.finalized(
+            [
+                MessagesFinalized(outcomes=list(chunk))
+                for chunk in chunks(outcomes, self.settings.messages_per_event)
+            ]
+        )
+
+    def _count_finalized(self, finalized: Sequence[store.Finalized], log: Logger) -> None:
+        by_status = Counter(f.status for f in finalized)
+        self.metrics.expired.inc(by_status["expired"])
+        self.metrics.cancelled.inc(by_status["cancelled"])
+        for status, count in by_status.items():
+            reasons = Counter(f.reason for f in finalized if f.status == status)
+            log.info("{} messages {} ({})", count, status, ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+        if len(finalized) <= 20:
+            for f in finalized:
+                log.bind(message_id=f.message_id, client_id=f.client_id).info(
+                    "message {}: {}", f.status, f.reason
+                )

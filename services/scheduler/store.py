@@ -1,0 +1,347 @@
+"""Set-wise SQL of the scheduler. Every decision uses the `now` passed in, never the database clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.scheduler.planning import (
+    CLIENT_DELETED,
+    CLIENT_NO_LONGER_MATCHES,
+    NO_OPENING,
+    MailingPlan,
+    TimezonePlan,
+    window_of,
+)
+
+NON_FINAL = "('pending', 'queued', 'retrying')"
+# Advisory-lock key space of the scheduler, so its per-mailing locks never collide with anyone else's.
+_LOCK_SPACE = 0x5343 << 48
+
+
+@dataclass(frozen=True)
+class MailingRow:
+    plan: MailingPlan
+    status: str
+    deleted: bool
+    expanded_at: datetime | None
+    expansion_signature: str | None
+
+
+@dataclass(frozen=True)
+class Finalized:
+    message_id: int
+    mailing_id: int
+    client_id: int
+    status: str
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    message_id: int
+    mailing_id: int
+    client_id: int
+
+
+@dataclass(frozen=True)
+class ExpansionResult:
+    planned: int
+    expired: list[Finalized]
+
+
+def _filter_sql(plan: MailingPlan, params: dict[str, Any]) -> str:
+    conditions = ["TRUE"]
+    if plan.tags:
+        conditions.append("c.tag = ANY(CAST(:f_tags AS text[]))")
+        params["f_tags"] = list(plan.tags)
+    if plan.operator_codes:
+        conditions.append("c.operator_code = ANY(CAST(:f_codes AS text[]))")
+        params["f_codes"] = list(plan.operator_codes)
+    return "(" + " AND ".join(conditions) + ")"
+
+
+def _changed_sql(changed_since: datetime | None, params: dict[str, Any]) -> str:
+    if changed_since is None:
+        return ""
+    params["changed_since"] = changed_since
+    return "AND c.updated_at > :changed_since"
+
+
+async def try_lock_mailing(conn: AsyncConnection, mailing_id: int) -> bool:
+    """Held until the transaction ends; another scheduler skips the mailing meanwhile."""
+    result = await conn.execute(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_SPACE | mailing_id}
+    )
+    return bool(result.scalar_one())
+
+
+async def load_mailing(conn: AsyncConnection, mailing_id: int) -> MailingRow | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id, start_at, end_at, window_start, window_end, filter_tags, filter_operator_codes,"
+                " status, deleted_at IS NOT NULL AS deleted, expanded_at, expansion_signature"
+                " FROM mailings WHERE id = :id"
+            ),
+            {"id": mailing_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    plan = MailingPlan(
+        id=row.id,
+        start_at=row.start_at,
+        end_at=row.end_at,
+        window=window_of(row.window_start, row.window_end),
+        tags=tuple(row.filter_tags),
+        operator_codes=tuple(row.filter_operator_codes),
+    )
+    return MailingRow(plan, row.status, row.deleted, row.expanded_at, row.expansion_signature)
+
+
+async def mailings_needing_attention(conn: AsyncConnection, now: datetime) -> list[int]:
+    """Started non-final mailings, plus cancelled or deleted ones that still have unfinished messages."""
+    result = await conn.execute(
+        text(
+            "SELECT id FROM mailings WHERE status IN ('scheduled', 'running', 'paused')"
+            " AND (start_at <= :now OR deleted_at IS NOT NULL)"
+            " UNION SELECT g.id FROM mailings g WHERE (g.status = 'cancelled' OR g.deleted_at IS NOT NULL)"
+            f" AND EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = g.id AND m.status IN {NON_FINAL})"
+            " ORDER BY 1"
+        ),
+        {"now": now},
+    )
+    return list(result.scalars())
+
+
+async def running_mailings(conn: AsyncConnection, now: datetime) -> list[int]:
+    result = await conn.execute(
+        text(
+            "SELECT id FROM mailings WHERE status = 'running' AND deleted_at IS NULL"
+            " AND start_at <= :now AND end_at > :now ORDER BY id"
+        ),
+        {"now": now},
+    )
+    return list(result.scalars())
+
+
+async def matching_timezones(
+    conn: AsyncConnection, plan: MailingPlan, changed_since: datetime | None
+) -> list[str]:
+    params: dict[str, Any] = {}
+    where = _filter_sql(plan, params)
+    changed = _changed_sql(changed_since, params)
+    result = await conn.execute(
+        text(f"SELECT DISTINCT c.timezone FROM clients c WHERE c.deleted_at IS NULL AND {where} {changed}"),
+        params,
+    )
+    return list(result.scalars())
+
+
+def _finalized(rows: Sequence[Any], mailing_id: int) -> list[Finalized]:
+    return [Finalized(r.id, mailing_id, r.client_id, r.status, r.attempts, r.last_error) for r in rows]
+
+
+async def insert_messages(
+    conn: AsyncConnection,
+    plan: MailingPlan,
+    zones: TimezonePlan,
+    now: datetime,
+    changed_since: datetime | None,
+) -> ExpansionResult:
+    """One row per matching client, planned per timezone; an existing (mailing, client) is left alone."""
+    params: dict[str, Any] = {
+        "mid": plan.id,
+        "tzs": zones.timezones,
+        "nbs": zones.not_befores,
+        "end_at": plan.end_at,
+        "reason": NO_OPENING,
+        "now": now,
+    }
+    where = _filter_sql(plan, params)
+    changed = _changed_sql(changed_since, params)
+    row = (
+        await conn.execute(
+            text(
+                "WITH ins AS ("
+                " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error,"
+                " created_at, updated_at)"
+                " SELECT :mid, c.id, CASE WHEN p.nb IS NULL THEN 'expired' ELSE 'pending' END,"
+                " COALESCE(p.nb, :end_at), CASE WHEN p.nb IS NULL THEN :reason END, :now, :now"
+                " FROM clients c"
+                " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
+                " ON p.tz = c.timezone"
+                f" WHERE c.deleted_at IS NULL AND {where} {changed}"
+                " ON CONFLICT (mailing_id, client_id) DO NOTHING"
+                " RETURNING id, client_id, status)"
+                " SELECT count(*) FILTER (WHERE status = 'pending') AS planned,"
+                " COALESCE(array_agg(id) FILTER (WHERE status = 'expired'), '{}') AS expired_ids,"
+                " COALESCE(array_agg(client_id) FILTER (WHERE status = 'expired'), '{}') AS expired_clients"
+                " FROM ins"
+            ),
+            params,
+        )
+    ).one()
+    expired = [
+        Finalized(mid, plan.id, cid, "expired", 0, NO_OPENING)
+        for mid, cid in zip(row.expired_ids, row.expired_clients, strict=True)
+    ]
+    return ExpansionResult(int(row.planned), expired)
+
+
+async def cancel_unmatched(
+    conn: AsyncConnection, plan: MailingPlan, now: datetime, changed_since: datetime | None
+) -> list[Finalized]:
+    """Pending messages whose client was deleted or no longer matches the filter are cancelled."""
+    params: dict[str, Any] = {
+        "mid": plan.id,
+        "now": now,
+        "deleted": CLIENT_DELETED,
+        "unmatched": CLIENT_NO_LONGER_MATCHES,
+    }
+    where = _filter_sql(plan, params)
+    changed = _changed_sql(changed_since, params)
+    result = await conn.execute(
+        text(
+            "UPDATE messages m SET status = 'cancelled', updated_at = :now,"
+            " last_error = CASE WHEN c.deleted_at IS NOT NULL THEN :deleted ELSE :unmatched END"
+            " FROM clients c"
+            " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+            f" AND (c.deleted_at IS NOT NULL OR NOT {where}) {changed}"
+            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
+        ),
+        params,
+    )
+    return _finalized(result.all(), plan.id)
+
+
+async def replan_pending(
+    conn: AsyncConnection, plan: MailingPlan, zones: TimezonePlan, now: datetime
+) -> tuple[int, list[Finalized]]:
+    """Moves pending messages to the current window and period; returns (moved, expired)."""
+    result = await conn.execute(
+        text(
+            "UPDATE messages m SET updated_at = :now,"
+            " not_before = COALESCE(p.nb, m.not_before),"
+            " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
+            " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
+            " FROM clients c"
+            " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
+            " ON p.tz = c.timezone"
+            " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+            # A due message that may still be sent now keeps its place in the queue.
+            " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
+            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
+        ),
+        {"mid": plan.id, "tzs": zones.timezones, "nbs": zones.not_befores, "reason": NO_OPENING, "now": now},
+    )
+    rows = result.all()
+    expired = _finalized([r for r in rows if r.status == "expired"], plan.id)
+    return len(rows) - len(expired), expired
+
+
+async def finalize_unfinished(
+    conn: AsyncConnection, mailing_id: int, status: str, reason: str, now: datetime
+) -> list[Finalized]:
+    """Ends every non-final message of a mailing; a message a sender holds right now is left to it."""
+    result = await conn.execute(
+        text(
+            "UPDATE messages SET status = :status, last_error = :reason, updated_at = :now"
+            f" WHERE mailing_id = :mid AND status IN {NON_FINAL}"
+            " AND (lease_until IS NULL OR lease_until < :now)"
+            " RETURNING id, client_id, status, attempts, last_error"
+        ),
+        {"mid": mailing_id, "status": status, "reason": reason, "now": now},
+    )
+    return _finalized(result.all(), mailing_id)
+
+
+async def mark_expanded(conn: AsyncConnection, mailing_id: int, signature: str) -> None:
+    # expanded_at is on the database clock on purpose: it is compared with clients.updated_at.
+    await conn.execute(
+        text(
+            "UPDATE mailings SET expanded_at = transaction_timestamp(), expansion_signature = :sig"
+            " WHERE id = :id"
+        ),
+        {"id": mailing_id, "sig": signature},
+    )
+
+
+async def set_mailing_status(
+    conn: AsyncConnection, mailing_id: int, new: str, allowed_from: Sequence[str]
+) -> bool:
+    result = await conn.execute(
+        text("UPDATE mailings SET status = :new WHERE id = :id AND status = ANY(CAST(:old AS text[]))"),
+        {"id": mailing_id, "new": new, "old": list(allowed_from)},
+    )
+    return bool(result.rowcount)
+
+
+async def finish_if_done(conn: AsyncConnection, mailing_id: int, allowed_from: Sequence[str]) -> bool:
+    result = await conn.execute(
+        text(
+            "UPDATE mailings SET status = 'finished' WHERE id = :id AND status = ANY(CAST(:old AS text[]))"
+            f" AND NOT EXISTS (SELECT 1 FROM messages WHERE mailing_id = :id AND status IN {NON_FINAL})"
+        ),
+        {"id": mailing_id, "old": list(allowed_from)},
+    )
+    return bool(result.rowcount)
+
+
+async def outstanding(conn: AsyncConnection) -> int:
+    result = await conn.execute(text("SELECT count(*) FROM messages WHERE status IN ('queued', 'retrying')"))
+    return int(result.scalar_one())
+
+
+async def claim_due(
+    conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, limit: int
+) -> list[Claimed]:
+    result = await conn.execute(
+        text(
+            "WITH due AS (SELECT id FROM messages"
+            " WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status = 'pending' AND not_before <= :now"
+            " LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            " UPDATE messages m SET status = 'queued', queued_at = :now, updated_at = :now"
+            " FROM due WHERE m.id = due.id AND m.status = 'pending'"
+            " RETURNING m.id, m.mailing_id, m.client_id"
+        ),
+        {"mids": list(mailing_ids), "now": now, "limit": limit},
+    )
+    return [Claimed(*row) for row in result.all()]
+
+
+async def claim_stale(
+    conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, after: timedelta, limit: int
+) -> list[Claimed]:
+    result = await conn.execute(
+        text(
+            "WITH stale AS (SELECT id FROM messages"
+            " WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN ('queued', 'retrying')"
+            " AND queued_at < :cutoff AND (status = 'queued' OR next_attempt_at < :cutoff)"
+            " AND (lease_until IS NULL OR lease_until < :now)"
+            " LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            " UPDATE messages m SET status = 'queued', queued_at = :now, updated_at = :now"
+            " FROM stale WHERE m.id = stale.id AND m.status IN ('queued', 'retrying')"
+            " RETURNING m.id, m.mailing_id, m.client_id"
+        ),
+        {"mids": list(mailing_ids), "now": now, "cutoff": now - after, "limit": limit},
+    )
+    return [Claimed(*row) for row in result.all()]
+
+
+async def due_backlog(conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime) -> int:
+    result = await conn.execute(
+        text(
+            "SELECT count(*) FROM messages WHERE mailing_id = ANY(CAST(:mids AS bigint[]))"
+            " AND status = 'pending' AND not_before <= :now"
+        ),
+        {"mids": list(mailing_ids), "now": now},
+    )
+    return int(result.scalar_one())

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .test_scheduler_helpers import (
+    RecordingPublisher,
+    add_client,
+    add_mailing,
+    mailing_status,
+    make_scheduler,
+    message_ids_of,
+    messages,
+    scheduler_settings,
+    set_mailing,
+)
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def test_mailing_created_inside_its_period_starts_at_once(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    clients = [await add_client(engine, "Europe/Moscow") for _ in range(3)]
+    mailing = await add_mailing(engine, T0 - timedelta(hours=1), T0 + timedelta(hours=5))
+
+    await scheduler.tick(T0)
+
+    assert await mailing_status(engine, mailing) == "running"
+    ids = await message_ids_of(engine, mailing)
+    assert sorted(publisher.sent_ids) == sorted(ids[c] for c in clients)
+    assert {status for status, _, _ in (await messages(engine, mailing)).values()} == {"queued"}
+
+
+async def test_future_mailing_starts_at_its_start_even_after_a_restart(engine: AsyncEngine) -> None:
+    settings = scheduler_settings(str(engine.url))
+    client = await add_client(engine, "Asia/Vladivostok")
+    mailing = await add_mailing(engine, T0 + timedelta(hours=2), T0 + timedelta(hours=6))
+    first = RecordingPublisher()
+    await make_scheduler(engine, settings, first).tick(T0)
+    assert await mailing_status(engine, mailing) == "scheduled"
+    assert await messages(engine, mailing) == {}
+
+    restarted = RecordingPublisher()
+    scheduler = make_scheduler(engine, settings, restarted)
+    await scheduler.tick(T0 + timedelta(hours=2) - timedelta(seconds=1))
+    assert restarted.sent_ids == []
+    await scheduler.tick(T0 + timedelta(hours=2))
+    assert await mailing_status(engine, mailing) == "running"
+    assert restarted.sent_ids == [(await message_ids_of(engine, mailing))[client]]
+
+
+@pytest.mark.parametrize(
+    ("tz", "window", "start", "expected_first_send"),
+    [
+        # 09:00-21:00 local; 06:00 UTC is 09:00 in Moscow (UTC+3).
+        ("Europe/Moscow", (time(9), time(21)), T0 - timedelta(hours=1), T0),
+        # Vladivostok is UTC+10: 06:00 UTC is 16:00, past a 09:00-15:00 window; next 23:00 UTC.
+        ("Asia/Vladivostok", (time(9), time(15)), T0, datetime(2026, 6, 1, 23, 0, tzinfo=UTC)),
+        # Kaliningrad is UTC+2: 06:00 UTC is 08:00, the window opens at 10:00 local = 08:00 UTC.
+        ("Europe/Kaliningrad", (time(10), time(18)), T0, T0 + timedelta(hours=2)),
+        # A window across midnight, 22:00-06:00 Moscow: opens at 19:00 UTC.
+        ("Europe/Moscow", (time(22), time(6)), T0, datetime(2026, 6, 1, 19, 0, tzinfo=UTC)),
+    ],
+)
+async def test_nothing_is_dispatched_outside_the_clients_window(
+    engine: AsyncEngine, tz: str, window: tuple[time, time], start: datetime, expected_first_send: datetime
+) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    client = await add_client(engine, tz)
+    mailing = await add_mailing(engine, start, T0 + timedelta(days=3), window=window)
+
+    at = max(start, T0)
+    while at < expected_first_send:
+        await scheduler.tick(at)
+        assert publisher.sent_ids == [], f"dispatched at {at}"
+        at += timedelta(minutes=30)
+    await scheduler.tick(expected_first_send)
+    assert publisher.sent_ids == [(await message_ids_of(engine, mailing))[client]]
+    status, not_before, _ = (await messages(engine, mailing))[client]
+    assert (status, not_before) == ("queued", expected_first_send)
+
+
+async def test_berlin_window_follows_the_daylight_saving_change(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    client = await add_client(engine, "Europe/Berlin")
+    # Berlin goes from UTC+1 to UTC+2 at 01:00 UTC on 29 March 2026; 09:00 local is then 07:00 UTC.
+    start = datetime(2026, 3, 28, 20, 0, tzinfo=UTC)
+    mailing = await add_mailing(engine, start, start + timedelta(days=2), window=(time(9), time(12)))
+    await scheduler.tick(start)
+    await scheduler.tick(datetime(2026, 3, 29, 6, 59, tzinfo=UTC))
+    assert publisher.sent_ids == []
+    await scheduler.tick(datetime(2026, 3, 29, 7, 0, tzinfo=UTC))
+    assert publisher.sent_ids == [(await message_ids_of(engine, mailing))[client]]
+
+
+async def test_a_client_without_an_opening_before_the_end_is_expired_with_a_reason(
+    engine: AsyncEngine,
+) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    late = await add_client(engine, "Asia/Vladivostok")
+    fine = await add_client(engine, "Europe/Moscow")
+    # 06:00-08:00 UTC: 09:00-11:00 in Moscow, 16:00-18:00 in Vladivostok (outside 09:00-15:00).
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=2), window=(time(9), time(15)))
+    await scheduler.tick(T0)
+
+    rows = await messages(engine, mailing)
+    assert rows[late][0] == "expired"
+    assert rows[late][2] == "no window opening before the mailing ends"
+    assert rows[fine][0] == "queued"
+    outcomes = [o for event in publisher.events for o in event.outcomes]
+    assert [(o.client_id, o.status) for o in outcomes] == [(late, "expired")]
+
+
+async def test_nothing_is_dispatched_after_the_end_and_the_mailing_finishes(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    clients = [await add_client(engine, "Europe/Moscow") for _ in range(2)]
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=1), window=(time(9), time(21)))
+    await scheduler.tick(T0 + timedelta(hours=1))  # the scheduler was down for the whole period
+    assert publisher.sent_ids == []
+    rows = await messages(engine, mailing)
+    assert {rows[c][0] for c in clients} == {"expired"}
+    assert await mailing_status(engine, mailing) == "finished"
+
+
+async def test_messages_not_sent_by_the_end_expire_and_the_mailing_finishes(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    client = await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=1))
+    await scheduler.tick(T0)
+    assert len(publisher.take_sent()) == 1
+    assert await mailing_status(engine, mailing) == "running"
+    await scheduler.tick(T0 + timedelta(hours=1))
+    status, _, reason = (await messages(engine, mailing))[client]
+    assert (status, reason) == ("expired", "mailing ended before the message was sent")
+    assert await mailing_status(engine, mailing) == "finished"
+
+
+async def test_pause_stops_dispatch_and_resume_continues_it(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await set_mailing(engine, mailing, "status = 'paused'")
+    await scheduler.tick(T0)
+    assert publisher.sent_ids == []
+    assert {s for s, _, _ in (await messages(engine, mailing)).values()} == {"pending"}
+    await set_mailing(engine, mailing, "status = 'running'")
+    await scheduler.tick(T0 + timedelta(minutes=1))
+    assert len(publisher.sent_ids) == 1
+
+
+async def test_cancel_ends_every_unfinished_message_as_cancelled(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    await add_client(engine, "Europe/Moscow")
+    await add_client(engine, "Asia/Vladivostok")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(days=1), window=(time(9), time(12)))
+    await scheduler.tick(T0)
+    assert len(publisher.take_sent()) == 1
+    await set_mailing(engine, mailing, "status = 'cancelled'")
+    await scheduler.process_mailing(mailing, T0 + timedelta(minutes=1))
+    rows = await messages(engine, mailing)
+    assert {(s, r) for s, _, r in rows.values()} == {("cancelled", "mailing cancelled")}
+    assert sorted(o.status for e in publisher.events for o in e.outcomes) == ["cancelled", "cancelled"]
+
+
+async def test_deleted_mailing_has_its_messages_cancelled(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(days=1), window=(time(22), time(23)))
+    await scheduler.tick(T0)
+    await set_mailing(engine, mailing, "deleted_at = now()")
+    await scheduler.tick(T0 + timedelta(minutes=1))
+    assert {(s, r) for s, _, r in (await messages(engine, mailing)).values()} == {
+        ("cancelled", "mailing deleted")
+    }
+    assert publisher.sent_ids == []
+
+
+async def test_client_added_while_running_gets_its_message(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    await add_client(engine, "Europe/Moscow", tag="vip")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5), tags=["vip"])
+    await scheduler.tick(T0)
+    late = await add_client(engine, "Europe/Samara", tag="vip")
+    await add_client(engine, "Europe/Samara", tag="other")
+    await scheduler.tick(T0 + timedelta(seconds=2))
+    assert late in await messages(engine, mailing)
+    assert len(await messages(engine, mailing)) == 2
+    assert len(publisher.sent_ids) == 2
+
+
+async def test_filter_change_cancels_unmatched_and_replans_window(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    keep = await add_client(engine, "Europe/Moscow", tag="a")
+    drop = await add_client(engine, "Europe/Moscow", tag="b")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(days=2), window=(time(20), time(21)))
+    await scheduler.tick(T0)
+    await set_mailing(engine, mailing, "filter_tags = '{a}', window_start = '12:00', window_end = '13:00'")
+    await scheduler.process_mailing(mailing, T0 + timedelta(minutes=1))
+    rows = await messages(engine, mailing)
+    assert rows[drop][0::2] == ("cancelled", "client no longer matches the mailing filter")
+    assert rows[keep][:2] == ("pending", datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
+
+
+async def test_stale_queued_message_is_published_again(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    settings = scheduler_settings(str(engine.url), requeue_after_seconds=60)
+    scheduler = make_scheduler(engine, settings, publisher)
+    await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    first = publisher.take_sent()
+    await scheduler.tick(T0 + timedelta(seconds=59))
+    assert publisher.sent_ids == []
+    await scheduler.tick(T0 + timedelta(seconds=61))
+    assert publisher.take_sent() == first
+    assert await mailing_status(engine, mailing) == "running"
+
+
+async def test_outstanding_cap_holds_dispatch_back(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    settings = scheduler_settings(str(engine.url), max_outstanding=3, dispatch_batch=2)
+    scheduler = make_scheduler(engine, settings, publisher)
+    for _ in range(5):
+        await add_client(engine, "Europe/Moscow")
+    await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    assert len(publisher.sent_ids) == 3
