@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import (
@@ -43,12 +43,15 @@ async def confirm_channel(connection: AbstractRobustConnection) -> AbstractChann
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
-def amqp_message(body: bytes, *, message_id: str | None = None) -> aio_pika.Message:
+def amqp_message(
+    body: bytes, *, message_id: str | None = None, headers: dict[str, Any] | None = None
+) -> aio_pika.Message:
     return aio_pika.Message(
         body,
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
+        headers=headers,
     )
 
 

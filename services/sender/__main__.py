@@ -1,0 +1,3 @@
+from services.sender.entrypoint import main
+
+main()

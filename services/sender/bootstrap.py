@@ -1,0 +1,200 @@
+"""Wires the real adapters (PostgreSQL, RabbitMQ, aiohttp, the ops server) into a running sender."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiohttp import web
+from loguru import logger
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from services.sender.metrics import SenderMetrics
+from services.sender.provider import ProbeClient, make_session
+from services.sender.ratelimit import PostgresTokenBucket, RateLimiter
+from services.sender.service import Clocks, Sender
+from services.sender.settings import SenderSettings
+from services.sender.store import Store
+from services.sender.writer import OutcomeWriter, WorkCopy
+from shared.broker import Consumer, Publisher, amqp_message, confirm_channel, connect, queue_depths
+from shared.contracts import MessagesFinalized, SendMessages
+from shared.db import make_engine
+from shared.ops import start_ops_server
+from shared.readiness import broker_ready, database_ready
+from shared.topology import declare
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AmqpBus:
+    def __init__(self, work: AbstractExchange, events: AbstractExchange) -> None:
+        self.work = work
+        self.events = events
+
+    async def publish(self, copies: Sequence[WorkCopy], finalized: MessagesFinalized | None) -> None:
+        sends = [
+            self.work.publish(amqp_message(c.command.encode(), headers=c.headers), c.routing_key)
+            for c in copies
+        ]
+        if finalized is not None:
+            sends.append(self.events.publish(amqp_message(finalized.encode()), finalized.routing_key))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+@dataclass
+class SenderApp:
+    settings: SenderSettings
+    metrics: SenderMetrics
+    engine: AsyncEngine
+    connection: AbstractRobustConnection
+    session: aiohttp.ClientSession
+    writer: OutcomeWriter
+    sender: Sender
+    consumer: Consumer[SendMessages]
+    ops: web.AppRunner | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Stop consuming, let calls in flight finish, give back what was not called, write it all."""
+        logger.info("sender stopping")
+        self.sender.stop()
+        await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
+        await self.writer.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+        await self.connection.close()
+        await self.engine.dispose()
+        if self.ops is not None:
+            await self.ops.cleanup()
+        logger.info("sender stopped")
+
+
+async def _watch_queue_depths(
+    connection: AbstractRobustConnection, settings: SenderSettings, metrics: SenderMetrics
+) -> None:
+    topology = settings.topology()
+    names = [topology.retry_queue(t) for t in range(len(topology.retry_delays))] + [topology.parking_queue]
+    channel: AbstractChannel | None = None
+    while True:
+        try:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()
+            for name, depth in (await queue_depths(channel, names)).items():
+                metrics.retry_depth.labels(name).set(depth)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("could not read queue depths: {}", exc)
+            channel = None
+        await asyncio.sleep(settings.queue_depth_interval_seconds)
+
+
+async def start_sender(
+    settings: SenderSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    serve_ops: bool = True,
+    rng: random.Random | None = None,
+) -> SenderApp:
+    metrics = SenderMetrics(registry if registry is not None else CollectorRegistry())
+    topology = settings.topology()
+    engine = make_engine(settings)
+    connection = await connect(settings.amqp_url)
+    publish_channel = await confirm_channel(connection)
+    await declare(publish_channel, topology)
+    events = await publish_channel.get_exchange(topology.events_exchange, ensure=False)
+    work = await publish_channel.get_exchange(topology.work_exchange, ensure=False)
+    consume_channel = await connection.channel()
+    await consume_channel.set_qos(prefetch_count=settings.prefetch)
+    send_queue = await consume_channel.get_queue(topology.send_queue, ensure=False)
+
+    clocks = Clocks(now=utc_now, monotonic=time.monotonic)
+    store = Store(engine)
+    writer = OutcomeWriter(
+        store,
+        AmqpBus(work, events),
+        metrics,
+        parking_key=topology.parking_key,
+        now=clocks.now,
+        interval=settings.flush_interval_ms / 1000,
+        max_rows=settings.flush_max_rows,
+    )
+
+    def on_breaker(state: BreakerState) -> None:
+        metrics.circuit_state.set(int(state))
+        if state is BreakerState.OPEN:
+            metrics.circuit_opened.inc()
+        logger.warning("circuit breaker {}", state.name.lower().replace("_", "-"))
+
+    breaker = CircuitBreaker(
+        BreakerConfig(
+            window=settings.breaker_window,
+            min_calls=settings.breaker_min_calls,
+            failure_ratio=settings.breaker_failure_ratio,
+            cooldown_seconds=settings.breaker_cooldown_seconds,
+            probes=settings.breaker_probes,
+        ),
+        clocks.monotonic,
+        on_breaker,
+    )
+    limiter = None
+    if settings.rate_limit_per_second > 0:
+        rate = settings.rate_limit_per_second
+        bucket = PostgresTokenBucket(engine, settings.rate_limit_name, rate, capacity=max(1.0, rate))
+        limiter = RateLimiter(bucket, rate, chunk=max(1, int(rate / 10)))
+    session = make_session(settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight)
+
+    def on_answer(label: str, duration: float) -> None:
+        metrics.attempts.labels(label).inc()
+        metrics.latency.observe(duration)
+
+    provider = ProbeClient(session, settings.probe_base_url, on_answer)
+    sender = Sender(
+        store=store,
+        provider=provider,
+        writer=writer,
+        breaker=breaker,
+        metrics=metrics,
+        topology=topology,
+        policy=settings.retry_policy(),
+        clocks=clocks,
+        max_in_flight=settings.max_in_flight,
+        lease_seconds=settings.lease_seconds,
+        mailing_recheck_seconds=settings.mailing_recheck_seconds,
+        limiter=limiter,
+        rng=rng,
+    )
+    writer.start()
+    consumer = Consumer(
+        send_queue, SendMessages, sender.handle, parking=Publisher(work), parking_key=topology.parking_key
+    )
+    ops = None
+    if serve_ops:
+
+        async def readiness() -> dict[str, bool]:
+            return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
+
+        ops = await start_ops_server(
+            settings.metrics_host, settings.metrics_port, metrics.registry, readiness
+        )
+    await consumer.start()
+    tasks = [asyncio.create_task(_watch_queue_depths(connection, settings, metrics))]
+    logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
+        "sender consuming {}", topology.send_queue
+    )
+    return SenderApp(settings, metrics, engine, connection, session, writer, sender, consumer, ops, tasks)

@@ -1,0 +1,97 @@
+"""Circuit breaker: when most recent calls fail, stop calling for a cool-down, then let a few probes in."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class BreakerState(IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    window: int = 50
+    min_calls: int = 20
+    failure_ratio: float = 0.7
+    cooldown_seconds: float = 5.0
+    probes: int = 3
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        config: BreakerConfig,
+        clock: Callable[[], float],
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.on_change = on_change
+        self._results: deque[bool] = deque(maxlen=config.window)
+        self._state = BreakerState.CLOSED
+        self._opened_at = 0.0
+        self._probes_out = 0
+        self._probes_ok = 0
+        self.opened_count = 0
+
+    @property
+    def state(self) -> BreakerState:
+        if (
+            self._state is BreakerState.OPEN
+            and self.clock() - self._opened_at >= self.config.cooldown_seconds
+        ):
+            self._set(BreakerState.HALF_OPEN)
+            self._probes_out = self._probes_ok = 0
+        return self._state
+
+    def cooldown_left(self) -> float:
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.config.cooldown_seconds - self.clock())
+
+    def try_acquire(self) -> bool:
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes_out < self.config.probes:
+            self._probes_out += 1
+            return True
+        return False
+
+    def record(self, success: bool) -> None:
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            if not success:
+                self._open()
+                return
+            self._probes_ok += 1
+            if self._probes_ok >= self.config.probes:
+                self._results.clear()
+                self._set(BreakerState.CLOSED)
+            return
+        if state is BreakerState.OPEN:
+            # An answer to a call made before the breaker opened changes nothing.
+            return
+        self._results.append(success)
+        failures = self._results.count(False)
+        calls = len(self._results)
+        if calls >= self.config.min_calls and failures >= self.config.failure_ratio * calls:
+            self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self.clock()
+        self._results.clear()
+        self.opened_count += 1
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self.on_change is not None:
+                self.on_change(state)

@@ -1,0 +1,60 @@
+"""Whether a claimed message may be sent now: the pure check made before every call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from shared.domain.windows import DailyWindow, is_open, next_opening
+
+NO_OPENING = "no window opening before the mailing ends"
+
+
+@dataclass(frozen=True)
+class MailingInfo:
+    id: int
+    text: str
+    status: str
+    end_at: datetime
+    window: DailyWindow | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_id: int
+    mailing_id: int
+    client_id: int
+    attempts: int
+    phone: str
+    timezone: str
+    client_deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Literal["send", "cancel", "expire", "wait"]
+    reason: str = ""
+    not_before: datetime | None = None
+
+
+SEND = Verdict("send")
+
+
+def check_sendable(claim: Claim, mailing: MailingInfo, now: datetime) -> Verdict:
+    if mailing.deleted or mailing.status == "cancelled":
+        return Verdict("cancel", "mailing cancelled")
+    if claim.client_deleted:
+        return Verdict("cancel", "client deleted")
+    if now >= mailing.end_at or mailing.status == "finished":
+        return Verdict("expire", "mailing ended before the message could be sent")
+    if mailing.status != "running":
+        # Paused (or re-scheduled): the scheduler hands it out again once the mailing runs.
+        return Verdict("wait", f"mailing {mailing.status}", not_before=now)
+    if not is_open(mailing.window, claim.timezone, now):
+        opening = next_opening(mailing.window, claim.timezone, now)
+        if opening >= mailing.end_at:
+            return Verdict("expire", NO_OPENING)
+        return Verdict("wait", "outside the client's window", not_before=opening)
+    return SEND

@@ -1,0 +1,78 @@
+"""The external sending API over one shared aiohttp session, with one log line per call."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol
+
+import aiohttp
+from loguru import logger
+
+from services.sender.checks import Claim
+from shared.domain.retry import ProviderResult, classify_exception, classify_response
+
+
+class Provider(Protocol):
+    async def send(self, claim: Claim, text: str) -> ProviderResult: ...
+
+
+def result_label(result: ProviderResult, status: int | None) -> str:
+    if result.ok:
+        return "ok"
+    if status is None:
+        return result.reason.split(":", 1)[0].replace(" ", "_")
+    if status == 200:
+        return "malformed"
+    if status >= 500:
+        return "http_5xx"
+    return f"http_{status}"
+
+
+def make_session(token: str, timeout_seconds: float, max_in_flight: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_in_flight, keepalive_timeout=30, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=min(timeout_seconds, 3.0)),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        raise_for_status=False,
+    )
+
+
+class ProbeClient:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, on_answer: AnswerHook | None = None
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.on_answer = on_answer
+
+    async def send(self, claim: Claim, text: str) -> ProviderResult:
+        url = f"{self.base_url}/v1/send/{claim.message_id}"
+        body = json.dumps({"id": claim.message_id, "phone": int(claim.phone), "text": text})
+        status: int | None = None
+        started = time.perf_counter()
+        try:
+            async with self.session.post(url, data=body) as response:
+                status = response.status
+                payload = await response.read()
+                result = classify_response(status, payload, response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            result = classify_exception(exc)
+        duration = time.perf_counter() - started
+        label = result_label(result, status)
+        if self.on_answer is not None:
+            self.on_answer(label, duration)
+        logger.bind(
+            message_id=claim.message_id,
+            mailing_id=claim.mailing_id,
+            client_id=claim.client_id,
+            attempt=claim.attempts,
+            status_code=status,
+            duration_ms=round(duration * 1000, 1),
+        ).info("probe POST /v1/send/{} -> {} ({})", claim.message_id, status or "no answer", result.reason)
+        return result
+
+
+class AnswerHook(Protocol):
+    def __call__(self, label: str, duration: float) -> None: ...

@@ -1,0 +1,202 @@
+"""The sender's core: claim a delivery's messages, call the API for each with bounded concurrency,
+and hand every outcome to the batched writer. The delivery is acked (by the consumer wrapper) only
+after all its outcomes are committed and their copies confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from loguru import logger
+
+from services.sender.breaker import CircuitBreaker
+from services.sender.checks import Claim, MailingInfo, Verdict, check_sendable
+from services.sender.metrics import SenderMetrics
+from services.sender.provider import Provider
+from services.sender.ratelimit import RateLimiter
+from services.sender.store import OutcomeRow
+from services.sender.writer import OutcomeWriter
+from shared.broker import Delivery
+from shared.contracts import SendItem, SendMessages
+from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide_retry
+from shared.topology import Topology
+
+BREAKER_POLL_SECONDS = 0.05
+
+
+class ClaimStore(Protocol):
+    async def claim(
+        self, ids: Sequence[int], lease_seconds: float
+    ) -> tuple[list[Claim], dict[int, MailingInfo]]: ...
+
+    async def mailings(self, ids: Sequence[int]) -> dict[int, MailingInfo]: ...
+
+
+class MailingCache:
+    """Mailing state no older than `max_age`, so the check before each call costs no query."""
+
+    def __init__(self, store: ClaimStore, max_age: float, monotonic: Callable[[], float]) -> None:
+        self.store = store
+        self.max_age = max_age
+        self.monotonic = monotonic
+        self._entries: dict[int, tuple[float, MailingInfo]] = {}
+        self._refreshing: dict[int, asyncio.Task[MailingInfo]] = {}
+
+    def seed(self, mailings: dict[int, MailingInfo]) -> None:
+        at = self.monotonic()
+        for mailing_id, info in mailings.items():
+            self._entries[mailing_id] = (at, info)
+
+    async def get(self, mailing_id: int) -> MailingInfo:
+        entry = self._entries.get(mailing_id)
+        if entry is not None and self.monotonic() - entry[0] <= self.max_age:
+            return entry[1]
+        task = self._refreshing.get(mailing_id)
+        if task is None:
+            task = asyncio.create_task(self._refresh(mailing_id, entry))
+            self._refreshing[mailing_id] = task
+        return await asyncio.shield(task)
+
+    async def _refresh(self, mailing_id: int, entry: tuple[float, MailingInfo] | None) -> MailingInfo:
+        try:
+            found = await self.store.mailings([mailing_id])
+        finally:
+            self._refreshing.pop(mailing_id, None)
+        info = found.get(mailing_id)
+        if info is None:
+            if entry is None:
+                raise LookupError(f"mailing {mailing_id} not found")
+            info = entry[1]
+        self._entries[mailing_id] = (self.monotonic(), info)
+        return info
+
+
+@dataclass(frozen=True)
+class Clocks:
+    now: Callable[[], datetime]
+    monotonic: Callable[[], float]
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        store: ClaimStore,
+        provider: Provider,
+        writer: OutcomeWriter,
+        breaker: CircuitBreaker,
+        metrics: SenderMetrics,
+        topology: Topology,
+        policy: RetryPolicy,
+        clocks: Clocks,
+        max_in_flight: int,
+        lease_seconds: float,
+        mailing_recheck_seconds: float,
+        limiter: RateLimiter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.writer = writer
+        self.breaker = breaker
+        self.metrics = metrics
+        self.topology = topology
+        self.policy = policy
+        self.clocks = clocks
+        self.lease_seconds = lease_seconds
+        self.limiter = limiter
+        self.rng = rng or random.Random()
+        self.cache = MailingCache(store, mailing_recheck_seconds, clocks.monotonic)
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Messages not yet called go back to the send queue instead of waiting for a slot."""
+        self.stopping = True
+
+    async def handle(self, delivery: Delivery[SendMessages]) -> None:
+        await self._wait_for_breaker()
+        items = {item.message_id: item for item in delivery.body.messages}
+        claims, mailings = await self.store.claim(list(items), self.lease_seconds)
+        self.cache.seed(mailings)
+        # Give up waiting (breaker, slots) well before the lease runs out, so no other copy can claim
+        # the message while this one might still call.
+        give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
+        futures = await asyncio.gather(*(self._deliver(c, items[c.message_id], give_up_at) for c in claims))
+        await asyncio.gather(*futures)
+        self.metrics.deliveries.labels("done").inc()
+
+    async def _wait_for_breaker(self) -> None:
+        # The breaker runs on a clock, so there is nothing to signal: poll until its cool-down ends.
+        while not self.stopping and (left := self.breaker.cooldown_left()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(left, 1.0))
+
+    async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
+        async with self.slots:
+            if self.stopping or self.clocks.monotonic() >= give_up_at:
+                return self._give_back(claim, item, self.topology.send_key)
+            mailing = await self.cache.get(claim.mailing_id)
+            verdict = check_sendable(claim, mailing, self.clocks.now())
+            if verdict.action != "send":
+                return self._not_sent(claim, item, verdict)
+            if not await self._acquire_breaker(give_up_at):
+                return self._give_back(claim, item, self.topology.retry_key(0))
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            self.metrics.in_flight.inc()
+            try:
+                result = await self.provider.send(claim, mailing.text)
+            finally:
+                self.metrics.in_flight.dec()
+            self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
+        return self._after_call(claim, item, mailing, result)
+
+    async def _acquire_breaker(self, give_up_at: float) -> bool:
+        while not self.breaker.try_acquire():
+            if self.stopping or self.clocks.monotonic() >= give_up_at:
+                return False
+            await asyncio.sleep(max(BREAKER_POLL_SECONDS, min(self.breaker.cooldown_left(), 1.0)))
+        return True
+
+    def _give_back(self, claim: Claim, item: SendItem, route: str) -> asyncio.Future[None]:
+        row = OutcomeRow(claim.message_id, "queued", attempts_delta=-1)
+        return self.writer.submit(row, item, route)
+
+    def _not_sent(self, claim: Claim, item: SendItem, verdict: Verdict) -> asyncio.Future[None]:
+        status = {"cancel": "cancelled", "expire": "expired", "wait": "pending"}[verdict.action]
+        logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
+            "not sending: {} -> {}", verdict.reason, status
+        )
+        row = OutcomeRow(
+            claim.message_id,
+            status,
+            last_error=verdict.reason,
+            not_before=verdict.not_before,
+            attempts_delta=-1,
+        )
+        return self.writer.submit(row, item)
+
+    def _after_call(
+        self, claim: Claim, item: SendItem, mailing: MailingInfo, result: ProviderResult
+    ) -> asyncio.Future[None]:
+        now = self.clocks.now()
+        if result.ok:
+            return self.writer.submit(OutcomeRow(claim.message_id, "sent", sent_at=now), item)
+        decision = decide_retry(self.policy, claim.attempts, result, now, mailing.end_at, self.rng.random())
+        if decision.action == "retry":
+            assert decision.tier is not None and decision.delay is not None
+            row = OutcomeRow(
+                claim.message_id,
+                "retrying",
+                last_error=decision.reason,
+                next_attempt_at=now + timedelta(seconds=decision.delay),
+            )
+            return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
+        if decision.action == "fail":
+            row = OutcomeRow(claim.message_id, "failed", last_error=decision.reason)
+            return self.writer.submit(row, item, self.topology.parking_key)
+        return self.writer.submit(OutcomeRow(claim.message_id, "expired", last_error=decision.reason), item)

@@ -1,0 +1,122 @@
+"""PostgreSQL side of the sender: the batched claim, mailing state, and batched outcome writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.sender.checks import Claim, MailingInfo
+from shared.domain.windows import DailyWindow
+
+FINAL = "('sent', 'failed', 'expired', 'cancelled')"
+
+_MAILING_COLUMNS = "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL"
+
+_CLAIM = text(
+    f"""
+    UPDATE messages AS m
+    SET lease_until = now() + make_interval(secs => :lease), attempts = m.attempts + 1, updated_at = now()
+    FROM mailings AS g, clients AS c
+    WHERE m.id = ANY(CAST(:ids AS bigint[]))
+      AND m.status IN ('queued', 'retrying')
+      AND (m.lease_until IS NULL OR m.lease_until < now())
+      AND g.id = m.mailing_id AND c.id = m.client_id
+    RETURNING m.id, m.mailing_id, m.client_id, m.attempts, c.phone, c.timezone, c.deleted_at IS NOT NULL,
+              {_MAILING_COLUMNS}
+    """
+)
+
+_MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")
+
+_WRITE = text(
+    f"""
+    UPDATE messages AS m
+    SET status = u.status,
+        sent_at = COALESCE(u.sent_at, m.sent_at),
+        last_error = COALESCE(u.last_error, m.last_error),
+        next_attempt_at = u.next_attempt_at,
+        not_before = COALESCE(u.not_before, m.not_before),
+        attempts = m.attempts + u.attempts_delta,
+        lease_until = NULL,
+        updated_at = now()
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamptz[]),
+        CAST(:errors AS text[]), CAST(:next_at AS timestamptz[]), CAST(:not_before AS timestamptz[]),
+        CAST(:deltas AS int[])
+    ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts_delta)
+    WHERE m.id = u.id AND m.status NOT IN {FINAL}
+    RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
+    """
+)
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One status write. `status` is the current one (queued/retrying) when the call never happened."""
+
+    message_id: int
+    status: str
+    sent_at: datetime | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    not_before: datetime | None = None
+    attempts_delta: int = 0
+
+
+@dataclass(frozen=True)
+class Written:
+    message_id: int
+    mailing_id: int
+    client_id: int
+    status: str
+    attempts: int
+    last_error: str | None
+
+
+def _mailing(row: Sequence[Any]) -> MailingInfo:
+    mailing_id, body, status, end_at, window_start, window_end, deleted = row
+    window = DailyWindow(window_start, window_end) if window_start is not None else None
+    return MailingInfo(mailing_id, body, status, end_at, window, bool(deleted))
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def claim(
+        self, ids: Sequence[int], lease_seconds: float
+    ) -> tuple[list[Claim], dict[int, MailingInfo]]:
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(_CLAIM, {"ids": list(ids), "lease": lease_seconds})).all()
+        claims: list[Claim] = []
+        mailings: dict[int, MailingInfo] = {}
+        for row in rows:
+            message_id, mailing_id, client_id, attempts, phone, tz, client_deleted = row[:7]
+            claims.append(Claim(message_id, mailing_id, client_id, attempts, phone, tz, bool(client_deleted)))
+            if mailing_id not in mailings:
+                mailings[mailing_id] = _mailing(row[7:])
+        return claims, mailings
+
+    async def mailings(self, ids: Sequence[int]) -> dict[int, MailingInfo]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(_MAILINGS, {"ids": list(ids)})).all()
+        return {row[0]: _mailing(row) for row in rows}
+
+    async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]:
+        params = {
+            "ids": [r.message_id for r in rows],
+            "statuses": [r.status for r in rows],
+            "sent_at": [r.sent_at for r in rows],
+            "errors": [r.last_error for r in rows],
+            "next_at": [r.next_attempt_at for r in rows],
+            "not_before": [r.not_before for r in rows],
+            "deltas": [r.attempts_delta for r in rows],
+        }
+        async with self.engine.begin() as conn:
+            result = (await conn.execute(_WRITE, params)).all()
+        return [Written(*row) for row in result]

@@ -1,0 +1,165 @@
+"""Batched status writes: outcomes of many messages go out in one UPDATE, then their follow-up copies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from loguru import logger
+
+from services.sender.metrics import SenderMetrics
+from services.sender.store import OutcomeRow, Written
+from shared.contracts import MessageOutcome, MessagesFinalized, SendItem, SendMessages
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
+
+WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class OutcomeStore(Protocol):
+    async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]: ...
+
+
+@dataclass(frozen=True)
+class WorkCopy:
+    command: SendMessages
+    routing_key: str
+    headers: dict[str, str] | None = None
+
+
+class Bus(Protocol):
+    async def publish(self, copies: Sequence[WorkCopy], finalized: MessagesFinalized | None) -> None:
+        """Publish every copy to the work exchange and the event to the events exchange, with confirms."""
+
+
+@dataclass
+class _Pending:
+    row: OutcomeRow
+    item: SendItem
+    # Where a copy of the message goes once the row is written (retry tier, parking lot, send queue).
+    route: str | None
+    future: asyncio.Future[None]
+
+
+class OutcomeWriter:
+    def __init__(
+        self,
+        store: OutcomeStore,
+        bus: Bus,
+        metrics: SenderMetrics,
+        *,
+        parking_key: str,
+        now: Callable[[], datetime],
+        interval: float,
+        max_rows: int,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.parking_key = parking_key
+        self.now = now
+        self.interval = interval
+        self.max_rows = max_rows
+        self._batch: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sender-outcome-writer")
+
+    def submit(self, row: OutcomeRow, item: SendItem, route: str | None = None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.append(_Pending(row, item, route, future))
+        if len(self._batch) == 1 or len(self._batch) >= self.max_rows:
+            self._wake.set()
+        return future
+
+    async def close(self) -> None:
+        """Write what is left and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._batch) < self.max_rows and not self._closing:
+                await asyncio.sleep(self.interval)
+            while self._batch:
+                batch, self._batch = self._batch[: self.max_rows], self._batch[self.max_rows :]
+                await self._flush(batch)
+            if self._closing:
+                return
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            written = await self._write([p.row for p in batch])
+            await self._follow_up(batch, written)
+        except Exception as exc:
+            logger.exception("status write of {} messages failed", len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_result(None)
+
+    async def _write(self, rows: list[OutcomeRow]) -> list[Written]:
+        for pause in (*WRITE_RETRY_PAUSES, None):
+            started = time.perf_counter()
+            try:
+                written = await self.store.write(rows)
+            except Exception:
+                if pause is None:
+                    raise
+                logger.warning("status write failed; retrying in {}s", pause)
+                await asyncio.sleep(pause)
+                continue
+            self.metrics.flush_seconds.observe(time.perf_counter() - started)
+            self.metrics.flush_rows.inc(len(rows))
+            return written
+        raise AssertionError("unreachable")
+
+    async def _follow_up(self, batch: list[_Pending], written: list[Written]) -> None:
+        done = {w.message_id: w for w in written}
+        routed: dict[str, list[SendItem]] = defaultdict(list)
+        parked: list[WorkCopy] = []
+        outcomes: list[MessageOutcome] = []
+        at = self.now()
+        for pending in batch:
+            row = done.get(pending.row.message_id)
+            if row is None or row.status != pending.row.status:
+                # Already final (a concurrent cancel or another copy): the guard kept it.
+                continue
+            self.metrics.outcomes.labels(row.status).inc()
+            status = MessageStatus(row.status)
+            if status in FINAL_MESSAGE_STATUSES:
+                outcomes.append(
+                    MessageOutcome(
+                        message_id=row.message_id,
+                        mailing_id=row.mailing_id,
+                        client_id=row.client_id,
+                        status=status.value,
+                        attempts=row.attempts,
+                        occurred_at=at,
+                        reason=row.last_error if status is not MessageStatus.SENT else None,
+                    )
+                )
+            if pending.route == self.parking_key:
+                command = SendMessages(messages=[pending.item])
+                reason = (row.last_error or "")[:500]
+                parked.append(WorkCopy(command, self.parking_key, {"x-parked-reason": reason}))
+            elif pending.route is not None:
+                routed[pending.route].append(pending.item)
+        copies = [WorkCopy(SendMessages(messages=items), key) for key, items in routed.items()] + parked
+        finalized = MessagesFinalized(outcomes=outcomes) if outcomes else None
+        if copies or finalized is not None:
+            await self.bus.publish(copies, finalized)

@@ -1,0 +1,284 @@
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from services.sender.bootstrap import SenderApp, start_sender
+from shared.contracts import MessagesFinalized, SendMessages, decode
+from shared.settings import CommonSettings
+from shared.topology import Topology
+
+from .test_sender_support import Db, Stub, drain_queue, eventually, publish_send, sender_settings, start_stub
+
+pytestmark = pytest.mark.integration
+
+FINAL = {"sent", "failed", "expired", "cancelled"}
+
+
+@pytest.fixture
+async def stub_server() -> AsyncIterator[TestServer]:
+    server = await start_stub()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+def stub(stub_server: TestServer) -> Stub:
+    return Stub(str(stub_server.make_url("")))
+
+
+@pytest.fixture
+def db(settings: CommonSettings) -> Db:
+    return Db(settings.psycopg_dsn)
+
+
+class Senders:
+    def __init__(self, settings: CommonSettings, stub: Stub) -> None:
+        self.settings = settings
+        self.stub = stub
+        self.apps: list[SenderApp] = []
+
+    async def start(self, **overrides: Any) -> SenderApp:
+        app = await start_sender(
+            sender_settings(self.settings, self.stub.base_url, **overrides),
+            registry=CollectorRegistry(),
+            serve_ops=False,
+        )
+        self.apps.append(app)
+        return app
+
+    async def stop(self, app: SenderApp) -> None:
+        self.apps.remove(app)
+        await app.stop()
+
+
+@pytest.fixture
+async def senders(settings: CommonSettings, stub: Stub, topology: Topology) -> AsyncIterator[Senders]:
+    running = Senders(settings, stub)
+    yield running
+    for app in list(running.apps):
+        await running.stop(app)
+
+
+async def all_final(db: Db, mailing_id: int) -> bool:
+    return all(row[0] in FINAL for row in (await db.statuses(mailing_id)).values())
+
+
+async def test_messages_are_sent_and_their_outcomes_published(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start()
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 30)
+    await publish_send(settings.amqp_url, topology, items, per_event=7)
+
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+
+    rows = await db.statuses(mailing)
+    assert {row[0] for row in rows.values()} == {"sent"}
+    assert all(row[1] == 1 and row[3] is not None and row[5] is None for row in rows.values())
+    assert (await stub.stats())["distinct_accepted"] == 30
+    events = [
+        decode(MessagesFinalized, b)
+        for b in await drain_queue(settings.amqp_url, topology.service_queue("reporter"))
+    ]
+    assert sorted(o.message_id for e in events for o in e.outcomes) == sorted(i.message_id for i in items)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"error_rate": 1.0}, "http 5"),
+        ({"timeout_rate": 1.0}, "timeout"),
+        ({"malformed_rate": 1.0}, "malformed|provider code"),
+        ({"rate_limit_rate": 1.0}, "http 429"),
+        ({"outage_seconds": 30.0}, "Disconnected"),
+    ],
+    ids=["5xx", "timeout", "malformed", "429", "refused"],
+)
+async def test_a_transient_failure_is_retried_through_the_tier_queues_then_sent(
+    fault: dict[str, float],
+    reason: str,
+    db: Db,
+    stub: Stub,
+    senders: Senders,
+    settings: CommonSettings,
+    topology: Topology,
+) -> None:
+    await senders.start()
+    await stub.faults(**fault)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 3)
+    await publish_send(settings.amqp_url, topology, items)
+
+    async def retried_twice() -> bool:
+        rows = (await db.statuses(mailing)).values()
+        return all(row[0] == "retrying" and row[1] >= 2 for row in rows)
+
+    await eventually(retried_twice, what="two failed attempts each")
+    rows = (await db.statuses(mailing)).values()
+    assert all(re.search(reason, row[2]) and row[6] is not None for row in rows), rows
+    await stub.faults(error_rate=0, timeout_rate=0, malformed_rate=0, rate_limit_rate=0, outage_seconds=0)
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+    rows = (await db.statuses(mailing)).values()
+    assert {row[0] for row in rows} == {"sent"}
+    assert (await stub.stats())["duplicates"] == 0
+
+
+async def test_a_permanent_failure_is_failed_and_parked(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start()
+    await stub.faults(reject_rate=1.0)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 2)
+    await publish_send(settings.amqp_url, topology, items)
+
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+
+    rows = (await db.statuses(mailing)).values()
+    assert all(row[0] == "failed" and row[1] == 1 and row[2] == "http 400" for row in rows)
+    parked = [decode(SendMessages, b) for b in await drain_queue(settings.amqp_url, topology.parking_queue)]
+    assert sorted(m.message_id for p in parked for m in p.messages) == sorted(i.message_id for i in items)
+
+
+async def test_a_message_whose_attempts_are_exhausted_is_failed_and_parked(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start(max_attempts=3)
+    await stub.faults(error_rate=1.0)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 2)
+    await publish_send(settings.amqp_url, topology, items)
+
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+
+    rows = (await db.statuses(mailing)).values()
+    assert all(row[0] == "failed" and row[1] == 3 and "attempts exhausted" in row[2] for row in rows), rows
+    parked = await drain_queue(settings.amqp_url, topology.parking_queue)
+    assert len(parked) == 2
+
+
+async def test_a_message_still_failing_when_the_mailing_ends_expires(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start()
+    await stub.faults(error_rate=1.0)
+    mailing = await db.mailing(end_in=timedelta(seconds=1.2))
+    items = await db.queued_messages(mailing, 3)
+    await publish_send(settings.amqp_url, topology, items)
+
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+
+    rows = (await db.statuses(mailing)).values()
+    assert {row[0] for row in rows} == {"expired"}
+    assert (await stub.stats())["accepted"] == 0
+
+
+async def test_a_message_whose_window_closes_during_retries_waits_for_the_next_opening(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start()
+    await stub.faults(error_rate=1.0)
+    now = datetime.now(UTC)
+    closes = now + timedelta(seconds=0.3)
+    mailing = await db.mailing(
+        end_in=timedelta(days=3), window=((now - timedelta(hours=1)).time(), closes.time())
+    )
+    items = await db.queued_messages(mailing, 2)
+    await publish_send(settings.amqp_url, topology, items)
+
+    async def back_to_pending() -> bool:
+        return all(row[0] == "pending" for row in (await db.statuses(mailing)).values())
+
+    await eventually(back_to_pending, what="messages back to pending")
+
+    rows = (await db.statuses(mailing)).values()
+    next_opening = now - timedelta(hours=1) + timedelta(days=1)
+    for row in rows:
+        assert abs((row[4] - next_opening).total_seconds()) < 1, row
+        assert row[1] >= 1 and row[5] is None
+    assert (await stub.stats())["accepted"] == 0
+
+
+@pytest.mark.parametrize(("action", "expected"), [("paused", "pending"), ("cancelled", "cancelled")])
+async def test_pausing_or_cancelling_a_mailing_stops_its_delivery(
+    action: str,
+    expected: str,
+    db: Db,
+    stub: Stub,
+    senders: Senders,
+    settings: CommonSettings,
+    topology: Topology,
+) -> None:
+    await senders.start(max_in_flight=4)
+    await stub.faults(latency_ms=100)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 40)
+    await publish_send(settings.amqp_url, topology, items, per_event=10)
+
+    async def some_sent() -> bool:
+        return (await stub.stats())["accepted"] >= 4
+
+    await eventually(some_sent, what="first sends")
+    await db.execute("UPDATE mailings SET status = %s WHERE id = %s", (action, mailing))
+    accepted_at_change = (await stub.stats())["accepted"]
+
+    async def settled() -> bool:
+        return all(row[0] in FINAL | {"pending"} for row in (await db.statuses(mailing)).values())
+
+    await eventually(settled, what="every message settled")
+    rows = (await db.statuses(mailing)).values()
+    sent = sum(row[0] == "sent" for row in rows)
+    assert sent == (await stub.stats())["distinct_accepted"]
+    # Only calls already in flight when the mailing changed may still complete.
+    assert sent <= accepted_at_change + 4
+    assert sum(row[0] == expected for row in rows) == 40 - sent
+
+
+async def test_a_message_already_final_is_never_sent_again(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    await senders.start()
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 3)
+    await publish_send(settings.amqp_url, topology, items)
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+    await publish_send(settings.amqp_url, topology, items + items)
+
+    async def consumed() -> bool:
+        return not await drain_queue(settings.amqp_url, topology.send_queue)
+
+    await eventually(consumed, what="copies consumed")
+    assert (await stub.stats())["requests"] == 3
+
+
+async def test_stopping_the_sender_finishes_or_returns_every_message(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    first = await senders.start(max_in_flight=4)
+    await stub.faults(latency_ms=150)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 30)
+    await publish_send(settings.amqp_url, topology, items, per_event=10)
+
+    async def some_sent() -> bool:
+        return (await stub.stats())["accepted"] >= 4
+
+    await eventually(some_sent, what="first sends")
+    await senders.stop(first)
+
+    rows = (await db.statuses(mailing)).values()
+    assert all(row[0] in ("sent", "queued") and row[5] is None for row in rows), rows
+    assert sum(row[0] == "sent" for row in rows) == (await stub.stats())["distinct_accepted"]
+    await stub.faults(latency_ms=0)
+    await senders.start()
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+    assert {row[0] for row in (await db.statuses(mailing)).values()} == {"sent"}
+    assert (await stub.stats())["duplicates"] == 0
