@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.publisher import AmqpSchedulerPublisher
+from services.scheduler.scheduler import Scheduler
+from shared.broker import Publisher, confirm_channel, connect
+from shared.topology import Topology, exchanges
+
+from ..conftest import AMQP_URL, TEST_RETRY_DELAYS
+from .test_scheduler_helpers import (
+    add_mailing,
+    copy_clients,
+    drain_send_queue,
+    scheduler_settings,
+    status_counts,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONES = ("Europe/Moscow", "Asia/Vladivostok", "Europe/Kaliningrad", "Asia/Yekaterinburg")
+
+
+async def test_two_schedulers_dispatch_every_message_once(database_url: str, topology: Topology) -> None:
+    await copy_clients(database_url, 20_000, ZONES)
+    engine = create_async_engine(database_url, pool_size=10)
+    now = datetime.now(UTC)
+    settings = scheduler_settings(database_url, dispatch_batch=700, messages_per_event=100, max_outstanding=0)
+    connections = [await connect(AMQP_URL), await connect(AMQP_URL)]
+    try:
+        mailing = await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
+        schedulers = []
+        for connection in connections:
+            events, work = await exchanges(await confirm_channel(connection), topology)
+            publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology)
+            metrics = SchedulerMetrics(CollectorRegistry())
+            schedulers.append(Scheduler(engine, publisher, settings, metrics))
+        await asyncio.gather(*(s.tick(now) for s in schedulers), *(s.tick(now) for s in schedulers))
+        ids = await drain_send_queue(AMQP_URL, topology.send_queue)
+        assert len(ids) == 20_000
+        assert len(set(ids)) == 20_000
+        assert await status_counts(engine) == {"queued": 20_000}
+        async with engine.connect() as conn:
+            status = await conn.scalar(text("SELECT status FROM mailings WHERE id = :id"), {"id": mailing})
+        assert status == "running"
+    finally:
+        for connection in connections:
+            await connection.close()
+        await engine.dispose()
+
+
+def _start_scheduler(database_url: str, namespace: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MAILING_DATABASE_URL": database_url,
+        "MAILING_AMQP_URL": AMQP_URL,
+        "MAILING_AMQP_NAMESPACE": namespace,
+        "MAILING_RETRY_DELAYS_SECONDS": str(list(TEST_RETRY_DELAYS)),
+        "MAILING_SCHEDULER_METRICS_PORT": "0",
+        "MAILING_SCHEDULER_METRICS_HOST": "127.0.0.1",
+        "MAILING_SCHEDULER_DISPATCH_BATCH": "1000",
+        "MAILING_SCHEDULER_MESSAGES_PER_EVENT": "250",
+        "MAILING_SCHEDULER_MAX_OUTSTANDING": "0",
+        "MAILING_SCHEDULER_TICK_SECONDS": "0.5",
+        "MAILING_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.scheduler"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+    )
+
+
+async def _wait_for(
+    engine_url: str, condition: Callable[[dict[str, int]], bool], deadline_seconds: float
+) -> dict[str, int]:
+    engine = create_async_engine(engine_url)
+    try:
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            counts = await status_counts(engine)
+            if condition(counts):
+                return counts
+            assert time.monotonic() < deadline, f"timed out waiting: {counts}"
+            await asyncio.sleep(0.02)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.timeout(120)
+async def test_killed_scheduler_loses_nothing_and_duplicates_at_most_one_batch(
+    database_url: str, topology: Topology
+) -> None:
+    total = 100_000
+    await copy_clients(database_url, total, ZONES)
+    engine = create_async_engine(database_url)
+    now = datetime.now(UTC)
+    await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
+    await engine.dispose()
+
+    first = _start_scheduler(database_url, topology.namespace)
+    try:
+        await _wait_for(database_url, lambda c: c.get("queued", 0) >= 20_000, 30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    counts = await _wait_for(database_url, lambda c: True, 1)
+    assert counts.get("queued", 0) < total, "killed too late to prove anything"
+
+    second = _start_scheduler(database_url, topology.namespace)
+    try:
+        await _wait_for(database_url, lambda c: c.get("queued", 0) == total, 60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
+
+    ids = await drain_send_queue(AMQP_URL, topology.send_queue)
+    assert len(set(ids)) == total
+    duplicates = sum(n - 1 for n in Counter(ids).values())
+    assert duplicates <= 1000
