@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from loguru import logger
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +22,11 @@ from shared.topology import declare
 # Only one relay publishes at a time, so events leave in id order even with several API processes.
 RELAY_LOCK_KEY = 0x6D61696C  # "mail"
 PUBLISH_TIMEOUT_SECONDS = 10.0
+# Connecting, opening the channel and declaring the topology together; a broker that accepts TCP but
+# never answers must not stall the relay (and shutdown) for long.
+CONNECT_TIMEOUT_SECONDS = 10.0
+CLOSE_TIMEOUT_SECONDS = 2.0
+MAX_PAUSE_SECONDS = 5.0
 
 
 class OutboxRelay:
@@ -30,9 +36,17 @@ class OutboxRelay:
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics
-        self.connection: AbstractRobustConnection | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The broker connection while it is up; None while the broker is unreachable (for /readyz)."""
+        if self._connection is None or not self._connection.connected.is_set():
+            return None
+        return self._connection
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows, so they leave at once instead of at the next poll."""
@@ -47,6 +61,8 @@ class OutboxRelay:
         while not self._stop.is_set():
             try:
                 exchange = await self._exchange()
+                if exchange is None:
+                    break
                 published = await self.relay_once(exchange)
                 pause = self.settings.relay_poll_seconds
                 if published:
@@ -55,13 +71,15 @@ class OutboxRelay:
                 self.metrics.outbox_failures.inc()
                 logger.warning("outbox relay pass failed, will retry: {!r}", exc)
                 await self._drop_connection()
-                pause = min(pause * 2, 5.0)
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
             await self._sleep(pause)
         await self._drop_connection()
 
     async def relay_once(self, exchange: AbstractExchange) -> int:
         async with unit_of_work(self.sessions) as session:
-            if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}):
+            if not await session.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
+            ):
                 return 0
             rows = (
                 await session.execute(
@@ -74,6 +92,8 @@ class OutboxRelay:
                 self.metrics.outbox_backlog.set(0)
                 return 0
             # One channel delivers in publish order, so per-mailing order survives the concurrent confirms.
+            # A robust channel waits for a reconnect without end while the broker is gone: the timeout ends
+            # the wait, the rows stay, and the next pass publishes them over a new connection.
             await asyncio.wait_for(
                 Publisher(exchange).publish_many((to_contract(r.id, r.payload), r.routing_key) for r in rows),
                 timeout=PUBLISH_TIMEOUT_SECONDS,
@@ -88,19 +108,51 @@ class OutboxRelay:
             )
         return len(rows)
 
-    async def _exchange(self) -> AbstractExchange:
-        if self.connection is None or self.connection.is_closed:
-            self.connection = await connect(self.settings.amqp_url, give_up_after=5)
-            self._channel = await confirm_channel(self.connection)
-            await declare(self._channel, self.settings.topology())
-            logger.info("outbox relay connected to RabbitMQ")
+    async def _exchange(self) -> AbstractExchange | None:
+        """The events exchange over a live connection; None when the relay was stopped meanwhile."""
+        if self._channel is None or self.connection is None or self._channel.is_closed:
+            # The relay reconnects itself rather than wait on the robust connection's own reconnect,
+            # which would hold a database transaction open for as long as the broker is away.
+            await self._drop_connection()
+            if not await self._until_stopped(self._connect()):
+                return None
+        assert self._channel is not None
         return await self._channel.get_exchange(self.settings.topology().events_exchange, ensure=False)
 
+    async def _connect(self) -> None:
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            connection = await connect(self.settings.amqp_url, give_up_after=CONNECT_TIMEOUT_SECONDS / 2)
+            try:
+                channel = await confirm_channel(connection)
+                await declare(channel, self.settings.topology())
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_SECONDS)
+                raise
+        self._connection, self._channel = connection, channel
+        logger.info("outbox relay connected to RabbitMQ")
+
+    async def _until_stopped(self, work: Coroutine[None, None, None]) -> bool:
+        """Runs `work` unless `stop()` comes first; True when the work completed."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False
+        task.result()
+        return True
+
     async def _drop_connection(self) -> None:
-        if self.connection is not None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
             with contextlib.suppress(Exception):
-                await self.connection.close()
-            self.connection = None
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_SECONDS)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -4,6 +4,8 @@ from fastapi import FastAPI
 
 
 def include_routers(app: FastAPI) -> None:
-    from services.api.routers import api_keys
+    from services.api.routers import api_keys, mailings, stats
 
     app.include_router(api_keys.router, prefix="/api/v1")
+    app.include_router(mailings.router, prefix="/api/v1")
+    app.include_router(stats.router, prefix="/api/v1")

@@ -1,0 +1,314 @@
+"""Mailing operations: each change, its messages' cancellations and its outbox event in the caller's
+transaction. The caller commits and then wakes the outbox relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypedDict
+
+from loguru import logger
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.errors import Conflict, NotFound
+from shared.contracts import MailingEventType
+from shared.domain.errors import DomainValidationError
+from shared.domain.statuses import (
+    FINAL_MAILING_STATUSES,
+    FINAL_MESSAGE_STATUSES,
+    MailingStatus,
+    MessageStatus,
+    can_transition_mailing,
+)
+from shared.domain.windows import DailyWindow
+from shared.models import Mailing, Message
+from shared.outbox import mailing_event
+
+MAX_ID = 2**63 - 1
+CANCELLED_REASON = "mailing cancelled"
+DELETED_REASON = "mailing deleted"
+_OPEN_MESSAGE_STATUSES = [s.value for s in MessageStatus if s not in FINAL_MESSAGE_STATUSES]
+
+
+class MailingChanges(TypedDict, total=False):
+    text: str
+    start_at: datetime
+    end_at: datetime
+    filter_tags: list[str]
+    filter_operator_codes: list[str]
+    window: DailyWindow | None
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    total: int
+    counts: dict[str, int]
+
+
+def _window_columns(window: DailyWindow | None) -> tuple[object, object]:
+    return (None, None) if window is None else (window.start, window.end)
+
+
+def _check_period(start_at: datetime, end_at: datetime) -> None:
+    if end_at <= start_at:
+        raise DomainValidationError("end_at", "end_at must be after start_at")
+
+
+async def _locked(session: AsyncSession, mailing_id: int) -> Mailing:
+    # The row lock orders concurrent changes of one mailing, so its outbox ids follow the commit order.
+    if not 1 <= mailing_id <= MAX_ID:
+        raise NotFound("mailing", mailing_id)
+    mailing = await session.scalar(
+        select(Mailing).where(Mailing.id == mailing_id, Mailing.deleted_at.is_(None)).with_for_update()
+    )
+    if mailing is None:
+        raise NotFound("mailing", mailing_id)
+    return mailing
+
+
+async def get_mailing(session: AsyncSession, mailing_id: int) -> Mailing:
+    if not 1 <= mailing_id <= MAX_ID:
+        raise NotFound("mailing", mailing_id)
+    mailing = await session.scalar(
+        select(Mailing).where(Mailing.id == mailing_id, Mailing.deleted_at.is_(None))
+    )
+    if mailing is None:
+        raise NotFound("mailing", mailing_id)
+    return mailing
+
+
+def _record(session: AsyncSession, event: MailingEventType, mailing: Mailing, now: datetime) -> None:
+    session.add(mailing_event(event, mailing.id, now))
+
+
+async def create_mailing(
+    session: AsyncSession,
+    *,
+    text: str,
+    start_at: datetime,
+    end_at: datetime,
+    filter_tags: list[str],
+    filter_operator_codes: list[str],
+    window: DailyWindow | None,
+    now: datetime,
+) -> Mailing:
+    _check_period(start_at, end_at)
+    window_start, window_end = _window_columns(window)
+    mailing = Mailing(
+        text=text,
+        start_at=start_at,
+        end_at=end_at,
+        filter_tags=filter_tags,
+        filter_operator_codes=filter_operator_codes,
+        window_start=window_start,
+        window_end=window_end,
+        status=MailingStatus.SCHEDULED.value,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(mailing)
+    await session.flush()
+    _record(session, "created", mailing, now)
+    logger.bind(mailing_id=mailing.id).info(
+        "mailing created: start {} end {}, {} tags, {} operator codes, window {}",
+        start_at.isoformat(),
+        end_at.isoformat(),
+        len(filter_tags),
+        len(filter_operator_codes),
+        "none" if window is None else f"{window.start}-{window.end}",
+    )
+    return mailing
+
+
+async def _has_started_sending(session: AsyncSession, mailing_id: int) -> bool:
+    started = await session.scalar(
+        select(literal(1))
+        .where(
+            Message.mailing_id == mailing_id,
+            or_(Message.status == MessageStatus.SENT.value, Message.attempts > 0),
+        )
+        .limit(1)
+    )
+    return started is not None
+
+
+async def update_mailing(
+    session: AsyncSession, mailing_id: int, changes: MailingChanges, now: datetime
+) -> Mailing:
+    mailing = await _locked(session, mailing_id)
+    log = logger.bind(mailing_id=mailing_id)
+    if MailingStatus(mailing.status) in FINAL_MAILING_STATUSES:
+        log.info("update refused: mailing is {}", mailing.status)
+        raise Conflict("status", f"a {mailing.status} mailing can no longer be changed")
+    start_at = changes.get("start_at", mailing.start_at)
+    end_at = changes.get("end_at", mailing.end_at)
+    _check_period(start_at, end_at)
+    if (
+        "text" in changes
+        and changes["text"] != mailing.text
+        and await _has_started_sending(session, mailing_id)
+    ):
+        log.info("text change refused: sending has started")
+        raise Conflict("text", "the text can no longer change: messages of this mailing were already sent")
+    changed: list[str] = []
+    for name in ("text", "start_at", "end_at", "filter_tags", "filter_operator_codes"):
+        if name in changes and changes[name] != getattr(mailing, name):
+            setattr(mailing, name, changes[name])
+            changed.append(name)
+    if "window" in changes:
+        window_start, window_end = _window_columns(changes["window"])
+        if (window_start, window_end) != (mailing.window_start, mailing.window_end):
+            mailing.window_start, mailing.window_end = window_start, window_end  # type: ignore[assignment]
+            changed.append("window")
+    if changed:
+        mailing.updated_at = now
+        _record(session, "updated", mailing, now)
+        log.info("mailing updated: {}", ", ".join(changed))
+    else:
+        log.info("mailing update changed nothing")
+    return mailing
+
+
+async def _cancel_open_messages(session: AsyncSession, mailing_id: int, reason: str, now: datetime) -> int:
+    result = await session.execute(
+        update(Message)
+        .where(Message.mailing_id == mailing_id, Message.status.in_(_OPEN_MESSAGE_STATUSES))
+        .values(status=MessageStatus.CANCELLED.value, last_error=reason, lease_until=None, updated_at=now)
+        .returning(Message.id)
+    )
+    return len(result.all())
+
+
+def _move(mailing: Mailing, target: MailingStatus, now: datetime) -> None:
+    current = MailingStatus(mailing.status)
+    if not can_transition_mailing(current, target):
+        logger.bind(mailing_id=mailing.id).info("refused to move mailing from {} to {}", current, target)
+        raise Conflict("status", f"a {current} mailing cannot become {target}")
+    mailing.status = target.value
+    mailing.updated_at = now
+
+
+async def pause_mailing(session: AsyncSession, mailing_id: int, now: datetime) -> Mailing:
+    mailing = await _locked(session, mailing_id)
+    if mailing.status not in (MailingStatus.SCHEDULED, MailingStatus.RUNNING):
+        raise Conflict(
+            "status", f"only a scheduled or running mailing can be paused, this one is {mailing.status}"
+        )
+    _move(mailing, MailingStatus.PAUSED, now)
+    _record(session, "paused", mailing, now)
+    logger.bind(mailing_id=mailing_id).info("mailing paused")
+    return mailing
+
+
+async def resume_mailing(session: AsyncSession, mailing_id: int, now: datetime) -> Mailing:
+    mailing = await _locked(session, mailing_id)
+    if mailing.status != MailingStatus.PAUSED:
+        raise Conflict("status", f"only a paused mailing can be resumed, this one is {mailing.status}")
+    target = MailingStatus.RUNNING if mailing.start_at <= now else MailingStatus.SCHEDULED
+    _move(mailing, target, now)
+    _record(session, "resumed", mailing, now)
+    logger.bind(mailing_id=mailing_id).info("mailing resumed as {}", target)
+    return mailing
+
+
+async def cancel_mailing(session: AsyncSession, mailing_id: int, now: datetime) -> Mailing:
+    mailing = await _locked(session, mailing_id)
+    _move(mailing, MailingStatus.CANCELLED, now)
+    cancelled = await _cancel_open_messages(session, mailing_id, CANCELLED_REASON, now)
+    _record(session, "cancelled", mailing, now)
+    logger.bind(mailing_id=mailing_id).info("mailing cancelled with {} messages not yet sent", cancelled)
+    return mailing
+
+
+async def delete_mailing(session: AsyncSession, mailing_id: int, now: datetime) -> None:
+    mailing = await _locked(session, mailing_id)
+    if MailingStatus(mailing.status) not in FINAL_MAILING_STATUSES:
+        # Keeps a deleted mailing out of every "status = running" query, deleted_at filter or not.
+        mailing.status = MailingStatus.CANCELLED.value
+    mailing.deleted_at = now
+    mailing.updated_at = now
+    cancelled = await _cancel_open_messages(session, mailing_id, DELETED_REASON, now)
+    _record(session, "deleted", mailing, now)
+    logger.bind(mailing_id=mailing_id).info("mailing deleted; {} messages not yet sent cancelled", cancelled)
+
+
+def live_mailings(status: MailingStatus | None) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = Mailing.deleted_at.is_(None)
+    if status is not None:
+        condition = and_(condition, Mailing.status == status.value)
+    return condition
+
+
+async def list_mailings(
+    session: AsyncSession, status: MailingStatus | None, limit: int, offset: int
+) -> tuple[list[Mailing], int]:
+    where = live_mailings(status)
+    total = await session.scalar(select(func.count()).select_from(Mailing).where(where))
+    rows = await session.scalars(
+        select(Mailing).where(where).order_by(Mailing.id).limit(limit).offset(offset)
+    )
+    return list(rows), total or 0
+
+
+def _count_columns() -> list[ColumnElement[int]]:
+    return [
+        func.count().filter(Message.status == status.value).label(status.value) for status in MessageStatus
+    ]
+
+
+def stats_query(status: MailingStatus | None) -> Select[Any]:
+    """Each live mailing with its message counts: one query, counted per mailing through the
+    (mailing_id, status) index, so a page of mailings never aggregates the whole messages table."""
+    counts = (
+        select(func.count().label("total"), *_count_columns())
+        .where(Message.mailing_id == Mailing.id)
+        .correlate(Mailing)
+        .lateral("counts")
+    )
+    columns = [counts.c.total, *(counts.c[s.value] for s in MessageStatus)]
+    return (
+        select(Mailing, *columns)
+        .outerjoin(counts, true())
+        .where(live_mailings(status))
+        .order_by(Mailing.id)
+    )
+
+
+def _counts_of(row: tuple[object, ...]) -> StatusCounts:
+    total, *by_status = row
+    return StatusCounts(
+        total=int(total or 0),  # type: ignore[call-overload]
+        counts={s.value: int(n or 0) for s, n in zip(MessageStatus, by_status, strict=True)},  # type: ignore[call-overload]
+    )
+
+
+async def mailing_stats_page(
+    session: AsyncSession, status: MailingStatus | None, limit: int, offset: int
+) -> tuple[list[tuple[Mailing, StatusCounts]], int]:
+    total = await session.scalar(select(func.count()).select_from(Mailing).where(live_mailings(status)))
+    rows = (await session.execute(stats_query(status).limit(limit).offset(offset))).all()
+    page: list[tuple[Mailing, StatusCounts]] = [(row[0], _counts_of(tuple(row[1:]))) for row in rows]
+    return page, total or 0
+
+
+async def mailing_stats(session: AsyncSession, mailing_id: int) -> tuple[Mailing, StatusCounts]:
+    mailing = await get_mailing(session, mailing_id)
+    row = (
+        await session.execute(select(func.count(), *_count_columns()).where(Message.mailing_id == mailing_id))
+    ).one()
+    return mailing, _counts_of(tuple(row))
+
+
+async def list_messages(
+    session: AsyncSession, mailing_id: int, status: MessageStatus | None, limit: int, offset: int
+) -> tuple[list[Message], int]:
+    await get_mailing(session, mailing_id)
+    where: ColumnElement[bool] = Message.mailing_id == mailing_id
+    if status is not None:
+        where = and_(where, Message.status == status.value)
+    total = await session.scalar(select(func.count()).select_from(Message).where(where))
+    rows = await session.scalars(
+        select(Message).where(where).order_by(Message.id).limit(limit).offset(offset)
+    )
+    return list(rows), total or 0

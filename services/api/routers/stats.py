@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from services.api import mailings_service as service
+from services.api.deps import PrincipalDep, SessionDep
+from services.api.routers.mailings import (
+    INVALID,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    Limit,
+    Offset,
+)
+from services.api.schemas import Page
+from shared.domain.statuses import MailingStatus, MessageStatus
+from shared.models import Mailing, Message
+
+router = APIRouter(tags=["statistics"])
+
+
+class StatusCountsOut(BaseModel):
+    """Messages in each status; every status is always present."""
+
+    pending: int = Field(ge=0, examples=[120])
+    queued: int = Field(ge=0, examples=[30])
+    retrying: int = Field(ge=0, examples=[2])
+    sent: int = Field(ge=0, examples=[840])
+    failed: int = Field(ge=0, examples=[3])
+    expired: int = Field(ge=0, examples=[5])
+    cancelled: int = Field(ge=0, examples=[0])
+
+
+class MailingStatsOut(BaseModel):
+    id: int = Field(examples=[42])
+    text: str = Field(examples=["Spring sale: -20% on everything until Sunday"])
+    start_at: datetime = Field(examples=["2030-03-01T06:00:00Z"])
+    end_at: datetime = Field(examples=["2030-03-02T18:00:00Z"])
+    status: MailingStatus = Field(examples=["running"])
+    total: int = Field(ge=0, description="All messages of the mailing", examples=[1000])
+    counts: StatusCountsOut
+
+
+class MessageOut(BaseModel):
+    id: int = Field(examples=[1001])
+    mailing_id: int = Field(examples=[42])
+    client_id: int = Field(examples=[7])
+    status: MessageStatus = Field(examples=["sent"])
+    created_at: datetime
+    sent_at: datetime | None = Field(examples=["2030-03-01T06:00:03Z"])
+    attempts: int = Field(ge=0, examples=[1])
+    last_error: str | None = Field(description="Why it is not sent, or the last failure", examples=[None])
+
+
+def _stats_out(mailing: Mailing, counts: service.StatusCounts) -> MailingStatsOut:
+    return MailingStatsOut(
+        id=mailing.id,
+        text=mailing.text,
+        start_at=mailing.start_at,
+        end_at=mailing.end_at,
+        status=MailingStatus(mailing.status),
+        total=counts.total,
+        counts=StatusCountsOut(**counts.counts),
+    )
+
+
+def _message_out(row: Message) -> MessageOut:
+    return MessageOut(
+        id=row.id,
+        mailing_id=row.mailing_id,
+        client_id=row.client_id,
+        status=MessageStatus(row.status),
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )
+
+
+@router.get("/stats/mailings", responses={**UNAUTHORIZED, **INVALID})
+async def mailings_statistics(
+    session: SessionDep,
+    _: PrincipalDep,
+    status: Annotated[MailingStatus | None, Query(description="Only mailings in this status")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[MailingStatsOut]:
+    """Overall statistics: every mailing (deleted ones excluded), oldest first, with the number of its
+    messages in total and in each status."""
+    rows, total = await service.mailing_stats_page(session, status, limit, offset)
+    return Page[MailingStatsOut](
+        items=[_stats_out(m, c) for m, c in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/mailings/{mailing_id}/stats", responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID})
+async def mailing_statistics(mailing_id: int, session: SessionDep, _: PrincipalDep) -> MailingStatsOut:
+    """Statistics of one mailing: its messages in total and in each status."""
+    mailing, counts = await service.mailing_stats(session, mailing_id)
+    return _stats_out(mailing, counts)
+
+
+@router.get("/mailings/{mailing_id}/messages", responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID})
+async def mailing_messages(
+    mailing_id: int,
+    session: SessionDep,
+    _: PrincipalDep,
+    status: Annotated[MessageStatus | None, Query(description="Only messages in this status")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[MessageOut]:
+    """The messages of one mailing, oldest first, optionally only those in one status: when each was
+    created and sent, how many send attempts it took and the last error."""
+    rows, total = await service.list_messages(session, mailing_id, status, limit, offset)
+    return Page[MessageOut](items=[_message_out(r) for r in rows], total=total, limit=limit, offset=offset)
