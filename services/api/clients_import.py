@@ -1,0 +1,204 @@
+"""CSV import of clients: rows validated one by one, valid ones COPYed in chunks and upserted at once."""
+
+from __future__ import annotations
+
+import csv
+import io
+import unicodedata
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.domain.clients import normalize_phone, resolve_operator_code, validate_tag, validate_timezone
+from shared.domain.errors import DomainValidationError
+
+COLUMNS = ("phone", "operator_code", "tag", "timezone")
+REQUIRED = ("phone", "timezone")
+MAX_REPORTED_ERRORS = 1000
+
+Row = tuple[str, str, str, str]
+
+
+class RowError(BaseModel):
+    line: int = Field(description="Line of the file, the header being line 1", examples=[7])
+    field: str = Field(examples=["phone"])
+    message: str = Field(examples=["phone must be 7 followed by 10 digits (7XXXXXXXXXX), got '8900'"])
+
+
+class ImportReport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "created": 99_000,
+                    "updated": 998,
+                    "rejected": 2,
+                    "errors": [
+                        {"line": 7, "field": "timezone", "message": "unknown timezone 'Mars/Olympus'"},
+                        {"line": 9, "field": "phone", "message": "duplicate of line 3"},
+                    ],
+                }
+            ]
+        }
+    )
+
+    created: int = Field(ge=0, description="New clients")
+    updated: int = Field(ge=0, description="Clients whose phone was already in the directory")
+    rejected: int = Field(ge=0, description="Invalid rows, none of them written")
+    errors: list[RowError] = Field(description=f"Why rows were rejected (the first {MAX_REPORTED_ERRORS})")
+
+
+def validate_tag_text(value: str | None) -> str:
+    tag = validate_tag(value)
+    # PostgreSQL text cannot hold NUL, and control characters in a label are always a mistake.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in tag):
+        raise DomainValidationError("tag", "tag must not contain control characters")
+    return tag
+
+
+def _file_error(message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "file"), "msg": message}])
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.zones: dict[str, str | None] = {}
+
+    def timezone(self, name: str) -> str | None:
+        """The problem with a timezone name, or None; zone lookups are cached per distinct name."""
+        if name not in self.zones:
+            try:
+                validate_timezone(name)
+                self.zones[name] = None
+            except DomainValidationError as exc:
+                self.zones[name] = exc.message
+        return self.zones[name]
+
+    def row(self, values: dict[str, str], line: int) -> Row | list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        phone = code = tag = ""
+        try:
+            phone = normalize_phone(values.get("phone", ""))
+        except DomainValidationError as exc:
+            problems.append((exc.field, exc.message))
+        try:
+            code = resolve_operator_code(phone, values.get("operator_code") or None)
+        except DomainValidationError as exc:
+            problems.append((exc.field, exc.message))
+        try:
+            tag = validate_tag_text(values.get("tag"))
+        except DomainValidationError as exc:
+            problems.append((exc.field, exc.message))
+        timezone = values.get("timezone", "")
+        if (problem := self.timezone(timezone)) is not None:
+            problems.append(("timezone", problem))
+        if not problems and phone in self.seen:
+            problems.append(("phone", f"duplicate of line {self.seen[phone]}"))
+        if problems:
+            return problems
+        self.seen[phone] = line
+        return phone, code, tag, timezone
+
+
+class _Parsed:
+    def __init__(self) -> None:
+        self.rejected = 0
+        self.errors: list[RowError] = []
+
+    def reject(self, line: int, problems: list[tuple[str, str]]) -> None:
+        self.rejected += 1
+        for field, message in problems:
+            if len(self.errors) < MAX_REPORTED_ERRORS:
+                self.errors.append(RowError(line=line, field=field, message=message))
+
+
+def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[list[Row]]:
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise _file_error(
+                "the file is empty; the first line must be the header phone,operator_code,tag,timezone"
+            )
+        names = [h.strip().lower() for h in header]
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            raise _file_error(
+                f"the header lacks the column(s) {', '.join(missing)}; got {','.join(names)[:200]}"
+            )
+        if len(set(names)) != len(names):
+            raise _file_error("the header names a column twice")
+        wanted = [(i, n) for i, n in enumerate(names) if n in COLUMNS]
+        validator = _Validator()
+        chunk: list[Row] = []
+        for record in reader:
+            if not record or record == [""]:
+                continue
+            line = reader.line_num
+            if len(record) > len(names):
+                parsed.reject(line, [("row", f"expected {len(names)} columns, got {len(record)}")])
+                continue
+            values = {n: record[i].strip() for i, n in wanted if i < len(record)}
+            result = validator.row(values, line)
+            if isinstance(result, list):
+                parsed.reject(line, result)
+                continue
+            chunk.append(result)
+            if len(chunk) >= chunk_rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+    except csv.Error as exc:
+        raise _file_error(f"line {reader.line_num}: malformed CSV ({exc})") from None
+    except UnicodeDecodeError:
+        raise _file_error(f"the file is not UTF-8 text (near line {reader.line_num + 1})") from None
+
+
+UPSERT = """
+WITH upserted AS (
+    INSERT INTO clients (phone, operator_code, tag, timezone)
+    SELECT phone, operator_code, tag, timezone FROM client_import
+    ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
+        SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
+            timezone = EXCLUDED.timezone, updated_at = now()
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted
+"""
+
+
+async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk_rows: int) -> ImportReport:
+    """Validate and upsert every row in the session's transaction; the caller commits."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    pg: Any = raw.driver_connection
+    parsed = _Parsed()
+    copied = 0
+    # The upload is already spooled to a temporary file by the multipart parser; read it line by line.
+    text = io.TextIOWrapper(upload.file, encoding="utf-8-sig", newline="")
+    try:
+        async with pg.cursor() as cursor:
+            await cursor.execute(
+                "CREATE TEMP TABLE client_import (phone text, operator_code text, tag text, timezone text)"
+                " ON COMMIT DROP"
+            )
+            for chunk in _chunks(text, parsed, chunk_rows):
+                async with cursor.copy("COPY client_import FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "text", "text", "text"])
+                    for row in chunk:
+                        await copy.write_row(row)
+                copied += len(chunk)
+            created, updated = 0, 0
+            if copied:
+                await cursor.execute(UPSERT)
+                created, updated = await cursor.fetchone()
+            await cursor.execute("DROP TABLE client_import")
+    finally:
+        text.detach()
+    return ImportReport(created=created, updated=updated, rejected=parsed.rejected, errors=parsed.errors)

@@ -1,0 +1,399 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile, status
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
+from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from services.api.clients_import import ImportReport, import_clients_csv, validate_tag_text
+from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
+from services.api.errors import Conflict, NotFound
+from services.api.pagination import PaginationDep
+from services.api.schemas import Page
+from shared.domain.clients import (
+    PHONE_PATTERN,
+    normalize_phone,
+    resolve_operator_code,
+    validate_timezone,
+)
+from shared.domain.errors import DomainValidationError
+from shared.models import Client, Message
+
+router = APIRouter(prefix="/clients", tags=["clients"], dependencies=[Depends(get_principal)])
+
+MAX_ID = 2**63 - 1
+LIVE_PHONE_INDEX = "uq_clients_phone_live"
+NON_FINAL = ("pending", "queued", "retrying")
+MessageStatus = Literal["pending", "queued", "retrying", "sent", "failed", "expired", "cancelled"]
+
+PHONE_SCHEMA: dict[str, Any] = {"type": "string", "pattern": PHONE_PATTERN, "examples": ["79001234567"]}
+OPERATOR_CODE_SCHEMA: dict[str, Any] = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
+TAG_SCHEMA: dict[str, Any] = {"examples": ["vip"], "description": "Free-form label, at most 64 characters"}
+TIMEZONE_SCHEMA: dict[str, Any] = {"examples": ["Europe/Moscow"], "description": "An IANA timezone name"}
+
+
+def _invalid(exc: DomainValidationError) -> PydanticCustomError:
+    return PydanticCustomError("value_error", exc.message)
+
+
+def check_phone(value: object) -> str:
+    try:
+        return normalize_phone(value)  # type: ignore[arg-type]
+    except DomainValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def check_operator_code(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        # The phone only matters when no code is given, so any phone validates the code's format.
+        return resolve_operator_code("", value)
+    except DomainValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def check_tag(value: str | None) -> str:
+    try:
+        return validate_tag_text(value)
+    except DomainValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def check_timezone(value: str) -> str:
+    try:
+        return validate_timezone(value)
+    except DomainValidationError as exc:
+        raise _invalid(exc) from None
+
+
+EXAMPLE: JsonDict = {
+    "phone": "79001234567",
+    "operator_code": "900",
+    "tag": "vip",
+    "timezone": "Europe/Moscow",
+}
+
+
+class ClientCreate(BaseModel):
+    """A client; `operator_code` defaults to digits 2-4 of the phone."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
+
+    phone: str = Field(json_schema_extra=PHONE_SCHEMA)
+    operator_code: str | None = Field(default=None, json_schema_extra=OPERATOR_CODE_SCHEMA)
+    tag: str | None = Field(default="", json_schema_extra=TAG_SCHEMA)
+    timezone: str = Field(json_schema_extra=TIMEZONE_SCHEMA)
+
+    _phone = field_validator("phone", mode="before")(check_phone)
+    _operator_code = field_validator("operator_code")(check_operator_code)
+    _tag = field_validator("tag")(check_tag)
+    _timezone = field_validator("timezone")(check_timezone)
+
+
+class ClientPatch(BaseModel):
+    """Only the fields given change. A new phone without an `operator_code` re-derives the code from it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tag": "churned"}, {"timezone": "Asia/Omsk"}]})
+
+    phone: str | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
+    operator_code: str | None = Field(default=None, json_schema_extra=OPERATOR_CODE_SCHEMA)
+    tag: str | None = Field(default=None, json_schema_extra=TAG_SCHEMA)
+    timezone: str | None = Field(default=None, json_schema_extra=TIMEZONE_SCHEMA)
+
+    @field_validator("phone", mode="before")
+    @classmethod
+    def _phone(cls, value: object) -> str:
+        if value is None:
+            raise PydanticCustomError("value_error", "phone cannot be null")
+        return check_phone(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str:
+        if value is None:
+            raise PydanticCustomError("value_error", "timezone cannot be null")
+        return check_timezone(value)
+
+    _operator_code = field_validator("operator_code")(check_operator_code)
+    _tag = field_validator("tag")(check_tag)
+
+
+class ClientOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1,
+                    **EXAMPLE,
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "updated_at": "2026-11-26T10:00:00Z",
+                }
+            ]
+        }
+    )
+
+    id: int
+    phone: str
+    operator_code: str
+    tag: str
+    timezone: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ClientMessageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 10,
+                    "mailing_id": 3,
+                    "client_id": 1,
+                    "status": "sent",
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "sent_at": "2026-11-26T10:00:02Z",
+                    "attempts": 1,
+                    "last_error": None,
+                }
+            ]
+        }
+    )
+
+    id: int
+    mailing_id: int
+    client_id: int
+    status: MessageStatus
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(examples=["client 42 not found"])
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ConflictOut(BaseModel):
+    detail: list[FieldProblem] = Field(
+        examples=[[{"loc": ["body", "phone"], "msg": "phone 79001234567 is taken", "type": "conflict"}]]
+    )
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such client"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ConflictOut, "description": "The phone is taken"}}
+
+
+def _out(row: Client) -> ClientOut:
+    return ClientOut(
+        id=row.id,
+        phone=row.phone,
+        operator_code=row.operator_code,
+        tag=row.tag,
+        timezone=row.timezone,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _query_tag(tag: str) -> str:
+    try:
+        return check_tag(tag)
+    except PydanticCustomError as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "tag"), "msg": exc.message(), "input": tag}]
+        ) from None
+
+
+def _live(client_id: int) -> ColumnElement[bool]:
+    if not 1 <= client_id <= MAX_ID:
+        raise NotFound("client", client_id)
+    return (Client.id == client_id) & Client.deleted_at.is_(None)
+
+
+async def _write(session: SessionDep, statement: Any, phone: str | None) -> Client | None:
+    try:
+        row: Client | None = (await session.scalars(statement)).one_or_none()
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        await session.rollback()
+        if constraint == LIVE_PHONE_INDEX:
+            raise Conflict("phone", f"phone {phone} belongs to another client") from None
+        raise
+    return row
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
+async def create_client(body: ClientCreate, session: SessionDep) -> ClientOut:
+    """Add a client. The phone must not belong to another (live) client."""
+    values = body.model_dump()
+    values["operator_code"] = resolve_operator_code(body.phone, body.operator_code)
+    row = await _write(session, insert(Client).values(**values).returning(Client), body.phone)
+    assert row is not None
+    await session.commit()
+    logger.bind(client_id=row.id).info("client {} created: {}", row.id, values)
+    return _out(row)
+
+
+@router.get("")
+async def list_clients(
+    session: SessionDep,
+    page: PaginationDep,
+    tag: Annotated[str | None, Query(max_length=64, description="Only clients with this tag")] = None,
+    operator_code: Annotated[
+        str | None, Query(pattern="^[0-9]{3}$", description="Only clients of this operator code")
+    ] = None,
+    phone_prefix: Annotated[
+        str | None, Query(pattern="^[0-9]{1,11}$", description="Only phones starting with these digits")
+    ] = None,
+) -> Page[ClientOut]:
+    """List live clients by id, filtered by tag, operator code and phone prefix (all optional)."""
+    conditions: list[ColumnElement[bool]] = [Client.deleted_at.is_(None)]
+    if tag is not None:
+        conditions.append(Client.tag == _query_tag(tag))
+    if operator_code is not None:
+        conditions.append(Client.operator_code == operator_code)
+    if phone_prefix is not None:
+        conditions.append(Client.phone.startswith(phone_prefix, autoescape=True))
+    total = await session.scalar(select(func.count()).select_from(Client).where(*conditions))
+    rows = await session.scalars(
+        select(Client).where(*conditions).order_by(Client.id).limit(page.limit).offset(page.offset)
+    )
+    return Page(items=[_out(r) for r in rows], total=total or 0, limit=page.limit, offset=page.offset)
+
+
+@router.post("/import")
+async def import_clients(
+    file: Annotated[UploadFile, File(description="CSV, UTF-8, header `phone,operator_code,tag,timezone`")],
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> ImportReport:
+    """Import clients from a CSV file (hundreds of thousands of rows are fine).
+
+    The header names the columns: `phone` and `timezone` are required, `operator_code` and `tag` may be
+    left out or empty. A phone already in the directory updates that client. Valid rows are kept;
+    every invalid row is listed in `errors` by line number (the list stops at 1,000 entries,
+    `rejected` still counts them all). A second row with the same phone in one file is rejected.
+    """
+    report = await import_clients_csv(session, file, chunk_rows=settings.csv_import_chunk_rows)
+    await session.commit()
+    metrics.clients_imported.inc(report.created + report.updated)
+    logger.info(
+        "clients imported from {!r}: {} created, {} updated, {} rejected",
+        file.filename,
+        report.created,
+        report.updated,
+        report.rejected,
+    )
+    return report
+
+
+@router.get("/{client_id}", responses=NOT_FOUND)
+async def get_client(client_id: int, session: SessionDep) -> ClientOut:
+    """One client."""
+    row = (await session.scalars(select(Client).where(_live(client_id)))).one_or_none()
+    if row is None:
+        raise NotFound("client", client_id)
+    return _out(row)
+
+
+async def _update(session: SessionDep, client_id: int, values: dict[str, Any]) -> ClientOut:
+    where = _live(client_id)
+    statement = update(Client).where(where).values(**values, updated_at=func.now()).returning(Client)
+    row = await _write(session, statement, values.get("phone"))
+    if row is None:
+        raise NotFound("client", client_id)
+    await session.commit()
+    logger.bind(client_id=row.id).info("client {} updated: {}", row.id, values)
+    return _out(row)
+
+
+@router.put("/{client_id}", responses={**NOT_FOUND, **CONFLICT})
+async def replace_client(client_id: int, body: ClientCreate, session: SessionDep) -> ClientOut:
+    """Replace every attribute of a client (an omitted `operator_code` is derived from the phone)."""
+    values = body.model_dump()
+    values["operator_code"] = resolve_operator_code(body.phone, body.operator_code)
+    return await _update(session, client_id, values)
+
+
+@router.patch("/{client_id}", responses={**NOT_FOUND, **CONFLICT})
+async def update_client(client_id: int, body: ClientPatch, session: SessionDep) -> ClientOut:
+    """Change the attributes given; the others keep their values."""
+    values: dict[str, Any] = body.model_dump(exclude_unset=True)
+    if values.get("operator_code") is None and "phone" in values:
+        values["operator_code"] = resolve_operator_code(values["phone"], None)
+    elif "operator_code" in values and values["operator_code"] is None:
+        values["operator_code"] = func.substr(Client.phone, 2, 3)
+    if not values:
+        return await get_client(client_id, session)
+    return await _update(session, client_id, values)
+
+
+@router.delete("/{client_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+async def delete_client(client_id: int, session: SessionDep) -> None:
+    """Delete a client. Its messages not sent yet are cancelled; sent ones stay for the statistics."""
+    deleted = await session.scalar(
+        update(Client).where(_live(client_id)).values(deleted_at=func.now()).returning(Client.id)
+    )
+    if deleted is None:
+        raise NotFound("client", client_id)
+    cancelled = await session.scalars(
+        update(Message)
+        .where(Message.client_id == client_id, Message.status.in_(NON_FINAL))
+        .values(status="cancelled", last_error="client deleted", lease_until=None, updated_at=func.now())
+        .returning(Message.id)
+    )
+    cancelled_ids = cancelled.all()
+    await session.commit()
+    logger.bind(client_id=client_id).info(
+        "client {} deleted, its unsent messages cancelled: {}", client_id, cancelled_ids
+    )
+
+
+@router.get("/{client_id}/messages", responses=NOT_FOUND)
+async def list_client_messages(
+    client_id: int,
+    session: SessionDep,
+    page: PaginationDep,
+    message_status: Annotated[
+        MessageStatus | None, Query(alias="status", description="Only messages in this status")
+    ] = None,
+) -> Page[ClientMessageOut]:
+    """Messages of one client across all mailings, oldest first."""
+    if await session.scalar(select(Client.id).where(_live(client_id))) is None:
+        raise NotFound("client", client_id)
+    conditions: list[ColumnElement[bool]] = [Message.client_id == client_id]
+    if message_status is not None:
+        conditions.append(Message.status == message_status)
+    total = await session.scalar(select(func.count()).select_from(Message).where(*conditions))
+    rows = await session.scalars(
+        select(Message).where(*conditions).order_by(Message.id).limit(page.limit).offset(page.offset)
+    )
+    items = [
+        ClientMessageOut(
+            id=m.id,
+            mailing_id=m.mailing_id,
+            client_id=m.client_id,
+            status=m.status,
+            created_at=m.created_at,
+            sent_at=m.sent_at,
+            attempts=m.attempts,
+            last_error=m.last_error,
+        )
+        for m in rows
+    ]
+    return Page(items=items, total=total or 0, limit=page.limit, offset=page.offset)

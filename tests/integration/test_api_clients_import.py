@@ -1,0 +1,119 @@
+"""CSV import: valid rows kept (created or updated), invalid rows listed by line, file errors refused."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+HEADER = "phone,operator_code,tag,timezone\n"
+
+
+async def _import(api: httpx.AsyncClient, text: str | bytes) -> httpx.Response:
+    data = text.encode() if isinstance(text, str) else text
+    return await api.post("/api/v1/clients/import", files={"file": ("clients.csv", data, "text/csv")})
+
+
+async def _phones(api: httpx.AsyncClient) -> dict[str, dict[str, str]]:
+    page = (await api.get("/api/v1/clients", params={"limit": 500})).json()
+    return {c["phone"]: c for c in page["items"]}
+
+
+async def test_valid_rows_are_created_and_invalid_ones_listed_by_line(api: httpx.AsyncClient) -> None:
+    response = await _import(
+        api,
+        HEADER
+        + "79001234567,,vip,Europe/Moscow\n"
+        + "79161234567,555,,Asia/Vladivostok\n"
+        + "89001234567,12,,Mars/Olympus\n"
+        + "\n"
+        + '79261234567,,"quoted, tag",Europe/London\n',
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["created"], body["updated"], body["rejected"]) == (3, 0, 1)
+    assert body["errors"] == [
+        {
+            "line": 4,
+            "field": "phone",
+            "message": "phone must be 7 followed by 10 digits (7XXXXXXXXXX), got '89001234567'",
+        },
+        {"line": 4, "field": "operator_code", "message": "operator code must be exactly 3 digits, got '12'"},
+        {
+            "line": 4,
+            "field": "timezone",
+            "message": "unknown timezone 'Mars/Olympus'; use an IANA name such as Europe/Moscow",
+        },
+    ]
+    clients = await _phones(api)
+    assert clients["79001234567"]["operator_code"] == "900"
+    assert clients["79161234567"]["operator_code"] == "555"
+    assert clients["79261234567"]["tag"] == "quoted, tag"
+
+
+async def test_a_known_phone_updates_that_client(api: httpx.AsyncClient) -> None:
+    created = (
+        await api.post("/api/v1/clients", json={"phone": "79001234567", "timezone": "Europe/Moscow"})
+    ).json()
+    body = (await _import(api, HEADER + "79001234567,,new,Asia/Omsk\n79001234568,,,Asia/Omsk\n")).json()
+    assert (body["created"], body["updated"], body["rejected"]) == (1, 1, 0)
+    updated = (await api.get(f"/api/v1/clients/{created['id']}")).json()
+    assert (updated["tag"], updated["timezone"]) == ("new", "Asia/Omsk")
+    assert updated["updated_at"] > created["updated_at"]
+
+
+async def test_a_phone_repeated_in_the_file_is_rejected_after_its_first_row(api: httpx.AsyncClient) -> None:
+    body = (await _import(api, HEADER + "79001234567,,a,UTC\n79001234567,,b,UTC\n")).json()
+    assert (body["created"], body["rejected"]) == (1, 1)
+    assert body["errors"] == [{"line": 3, "field": "phone", "message": "duplicate of line 2"}]
+    assert (await _phones(api))["79001234567"]["tag"] == "a"
+
+
+async def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(api: httpx.AsyncClient) -> None:
+    body = (await _import(api, "\ufeffTimezone,Phone\r\nEurope/Moscow,79001234567\r\n")).json()
+    assert (body["created"], body["rejected"]) == (1, 0)
+    assert (await _phones(api))["79001234567"]["operator_code"] == "900"
+
+
+async def test_a_row_with_too_many_columns_is_rejected(api: httpx.AsyncClient) -> None:
+    body = (await _import(api, HEADER + "79001234567,,a,UTC,extra\n")).json()
+    assert body["errors"] == [{"line": 2, "field": "row", "message": "expected 4 columns, got 5"}]
+
+
+async def test_the_error_list_is_capped_but_every_rejection_is_counted(api: httpx.AsyncClient) -> None:
+    body = (await _import(api, HEADER + "bad,,,UTC\n" * 1500)).json()
+    assert body["rejected"] == 1500
+    assert len(body["errors"]) == 1000
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "empty"),
+        (b"phone,tag\n79001234567,a\n", "timezone"),
+        (b"phone,timezone,phone\n", "twice"),
+        (HEADER.encode() + b"79001234567,,\xff\xfe,UTC\n", "UTF-8"),
+    ],
+)
+async def test_a_file_that_is_not_a_client_csv_is_refused_and_nothing_is_written(
+    api: httpx.AsyncClient, content: bytes, fragment: str
+) -> None:
+    response = await _import(api, content)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "file"]
+    assert fragment in error["msg"]
+    assert await _phones(api) == {}
+
+
+async def test_an_import_without_a_file_names_the_missing_field(api: httpx.AsyncClient) -> None:
+    response = await api.post("/api/v1/clients/import", data={"other": "x"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+async def test_imported_clients_are_counted_in_the_metrics(api: httpx.AsyncClient) -> None:
+    await _import(api, HEADER + "79001234567,,,UTC\n79001234568,,,UTC\n")
+    metrics = (await api.get("/metrics")).text
+    assert "mailing_api_clients_imported_total 2.0" in metrics
