@@ -46,3 +46,6 @@ up: ## every part in containers
 
 down:
 	docker compose down
+
+check-deploy: ## validate docker-compose.yml, deploy/k8s, deploy/prometheus and .gitlab-ci.yml (skips missing tools)
+	@bash deploy/check.sh
