@@ -75,6 +75,7 @@ async def get_mailing(session: AsyncSession, mailing_id: int) -> Mailing:
     )
     if mailing is None:
         raise NotFound("mailing", mailing_id)
+    logger.bind(mailing_id=mailing_id).info("mailing read ({})", mailing.status)
     return mailing
 
 
@@ -268,10 +269,7 @@ def stats_query(status: MailingStatus | None) -> Select[Any]:
     )
     columns = [counts.c.total, *(counts.c[s.value] for s in MessageStatus)]
     return (
-        select(Mailing, *columns)
-        .outerjoin(counts, true())
-        .where(live_mailings(status))
-        .order_by(Mailing.id)
+        select(Mailing, *columns).outerjoin(counts, true()).where(live_mailings(status)).order_by(Mailing.id)
     )
 
 
