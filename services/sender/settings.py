@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import AliasChoices, Field
 
 from shared.domain.retry import RetryPolicy
 from shared.settings import CommonSettings
@@ -13,31 +15,37 @@ LOCAL_PROBE_TOKEN = (
 )
 
 
+def _setting(default: Any, name: str, **constraints: Any) -> Any:
+    # Sender settings read MAILING_SENDER_<NAME> (a shared .env also feeds other services) while code
+    # and tests pass them by field name.
+    return Field(default, validation_alias=AliasChoices(name, f"mailing_sender_{name}"), **constraints)
+
+
 class SenderSettings(CommonSettings):
     probe_base_url: str = "http://127.0.0.1:8090"
     probe_token: str = LOCAL_PROBE_TOKEN
-    request_timeout_seconds: float = Field(default=5.0, gt=0)
-    max_in_flight: int = Field(default=300, ge=1)
+    request_timeout_seconds: float = _setting(5.0, "request_timeout_seconds", gt=0)
+    max_in_flight: int = _setting(300, "max_in_flight", ge=1)
     # SendMessages deliveries held at once; each may carry hundreds of messages.
-    prefetch: int = Field(default=8, ge=1)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1)
-    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
-    flush_interval_ms: float = Field(default=20.0, gt=0)
-    flush_max_rows: int = Field(default=1000, ge=1)
+    prefetch: int = _setting(8, "prefetch", ge=1)
+    lease_seconds: float = _setting(60.0, "lease_seconds", gt=0)
+    max_attempts: int = _setting(8, "max_attempts", ge=1)
+    retry_jitter: float = _setting(0.1, "retry_jitter", ge=0, lt=1)
+    flush_interval_ms: float = _setting(20.0, "flush_interval_ms", gt=0)
+    flush_max_rows: int = _setting(1000, "flush_max_rows", ge=1)
     # How stale the cached mailing state (paused, cancelled, end) may be when checked before a call.
-    mailing_recheck_seconds: float = Field(default=0.5, ge=0)
-    rate_limit_per_second: float = Field(default=0.0, ge=0)
-    rate_limit_name: str = "probe"
-    breaker_window: int = Field(default=50, ge=1)
-    breaker_min_calls: int = Field(default=20, ge=1)
-    breaker_failure_ratio: float = Field(default=0.7, gt=0, le=1)
-    breaker_cooldown_seconds: float = Field(default=5.0, gt=0)
-    breaker_probes: int = Field(default=3, ge=1)
-    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
-    queue_depth_interval_seconds: float = Field(default=5.0, gt=0)
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
+    mailing_recheck_seconds: float = _setting(0.5, "mailing_recheck_seconds", ge=0)
+    rate_limit_per_second: float = _setting(0.0, "rate_limit_per_second", ge=0)
+    rate_limit_name: str = _setting("probe", "rate_limit_name")
+    breaker_window: int = _setting(50, "breaker_window", ge=1)
+    breaker_min_calls: int = _setting(20, "breaker_min_calls", ge=1)
+    breaker_failure_ratio: float = _setting(0.7, "breaker_failure_ratio", gt=0, le=1)
+    breaker_cooldown_seconds: float = _setting(5.0, "breaker_cooldown_seconds", gt=0)
+    breaker_probes: int = _setting(3, "breaker_probes", ge=1)
+    shutdown_timeout_seconds: float = _setting(20.0, "shutdown_timeout_seconds", gt=0)
+    queue_depth_interval_seconds: float = _setting(5.0, "queue_depth_interval_seconds", gt=0)
+    metrics_host: str = _setting("0.0.0.0", "metrics_host")
+    metrics_port: int = _setting(9102, "metrics_port", ge=0, le=65535)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

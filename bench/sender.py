@@ -1,0 +1,288 @@
+"""`python -m bench.sender`: sender throughput against the stand-in, next to the ceilings of the same run.
+
+Ceilings: a bare loop of the same aiohttp client against the same stand-in, and a bare consume + ack of
+the same AMQP messages. The sender runs in this process (logging at WARNING, so the per-call log line
+costs nothing); the stand-in runs as its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+import psycopg
+import uvloop
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+
+from services.probe_stub.token import make_token
+from services.sender.bootstrap import start_sender
+from services.sender.provider import make_session
+from services.sender.settings import SenderSettings
+from shared.broker import Publisher, confirm_channel, connect
+from shared.contracts import SendItem, SendMessages
+from shared.logging import configure_logging
+from shared.migrate import upgrade
+from shared.topology import Topology, declare, delete
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("MAILING_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("MAILING_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+PER_EVENT = 100
+SECRET = "local-probe-secret"
+
+
+@dataclass
+class Row:
+    latency_ms: int
+    in_flight: int
+    messages: int
+    http_ceiling: float
+    amqp_ceiling: float
+    sender: float
+
+    @property
+    def target(self) -> tuple[str, float, bool]:
+        if self.latency_ms == 0:
+            goal = 0.7 * min(self.http_ceiling, self.amqp_ceiling)
+            return "70% of the lower ceiling", goal, self.sender >= goal
+        goal = 0.9 * self.in_flight / (self.latency_ms / 1000)
+        return f"90% of {self.in_flight}/{self.latency_ms / 1000:g} s", goal, self.sender >= goal
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def stub_faults(base: str, **faults: float) -> None:
+    async with aiohttp.ClientSession() as http, http.put(f"{base}/_stub/faults", json=faults) as r:
+        r.raise_for_status()
+    async with aiohttp.ClientSession() as http, http.post(f"{base}/_stub/reset") as r:
+        r.raise_for_status()
+    async with aiohttp.ClientSession() as http, http.put(f"{base}/_stub/faults", json=faults) as r:
+        r.raise_for_status()
+
+
+async def http_ceiling(base: str, token: str, total: int, in_flight: int) -> float:
+    session = make_session(token, 5.0, in_flight)
+    next_id = iter(range(10**9, 10**9 + total))
+
+    async def worker() -> None:
+        for msg_id in next_id:
+            body = f'{{"id": {msg_id}, "phone": 79000000000, "text": "bench"}}'
+            async with session.post(f"{base}/v1/send/{msg_id}", data=body) as response:
+                await response.read()
+
+    async with session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return total / (time.perf_counter() - started)
+
+
+def command(ids: range, mailing_id: int) -> SendMessages:
+    return SendMessages(messages=[SendItem(message_id=i, mailing_id=mailing_id, client_id=i) for i in ids])
+
+
+async def publish_commands(topology: Topology, first: int, total: int, mailing_id: int) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await confirm_channel(connection)
+        work = await channel.get_exchange(topology.work_exchange)
+        chunks = [range(i, min(i + PER_EVENT, first + total)) for i in range(first, first + total, PER_EVENT)]
+        await Publisher(work).publish_many((command(ids, mailing_id), topology.send_key) for ids in chunks)
+
+
+async def amqp_ceiling(topology: Topology, total: int, prefetch: int) -> float:
+    await publish_commands(topology, 1, total, 1)
+    events = -(-total // PER_EVENT)
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(topology.send_queue)
+        done = asyncio.Event()
+        seen = 0
+        started = time.perf_counter()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal seen
+            SendMessages.model_validate_json(message.body)
+            await message.ack()
+            seen += 1
+            if seen == events:
+                done.set()
+
+        await queue.consume(on_message)
+        await done.wait()
+        return total / (time.perf_counter() - started)
+
+
+def fresh_database() -> tuple[str, str]:
+    name = f"mailing_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    upgrade(f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}")
+    return name, f"{base}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def seed(dsn: str, total: int) -> tuple[int, int]:
+    """One running mailing and `total` queued messages to as many clients; returns (mailing, first id)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        mailing = conn.execute(
+            "INSERT INTO mailings (text, start_at, end_at, status)"
+            " VALUES ('bench', now() - interval '1 minute', now() + interval '1 day', 'running') RETURNING id"
+        ).fetchone()
+        assert mailing is not None
+        conn.execute(
+            "INSERT INTO clients (phone, operator_code, timezone)"
+            " SELECT (79000000000 + n)::text, '900', 'Europe/Moscow' FROM generate_series(1, %s) AS n",
+            (total,),
+        )
+        conn.execute(
+            "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at)"
+            " SELECT %s, id, 'queued', now(), now() FROM clients ORDER BY id",
+            (mailing[0],),
+        )
+        first = conn.execute("SELECT min(id) FROM messages").fetchone()
+        assert first is not None
+        return int(mailing[0]), int(first[0])
+
+
+async def sender_rate(base: str, token: str, total: int, in_flight: int, namespace: str) -> float:
+    name, dsn = fresh_database()
+    try:
+        mailing, first = seed(dsn, total)
+        topology = Topology(namespace)
+        await publish_commands(topology, first, total, mailing)
+        settings = SenderSettings(
+            _env_file=None,
+            database_url=dsn.replace("postgresql://", "postgresql+psycopg://", 1),
+            amqp_url=AMQP_URL,
+            amqp_namespace=namespace,
+            probe_base_url=base,
+            probe_token=token,
+            max_in_flight=in_flight,
+        )
+        started = time.perf_counter()
+        app = await start_sender(settings, registry=CollectorRegistry(), serve_ops=False)
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                while True:
+                    cur = await conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'")
+                    row = await cur.fetchone()
+                    if row is not None and row[0] >= total:
+                        break
+                    await asyncio.sleep(0.02)
+            return total / (time.perf_counter() - started)
+        finally:
+            await app.stop()
+    finally:
+        drop_database(name)
+
+
+async def run_case(base: str, token: str, latency_ms: int, in_flight: int, total: int) -> Row:
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    topology = Topology(namespace)
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await declare(channel, topology)
+        try:
+            await stub_faults(base, latency_ms=latency_ms)
+            http = await http_ceiling(base, token, total, in_flight)
+            amqp = await amqp_ceiling(topology, total, prefetch=SenderSettings().prefetch)
+            await stub_faults(base, latency_ms=latency_ms)
+            sender = await sender_rate(base, token, total, in_flight, namespace)
+        finally:
+            await delete(channel, topology)
+    return Row(latency_ms, in_flight, total, http, amqp, sender)
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| provider latency | in flight | messages | HTTP client ceiling | AMQP consume ceiling "
+        "| sender | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        what, goal, met = r.target
+        lines.append(
+            f"| {r.latency_ms} ms | {r.in_flight} | {r.messages:,} | {r.http_ceiling:,.0f}/s "
+            f"| {r.amqp_ceiling:,.0f}/s | **{r.sender:,.0f}/s** | {what} = {goal:,.0f}/s "
+            f"| {'yes' if met else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(markdown: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = (
+        "## Sender\n\n"
+        "Command: `make bench` (runs `uv run --frozen python -m bench.sender`). One sender process (uvloop, "
+        "one aiohttp session, logging at WARNING) consumes `SendMessages` of 100 messages each against the "
+        "stand-in in its own process; the ceilings are measured in the same run: a bare loop of the same "
+        "aiohttp client at the same in-flight count against the same stand-in, and a bare consume + ack of "
+        "the same AMQP messages (counted in SMS). The sender's figure covers claim, call, batched status "
+        f"write and ack, from start to the last `sent` row.\n\nLast run ({time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n"
+    )
+    pattern = re.compile(r"^## Sender\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+
+
+async def main_async(base: str) -> int:
+    configure_logging("bench", level="WARNING")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.get(f"{base}/healthz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    token = make_token(SECRET)
+    rows = [
+        await run_case(base, token, latency_ms=0, in_flight=100, total=20_000),
+        await run_case(base, token, latency_ms=50, in_flight=100, total=10_000),
+    ]
+    markdown = table(rows)
+    print(markdown)
+    write_section(markdown)
+    return 0 if all(r.target[2] for r in rows) else 1
+
+
+def main() -> None:
+    port = free_port()
+    env = {**os.environ, "MAILING_PROBE_PORT": str(port), "MAILING_PROBE_LOG_LEVEL": "WARNING"}
+    stub = subprocess.Popen([sys.executable, "-m", "services.probe_stub"], env=env, cwd=ROOT)
+    try:
+        code = uvloop.run(main_async(f"http://127.0.0.1:{port}"))
+    finally:
+        stub.terminate()
+        stub.wait(timeout=10)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

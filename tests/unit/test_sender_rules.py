@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from services.sender.checks import NO_OPENING, Claim, MailingInfo, check_sendable
+from services.sender.ratelimit import RateLimiter
+from shared.domain.windows import DailyWindow
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state_of(b: CircuitBreaker) -> BreakerState:
+    return b.state
+
+
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker(
+        BreakerConfig(window=10, min_calls=4, failure_ratio=0.7, cooldown_seconds=5, probes=2), clock
+    )
+
+
+def test_breaker_opens_when_most_recent_calls_fail_and_refuses_calls_for_the_cooldown() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for ok in (True, True, False, False, False, False):
+        assert b.try_acquire()
+        b.record(ok)
+    assert state_of(b) is BreakerState.CLOSED
+    b.record(False)
+    assert state_of(b) is BreakerState.OPEN
+    assert not b.try_acquire()
+    clock.now = 4.9
+    assert not b.try_acquire()
+    assert b.cooldown_left() == pytest.approx(0.1)
+
+
+def test_breaker_lets_a_few_probes_through_after_the_cooldown_and_closes_when_they_succeed() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for _ in range(4):
+        b.record(False)
+    clock.now = 5.0
+    assert state_of(b) is BreakerState.HALF_OPEN
+    assert b.try_acquire() and b.try_acquire()
+    assert not b.try_acquire()
+    b.record(True)
+    b.record(True)
+    assert state_of(b) is BreakerState.CLOSED
+    assert b.try_acquire()
+
+
+def test_a_failed_probe_opens_the_breaker_again() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for _ in range(4):
+        b.record(False)
+    clock.now = 5.0
+    assert b.try_acquire()
+    b.record(False)
+    assert state_of(b) is BreakerState.OPEN
+    assert b.opened_count == 2
+
+
+def test_scattered_failures_below_the_ratio_keep_the_breaker_closed() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for ok in [True, False] * 20:
+        b.record(ok)
+    assert state_of(b) is BreakerState.CLOSED
+
+
+def claim(tz: str = "UTC") -> Claim:
+    return Claim(message_id=1, mailing_id=2, client_id=3, attempts=1, phone="79001234567", timezone=tz)
+
+
+def mailing(
+    status: str = "running", end: timedelta = timedelta(hours=1), window: DailyWindow | None = None
+) -> MailingInfo:
+    return MailingInfo(id=2, text="hi", status=status, end_at=NOW + end, window=window)
+
+
+def test_a_message_of_a_running_mailing_inside_its_window_is_sent() -> None:
+    assert check_sendable(claim(), mailing(window=DailyWindow(time(9), time(21))), NOW).action == "send"
+
+
+def test_a_message_of_a_paused_mailing_goes_back_to_pending() -> None:
+    verdict = check_sendable(claim(), mailing("paused"), NOW)
+    assert (verdict.action, verdict.not_before) == ("wait", NOW)
+
+
+def test_a_message_of_a_cancelled_or_deleted_mailing_is_cancelled() -> None:
+    assert check_sendable(claim(), mailing("cancelled"), NOW).action == "cancel"
+    deleted = MailingInfo(
+        id=2, text="hi", status="running", end_at=NOW + timedelta(hours=1), window=None, deleted=True
+    )
+    assert check_sendable(claim(), deleted, NOW).action == "cancel"
+
+
+def test_a_message_past_the_mailing_end_expires() -> None:
+    assert check_sendable(claim(), mailing(end=timedelta(0)), NOW).action == "expire"
+
+
+def test_a_message_outside_the_clients_window_waits_for_its_next_opening() -> None:
+    # 12:00 UTC is 21:00 in Tokyo: the 09:00-21:00 window has just closed there.
+    verdict = check_sendable(
+        claim("Asia/Tokyo"), mailing(end=timedelta(days=2), window=DailyWindow(time(9), time(21))), NOW
+    )
+    assert verdict.action == "wait"
+    assert verdict.not_before == datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+
+
+def test_a_message_whose_next_opening_is_after_the_end_expires() -> None:
+    verdict = check_sendable(
+        claim("Asia/Tokyo"), mailing(end=timedelta(hours=2), window=DailyWindow(time(9), time(21))), NOW
+    )
+    assert (verdict.action, verdict.reason) == ("expire", NO_OPENING)
+
+
+class FakeBucket:
+    def __init__(self, grants: list[int]) -> None:
+        self.grants = grants
+        self.asked: list[int] = []
+
+    async def take(self, want: int) -> int:
+        self.asked.append(want)
+        return self.grants.pop(0) if self.grants else want
+
+
+async def test_the_rate_limiter_takes_tokens_from_the_shared_bucket_in_chunks() -> None:
+    bucket = FakeBucket([5, 5])
+    limiter = RateLimiter(bucket, rate=1000, chunk=5)
+    for _ in range(10):
+        await limiter.acquire()
+    assert bucket.asked == [5, 5]
+
+
+async def test_the_rate_limiter_waits_when_the_bucket_is_empty() -> None:
+    bucket = FakeBucket([0, 2])
+    limiter = RateLimiter(bucket, rate=1000, chunk=2)
+    await limiter.acquire()
+    assert bucket.asked == [2, 2]
