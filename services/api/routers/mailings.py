@@ -8,6 +8,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep
+from services.api.pagination import PaginationDep
 from services.api.schemas import Page
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import MailingStatus
@@ -18,7 +19,6 @@ router = APIRouter(prefix="/mailings", tags=["mailings"])
 
 MAX_TEXT_LENGTH = 2000
 MAX_FILTER_ITEMS = 1000
-MAX_OFFSET = 2**62
 
 
 class Problem(BaseModel):
@@ -187,10 +187,6 @@ def mailing_out(row: Mailing) -> MailingOut:
     )
 
 
-Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -248,13 +244,14 @@ async def create_mailing(
 async def list_mailings(
     session: SessionDep,
     _: PrincipalDep,
+    page: PaginationDep,
     status: Annotated[MailingStatus | None, Query(description="Only mailings in this status")] = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
 ) -> Page[MailingOut]:
     """List mailings (deleted ones excluded), oldest first, optionally only those in one status."""
-    rows, total = await service.list_mailings(session, status, limit, offset)
-    return Page[MailingOut](items=[mailing_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    rows, total = await service.list_mailings(session, status, page.limit, page.offset)
+    return Page[MailingOut](
+        items=[mailing_out(r) for r in rows], total=total, limit=page.limit, offset=page.offset
+    )
 
 
 @router.get("/{mailing_id}", responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID})

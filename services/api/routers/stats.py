@@ -8,13 +8,8 @@ from pydantic import BaseModel, Field
 
 from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep
-from services.api.routers.mailings import (
-    INVALID,
-    NOT_FOUND,
-    UNAUTHORIZED,
-    Limit,
-    Offset,
-)
+from services.api.pagination import PaginationDep
+from services.api.routers.mailings import INVALID, NOT_FOUND, UNAUTHORIZED
 from services.api.schemas import Page
 from shared.domain.statuses import MailingStatus, MessageStatus
 from shared.models import Mailing, Message
@@ -84,15 +79,14 @@ def _message_out(row: Message) -> MessageOut:
 async def mailings_statistics(
     session: SessionDep,
     _: PrincipalDep,
+    page: PaginationDep,
     status: Annotated[MailingStatus | None, Query(description="Only mailings in this status")] = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
 ) -> Page[MailingStatsOut]:
     """Overall statistics: every mailing (deleted ones excluded), oldest first, with the number of its
     messages in total and in each status."""
-    rows, total = await service.mailing_stats_page(session, status, limit, offset)
+    rows, total = await service.mailing_stats_page(session, status, page.limit, page.offset)
     return Page[MailingStatsOut](
-        items=[_stats_out(m, c) for m, c in rows], total=total, limit=limit, offset=offset
+        items=[_stats_out(m, c) for m, c in rows], total=total, limit=page.limit, offset=page.offset
     )
 
 
@@ -108,11 +102,12 @@ async def mailing_messages(
     mailing_id: int,
     session: SessionDep,
     _: PrincipalDep,
+    page: PaginationDep,
     status: Annotated[MessageStatus | None, Query(description="Only messages in this status")] = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
 ) -> Page[MessageOut]:
     """The messages of one mailing, oldest first, optionally only those in one status: when each was
     created and sent, how many send attempts it took and the last error."""
-    rows, total = await service.list_messages(session, mailing_id, status, limit, offset)
-    return Page[MessageOut](items=[_message_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    rows, total = await service.list_messages(session, mailing_id, status, page.limit, page.offset)
+    return Page[MessageOut](
+        items=[_message_out(r) for r in rows], total=total, limit=page.limit, offset=page.offset
+    )
