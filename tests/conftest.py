@@ -69,7 +69,7 @@ def settings(database_url: str, amqp_namespace: str) -> CommonSettings:
         amqp_url=AMQP_URL,
         amqp_namespace=amqp_namespace,
         retry_delays_seconds=TEST_RETRY_DELAYS,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
