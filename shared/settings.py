@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,7 +11,9 @@ from shared.topology import Topology
 class CommonSettings(BaseSettings):
     """Settings every service shares; each service subclasses it with its own fields."""
 
-    model_config = SettingsConfigDict(env_prefix="MAILING_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MAILING_", env_file=".env", extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/mailing"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -28,3 +32,9 @@ class CommonSettings(BaseSettings):
     def psycopg_dsn(self) -> str:
         """The database URL in the form psycopg itself takes (no SQLAlchemy driver suffix)."""
         return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def service_setting(service: str, name: str, default: Any, **constraints: Any) -> Any:
+    """A field of one service's settings, read from MAILING_<SERVICE>_<NAME> so that one .env can hold
+    every service's settings without clashes; code and tests still pass it by its field name."""
+    return Field(default, validation_alias=f"mailing_{service}_{name}", **constraints)

@@ -2,14 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, Field
-
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, service_setting
 
 
 def _setting(default: Any, name: str, **constraints: Any) -> Any:
-    # Scheduler settings read MAILING_SCHEDULER_<NAME> while code and tests pass them by field name.
-    return Field(default, validation_alias=AliasChoices(name, f"mailing_scheduler_{name}"), **constraints)
+    return service_setting("scheduler", name, default, **constraints)
 
 
 class SchedulerSettings(CommonSettings):
