@@ -55,7 +55,7 @@ class ImportReport(BaseModel):
 def validate_tag_text(value: str | None) -> str:
     tag = validate_tag(value)
     # PostgreSQL text cannot hold NUL, and control characters in a label are always a mistake.
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in tag):
+    if not tag.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in tag):
         raise DomainValidationError("tag", "tag must not contain control characters")
     return tag
 

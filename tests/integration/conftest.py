@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.settings import CommonSettings
+from shared.topology import Topology
 
 ADMIN_KEY = "test-admin-key"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -66,8 +68,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def live_api(api_settings: ApiSettings) -> Iterator[LiveApi]:
-    """The real API (`python -m services.api`) in a subprocess on a free port, until the test ends."""
+def live_api(api_settings: ApiSettings, topology: Topology) -> Iterator[LiveApi]:
+    """The real API (`python -m services.api`, outbox relay included) on a free port, until the test ends."""
     port = _free_port()
     env = {
         **os.environ,
@@ -77,7 +79,8 @@ def live_api(api_settings: ApiSettings) -> Iterator[LiveApi]:
         "MAILING_API_HOST": "127.0.0.1",
         "MAILING_API_PORT": str(port),
         "MAILING_BOOTSTRAP_API_KEY": ADMIN_KEY,
-        "MAILING_RELAY_ENABLED": "false",
+        "MAILING_RETRY_DELAYS_SECONDS": json.dumps(list(api_settings.retry_delays_seconds)),
+        "MAILING_RELAY_ENABLED": "true",
         "MAILING_LOG_LEVEL": "WARNING",
     }
     base_url = f"http://127.0.0.1:{port}"
@@ -88,12 +91,12 @@ def live_api(api_settings: ApiSettings) -> Iterator[LiveApi]:
             if process.poll() is not None:
                 raise RuntimeError(f"the API exited with code {process.returncode} before it was ready")
             try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the API did not answer /healthz within 30 s")
+                raise RuntimeError("the API was not ready (/readyz) within 30 s")
             time.sleep(0.1)
         yield LiveApi(base_url, api_settings)
     finally:

@@ -270,3 +270,10 @@ async def test_client_routes_need_an_api_key(api: httpx.AsyncClient) -> None:
     assert response.status_code == 401
     response = await api.post("/api/v1/clients", json=CLIENT, headers={"Authorization": ""})
     assert response.status_code == 401
+
+
+async def test_an_unknown_field_is_refused_so_a_typo_never_passes_silently(api: httpx.AsyncClient) -> None:
+    client_id = (await api.post("/api/v1/clients", json=CLIENT)).json()["id"]
+    response = await api.patch(f"/api/v1/clients/{client_id}", json={"timzone": "Asia/Omsk"})
+    assert response.status_code == 422
+    assert _locs(response) == [["body", "timzone"]]

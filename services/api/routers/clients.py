@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, func, insert, select, update
@@ -18,7 +18,6 @@ from services.api.errors import Conflict, NotFound
 from services.api.pagination import PaginationDep
 from services.api.schemas import Page
 from shared.domain.clients import (
-    PHONE_PATTERN,
     normalize_phone,
     resolve_operator_code,
     validate_timezone,
@@ -26,17 +25,15 @@ from shared.domain.clients import (
 from shared.domain.errors import DomainValidationError
 from shared.models import Client, Message
 
-router = APIRouter(prefix="/clients", tags=["clients"], dependencies=[Depends(get_principal)])
-
 MAX_ID = 2**63 - 1
 LIVE_PHONE_INDEX = "uq_clients_phone_live"
 NON_FINAL = ("pending", "queued", "retrying")
 MessageStatus = Literal["pending", "queued", "retrying", "sent", "failed", "expired", "cancelled"]
 
-PHONE_SCHEMA: dict[str, Any] = {"type": "string", "pattern": PHONE_PATTERN, "examples": ["79001234567"]}
-OPERATOR_CODE_SCHEMA: dict[str, Any] = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
-TAG_SCHEMA: dict[str, Any] = {"examples": ["vip"], "description": "Free-form label, at most 64 characters"}
-TIMEZONE_SCHEMA: dict[str, Any] = {"examples": ["Europe/Moscow"], "description": "An IANA timezone name"}
+PHONE_SCHEMA: JsonDict = {"type": "string", "pattern": "^7[0-9]{10}$", "examples": ["79001234567"]}
+OPERATOR_CODE_SCHEMA: JsonDict = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
+TAG_SCHEMA: JsonDict = {"examples": ["vip"], "description": "Free-form label, at most 64 characters"}
+TIMEZONE_SCHEMA: JsonDict = {"examples": ["Europe/Moscow"], "description": "An IANA timezone name"}
 
 
 def _invalid(exc: DomainValidationError) -> PydanticCustomError:
@@ -85,7 +82,7 @@ EXAMPLE: JsonDict = {
 class ClientCreate(BaseModel):
     """A client; `operator_code` defaults to digits 2-4 of the phone."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
 
     phone: str = Field(json_schema_extra=PHONE_SCHEMA)
     operator_code: str | None = Field(default=None, json_schema_extra=OPERATOR_CODE_SCHEMA)
@@ -101,12 +98,17 @@ class ClientCreate(BaseModel):
 class ClientPatch(BaseModel):
     """Only the fields given change. A new phone without an `operator_code` re-derives the code from it."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"tag": "churned"}, {"timezone": "Asia/Omsk"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"tag": "churned"}, {"timezone": "Asia/Omsk"}]}
+    )
 
-    phone: str | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
-    operator_code: str | None = Field(default=None, json_schema_extra=OPERATOR_CODE_SCHEMA)
+    # Null is refused for these two, so the schema offers strings only.
+    phone: Annotated[str | None, WithJsonSchema(PHONE_SCHEMA)] = None
+    operator_code: str | None = Field(
+        default=None, json_schema_extra=OPERATOR_CODE_SCHEMA, description="Null derives it from the phone"
+    )
     tag: str | None = Field(default=None, json_schema_extra=TAG_SCHEMA)
-    timezone: str | None = Field(default=None, json_schema_extra=TIMEZONE_SCHEMA)
+    timezone: Annotated[str | None, WithJsonSchema({"type": "string", **TIMEZONE_SCHEMA})] = None
 
     @field_validator("phone", mode="before")
     @classmethod
@@ -193,6 +195,12 @@ class ConflictOut(BaseModel):
     )
 
 
+router = APIRouter(
+    prefix="/clients",
+    tags=["clients"],
+    dependencies=[Depends(get_principal)],
+    responses={401: {"model": ErrorOut, "description": "No, unknown or revoked API key"}},
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such client"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ConflictOut, "description": "The phone is taken"}}
 
