@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import psycopg
 import pytest
+from loguru import logger
 
 from services.api.settings import ApiSettings
 
@@ -277,3 +280,25 @@ async def test_an_unknown_field_is_refused_so_a_typo_never_passes_silently(api: 
     response = await api.patch(f"/api/v1/clients/{client_id}", json={"timzone": "Asia/Omsk"})
     assert response.status_code == 422
     assert _locs(response) == [["body", "timzone"]]
+
+
+async def test_concurrent_creates_of_one_phone_give_one_client_and_conflicts(api: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(*(api.post("/api/v1/clients", json=CLIENT) for _ in range(6)))
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409, 409]
+
+
+async def test_every_change_of_a_client_is_logged_with_its_id(api: httpx.AsyncClient) -> None:
+    records: list[dict[str, object]] = []
+    sink = logger.add(lambda m: records.append(m.record["extra"] | {"text": m.record["message"]}))
+    try:
+        client_id = (await api.post("/api/v1/clients", json=CLIENT)).json()["id"]
+        await api.patch(f"/api/v1/clients/{client_id}", json={"tag": "x"})
+        await api.delete(f"/api/v1/clients/{client_id}")
+    finally:
+        logger.remove(sink)
+    mine = [str(r["text"]) for r in records if r.get("client_id") == client_id]
+    assert [m.split(",")[0].split(":")[0] for m in mine] == [
+        f"client {client_id} created",
+        f"client {client_id} updated",
+        f"client {client_id} deleted",
+    ]
