@@ -243,7 +243,7 @@ def write_section(markdown: str) -> None:
         "aiohttp client at the same in-flight count against the same stand-in, and a bare consume + ack of "
         "the same AMQP messages (counted in SMS). The sender's figure covers claim, call, batched status "
         f"write and ack, from start to the last `sent` row.\n\nLast run ({time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n"
+        f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n\n"
     )
     pattern = re.compile(r"^## Sender\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
