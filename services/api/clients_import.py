@@ -6,6 +6,7 @@ import csv
 import io
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import UploadFile
@@ -109,6 +110,7 @@ class _Parsed:
     def __init__(self) -> None:
         self.rejected = 0
         self.errors: list[RowError] = []
+        self.validator = _Validator()
 
     def reject(self, line: int, problems: list[tuple[str, str]]) -> None:
         self.rejected += 1
@@ -134,7 +136,6 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[l
         if len(set(names)) != len(names):
             raise _file_error("the header names a column twice")
         wanted = [(i, n) for i, n in enumerate(names) if n in COLUMNS]
-        validator = _Validator()
         chunk: list[Row] = []
         for record in reader:
             if not record or record == [""]:
@@ -144,7 +145,7 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[l
                 parsed.reject(line, [("row", f"expected {len(names)} columns, got {len(record)}")])
                 continue
             values = {n: record[i].strip() for i, n in wanted if i < len(record)}
-            result = validator.row(values, line)
+            result = parsed.validator.row(values, line)
             if isinstance(result, list):
                 parsed.reject(line, result)
                 continue
@@ -161,25 +162,36 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[l
 
 
 UPSERT = """
-WITH upserted AS (
-    INSERT INTO clients (phone, operator_code, tag, timezone)
-    SELECT phone, operator_code, tag, timezone FROM client_import
-    ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
-        SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
-            timezone = EXCLUDED.timezone, updated_at = now()
-    RETURNING (xmax = 0) AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted
+INSERT INTO clients (phone, operator_code, tag, timezone)
+SELECT phone, operator_code, tag, timezone FROM client_import
+ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
+    SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
+        timezone = EXCLUDED.timezone, updated_at = now()
+RETURNING id, phone, (xmax = 0) AS inserted
 """
 
 
-async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk_rows: int) -> ImportReport:
+@dataclass(frozen=True)
+class ImportedClient:
+    client_id: int
+    line: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    report: ImportReport
+    clients: list[ImportedClient]
+
+
+async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk_rows: int) -> ImportResult:
     """Validate and upsert every row in the session's transaction; the caller commits."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     pg: Any = raw.driver_connection
     parsed = _Parsed()
     copied = 0
+    written: list[ImportedClient] = []
     # The upload is already spooled to a temporary file by the multipart parser; read it line by line.
     text = io.TextIOWrapper(upload.file, encoding="utf-8-sig", newline="")
     try:
@@ -194,11 +206,15 @@ async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk
                     for row in chunk:
                         await copy.write_row(row)
                 copied += len(chunk)
-            created, updated = 0, 0
             if copied:
                 await cursor.execute(UPSERT)
-                created, updated = await cursor.fetchone()
+                lines = parsed.validator.seen
+                written = [ImportedClient(i, lines[phone], new) for i, phone, new in await cursor.fetchall()]
             await cursor.execute("DROP TABLE client_import")
     finally:
         text.detach()
-    return ImportReport(created=created, updated=updated, rejected=parsed.rejected, errors=parsed.errors)
+    created = sum(c.created for c in written)
+    report = ImportReport(
+        created=created, updated=len(written) - created, rejected=parsed.rejected, errors=parsed.errors
+    )
+    return ImportResult(report, written)

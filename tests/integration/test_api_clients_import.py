@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from loguru import logger
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,18 @@ async def test_imported_clients_are_counted_in_the_metrics(api: httpx.AsyncClien
     await _import(api, HEADER + "79001234567,,,UTC\n79001234568,,,UTC\n")
     metrics = (await api.get("/metrics")).text
     assert "mailing_api_clients_imported_total 2.0" in metrics
+
+
+async def test_every_imported_client_is_logged_with_its_id_and_line(api: httpx.AsyncClient) -> None:
+    records: list[tuple[object, str]] = []
+    sink = logger.add(lambda m: records.append((m.record["extra"].get("client_id"), m.record["message"])))
+    try:
+        await _import(api, HEADER + "79001234567,,,UTC\nbad,,,UTC\n79001234568,,,UTC\n")
+    finally:
+        logger.remove(sink)
+    logged = sorted((cid, text) for cid, text in records if cid is not None)
+    ids = sorted(c["id"] for c in (await _phones(api)).values())
+    assert logged == [
+        (ids[0], f"client {ids[0]} created by CSV import (line 2)"),
+        (ids[1], f"client {ids[1]} created by CSV import (line 4)"),
+    ]

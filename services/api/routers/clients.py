@@ -297,9 +297,17 @@ async def import_clients(
     every invalid row is listed in `errors` by line number (the list stops at 1,000 entries,
     `rejected` still counts them all). A second row with the same phone in one file is rejected.
     """
-    report = await import_clients_csv(session, file, chunk_rows=settings.csv_import_chunk_rows)
+    result = await import_clients_csv(session, file, chunk_rows=settings.csv_import_chunk_rows)
     await session.commit()
+    report = result.report
     metrics.clients_imported.inc(report.created + report.updated)
+    for client in result.clients:
+        logger.bind(client_id=client.client_id).info(
+            "client {} {} by CSV import (line {})",
+            client.client_id,
+            "created" if client.created else "updated",
+            client.line,
+        )
     logger.info(
         "clients imported from {!r}: {} created, {} updated, {} rejected",
         file.filename,
