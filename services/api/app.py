@@ -94,7 +94,9 @@ def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
                 response = await call_next(request)
             except Exception:
                 logger.exception("unhandled error on {} {}", request.method, request.url.path)
-                response = JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
+                response = JSONResponse(
+                    {"detail": "internal error", "request_id": request_id}, status_code=500
+                )
             elapsed = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", "unmatched")
             metrics.requests.labels(request.method, route, str(response.status_code)).inc()
