@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, Field
-
 from shared.domain.retry import RetryPolicy
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, service_setting
 
 # A token for the stand-in's default secret "local-probe-secret", without expiry (made once with
 # services.probe_stub.token.make_token); production sets MAILING_PROBE_TOKEN.
@@ -16,9 +14,7 @@ LOCAL_PROBE_TOKEN = (
 
 
 def _setting(default: Any, name: str, **constraints: Any) -> Any:
-    # Sender settings read MAILING_SENDER_<NAME> (a shared .env also feeds other services) while code
-    # and tests pass them by field name.
-    return Field(default, validation_alias=AliasChoices(name, f"mailing_sender_{name}"), **constraints)
+    return service_setting("sender", name, default, **constraints)
 
 
 class SenderSettings(CommonSettings):
