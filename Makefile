@@ -27,7 +27,7 @@ test-unit: install
 lint: install ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared services bench tests
+	$(RUN) mypy shared services bench tests scripts
 
 format: install
 	$(RUN) ruff format .

@@ -48,7 +48,9 @@ def main() -> int:
     try:
         client.get("/healthz").raise_for_status()
     except httpx.HTTPError as exc:
-        print(f"the API does not answer at {args.api} ({exc}); start it with `make run` first", file=sys.stderr)
+        print(
+            f"the API does not answer at {args.api} ({exc}); start it with `make run` first", file=sys.stderr
+        )
         return 1
     files = {"file": ("clients.csv", sample_csv(args.clients, rng), "text/csv")}
     imported = client.post("/api/v1/clients/import", files=files)

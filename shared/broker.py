@@ -34,7 +34,9 @@ async def connect(url: str, *, give_up_after: float = 60.0) -> AbstractRobustCon
     ):
         with attempt:
             if attempt.retry_state.attempt_number > 1:
-                logger.warning("RabbitMQ not reachable yet, retrying (attempt {})", attempt.retry_state.attempt_number)
+                logger.warning(
+                    "RabbitMQ not reachable yet, retrying (attempt {})", attempt.retry_state.attempt_number
+                )
             return await aio_pika.connect_robust(url, timeout=10)
     raise AssertionError("unreachable")
 

@@ -30,7 +30,9 @@ def _human_format(record: Any) -> str:
     suffix = f" | {extra}" if extra else ""
     return (
         "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
-        "<cyan>{extra[service]}</cyan> | {message}" + suffix.replace("{", "{{").replace("}", "}}") + "\n{exception}"
+        "<cyan>{extra[service]}</cyan> | {message}"
+        + suffix.replace("{", "{{").replace("}", "}}")
+        + "\n{exception}"
     )
 
 

@@ -36,7 +36,9 @@ def main() -> int:
             print(f"ok: {name} at {host}:{port}")
         else:
             missing.append(name)
-            print(f"MISSING: {name} is not reachable at {host}:{port}. Start it with:\n    {HOW_TO_START[name]}")
+            print(
+                f"MISSING: {name} is not reachable at {host}:{port}. Start it with:\n    {HOW_TO_START[name]}"
+            )
     return 1 if missing else 0
 
 

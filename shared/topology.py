@@ -65,7 +65,9 @@ SERVICE_BINDINGS: dict[str, tuple[str, ...]] = {
 
 async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, AbstractQueue]:
     """Declare every exchange and queue of the design; safe to call from every service at start."""
-    events = await channel.declare_exchange(topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    events = await channel.declare_exchange(
+        topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
     work = await channel.declare_exchange(topology.work_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     queues: dict[str, AbstractQueue] = {}
 
@@ -118,7 +120,9 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
     return queues
 
 
-async def exchanges(channel: AbstractChannel, topology: Topology) -> tuple[AbstractExchange, AbstractExchange]:
+async def exchanges(
+    channel: AbstractChannel, topology: Topology
+) -> tuple[AbstractExchange, AbstractExchange]:
     """The (events, work) exchanges, assuming `declare` already ran."""
     events = await channel.get_exchange(topology.events_exchange, ensure=False)
     work = await channel.get_exchange(topology.work_exchange, ensure=False)

@@ -22,7 +22,9 @@ async def test_declaring_the_topology_twice_is_harmless(topology: Topology) -> N
         assert set(queues) == set(topology.all_queues)
 
 
-async def test_a_message_in_a_retry_tier_returns_to_the_send_queue_after_its_delay(topology: Topology) -> None:
+async def test_a_message_in_a_retry_tier_returns_to_the_send_queue_after_its_delay(
+    topology: Topology,
+) -> None:
     connection = await connect(AMQP_URL)
     async with connection:
         channel = await confirm_channel(connection)
@@ -35,7 +37,9 @@ async def test_a_message_in_a_retry_tier_returns_to_the_send_queue_after_its_del
             if message is not None:
                 await message.ack()
                 assert decode(SendMessages, message.body) == command
-                assert message.headers["x-death"][0]["reason"] == "expired"  # type: ignore[index]
+                deaths = message.headers["x-death"]
+                assert isinstance(deaths, list) and isinstance(deaths[0], dict)
+                assert deaths[0]["reason"] == "expired"
                 return
             await asyncio.sleep(0.05)
         pytest.fail("the retried message never came back to the send queue")
