@@ -81,7 +81,7 @@ async def http_ceiling(base: str, token: str, total: int, in_flight: int) -> flo
 
     async def worker() -> None:
         for msg_id in next_id:
-            body = f'{{"id": {msg_id}, "phone": 79000000000, "text": "bench"}}'
+            body = f'{{"id": {msg_id}, "phone": 79000000000, "text": "bench"}}'.encode()
             async with session.post(f"{base}/v1/send/{msg_id}", data=body) as response:
                 await response.read()
 

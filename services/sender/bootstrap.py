@@ -73,6 +73,7 @@ class SenderApp:
         self.sender.stop()
         await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
         await self.writer.close()
+        await self.sender.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

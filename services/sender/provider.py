@@ -49,7 +49,7 @@ class ProbeClient:
 
     async def send(self, claim: Claim, text: str) -> ProviderResult:
         url = f"{self.base_url}/v1/send/{claim.message_id}"
-        body = json.dumps({"id": claim.message_id, "phone": int(claim.phone), "text": text})
+        body = json.dumps({"id": claim.message_id, "phone": int(claim.phone), "text": text}).encode()
         status: int | None = None
         started = time.perf_counter()
         try:

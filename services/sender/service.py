@@ -81,6 +81,33 @@ class Clocks:
     monotonic: Callable[[], float]
 
 
+@dataclass
+class _Job:
+    claim: Claim
+    item: SendItem
+    give_up_at: float
+    batch: _Batch
+
+
+class _Batch:
+    """The messages of one delivery: done when every one has an outcome handed to the writer."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.flushes: set[asyncio.Future[None]] = set()
+        self.error: BaseException | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def finish(self, flush: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+        if flush is not None:
+            self.flushes.add(flush)
+        if error is not None and self.error is None:
+            self.error = error
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 class Sender:
     def __init__(
         self,
@@ -111,24 +138,56 @@ class Sender:
         self.limiter = limiter
         self.rng = rng or random.Random()
         self.cache = MailingCache(store, mailing_recheck_seconds, clocks.monotonic)
-        self.slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        # A fixed pool of callers, one per request allowed in flight: cheaper than a task per message.
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
         self.stopping = False
 
     def stop(self) -> None:
-        """Messages not yet called go back to the send queue instead of waiting for a slot."""
+        """Messages not yet called go back to the send queue instead of waiting for a caller."""
         self.stopping = True
 
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
     async def handle(self, delivery: Delivery[SendMessages]) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"caller-{i}") for i in range(self.max_in_flight)
+            ]
         await self._wait_for_breaker()
         items = {item.message_id: item for item in delivery.body.messages}
         claims, mailings = await self.store.claim(list(items), self.lease_seconds)
-        self.cache.seed(mailings)
-        # Give up waiting (breaker, slots) well before the lease runs out, so no other copy can claim
-        # the message while this one might still call.
-        give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
-        futures = await asyncio.gather(*(self._deliver(c, items[c.message_id], give_up_at) for c in claims))
-        await asyncio.gather(*futures)
+        if claims:
+            self.cache.seed(mailings)
+            # Give up waiting (breaker, callers) well before the lease runs out, so no other copy can
+            # claim the message while this one might still call.
+            give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
+            batch = _Batch(len(claims))
+            for claim in claims:
+                self._jobs.put_nowait(_Job(claim, items[claim.message_id], give_up_at, batch))
+            await batch.done
+            await asyncio.gather(*batch.flushes)
+            if batch.error is not None:
+                raise batch.error
         self.metrics.deliveries.labels("done").inc()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                flush = await self._deliver(job.claim, job.item, job.give_up_at)
+            except Exception as exc:
+                logger.bind(message_id=job.claim.message_id, mailing_id=job.claim.mailing_id).exception(
+                    "delivery step failed"
+                )
+                job.batch.finish(None, exc)
+            else:
+                job.batch.finish(flush)
 
     async def _wait_for_breaker(self) -> None:
         # The breaker runs on a clock, so there is nothing to signal: poll until its cool-down ends.
@@ -136,23 +195,22 @@ class Sender:
             await asyncio.sleep(min(left, 1.0))
 
     async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
-        async with self.slots:
-            if self.stopping or self.clocks.monotonic() >= give_up_at:
-                return self._give_back(claim, item, self.topology.send_key)
-            mailing = await self.cache.get(claim.mailing_id)
-            verdict = check_sendable(claim, mailing, self.clocks.now())
-            if verdict.action != "send":
-                return self._not_sent(claim, item, verdict)
-            if not await self._acquire_breaker(give_up_at):
-                return self._give_back(claim, item, self.topology.retry_key(0))
-            if self.limiter is not None:
-                await self.limiter.acquire()
-            self.metrics.in_flight.inc()
-            try:
-                result = await self.provider.send(claim, mailing.text)
-            finally:
-                self.metrics.in_flight.dec()
-            self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
+        if self.stopping or self.clocks.monotonic() >= give_up_at:
+            return self._give_back(claim, item, self.topology.send_key)
+        mailing = await self.cache.get(claim.mailing_id)
+        verdict = check_sendable(claim, mailing, self.clocks.now())
+        if verdict.action != "send":
+            return self._not_sent(claim, item, verdict)
+        if not await self._acquire_breaker(give_up_at):
+            return self._give_back(claim, item, self.topology.retry_key(0))
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        self.metrics.in_flight.inc()
+        try:
+            result = await self.provider.send(claim, mailing.text)
+        finally:
+            self.metrics.in_flight.dec()
+        self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
         return self._after_call(claim, item, mailing, result)
 
     async def _acquire_breaker(self, give_up_at: float) -> bool:
