@@ -8,13 +8,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from loguru import logger
 
 from services.sender.metrics import SenderMetrics
 from services.sender.store import OutcomeRow, Written
-from shared.contracts import MessageOutcome, MessagesFinalized, SendItem, SendMessages
+from shared.contracts import FinalStatus, MessageOutcome, MessagesFinalized, SendItem, SendMessages
 from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -151,7 +151,7 @@ class OutcomeWriter:
                         message_id=row.message_id,
                         mailing_id=row.mailing_id,
                         client_id=row.client_id,
-                        status=status.value,
+                        status=cast(FinalStatus, status.value),
                         attempts=row.attempts,
                         occurred_at=at,
                         reason=row.last_error if status is not MessageStatus.SENT else None,
