@@ -72,8 +72,9 @@ class SenderApp:
         logger.info("sender stopping")
         self.sender.stop()
         await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
+        # Callers first, so every outcome they produce reaches the writer before its last flush.
+        await self.sender.close(grace_seconds=self.settings.request_timeout_seconds)
         await self.writer.close()
-        await self.sender.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -175,6 +176,7 @@ async def start_sender(
         policy=settings.retry_policy(),
         clocks=clocks,
         max_in_flight=settings.max_in_flight,
+        request_timeout=settings.request_timeout_seconds,
         lease_seconds=settings.lease_seconds,
         mailing_recheck_seconds=settings.mailing_recheck_seconds,
         limiter=limiter,

@@ -64,6 +64,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def release(self) -> None:
+        """An acquired call that was not made after all: a half-open probe slot becomes free again."""
+        if self._state is BreakerState.HALF_OPEN and self._probes_out > 0:
+            self._probes_out -= 1
+
     def record(self, success: bool) -> None:
         state = self.state
         if state is BreakerState.HALF_OPEN:

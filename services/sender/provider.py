@@ -14,7 +14,7 @@ from shared.domain.retry import ProviderResult, classify_exception, classify_res
 
 
 class Provider(Protocol):
-    async def send(self, claim: Claim, text: str) -> ProviderResult: ...
+    async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult: ...
 
 
 def result_label(result: ProviderResult, status: int | None) -> str:
@@ -47,13 +47,19 @@ class ProbeClient:
         self.base_url = base_url.rstrip("/")
         self.on_answer = on_answer
 
-    async def send(self, claim: Claim, text: str) -> ProviderResult:
+    async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
+        """Call the API once; `limit_seconds` shortens the session's own timeout for this call."""
         url = f"{self.base_url}/v1/send/{claim.message_id}"
         body = json.dumps({"id": claim.message_id, "phone": int(claim.phone), "text": text}).encode()
         status: int | None = None
         started = time.perf_counter()
         try:
-            async with self.session.post(url, data=body) as response:
+            call = (
+                self.session.post(url, data=body)
+                if limit_seconds is None
+                else self.session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=limit_seconds))
+            )
+            async with call as response:
                 status = response.status
                 payload = await response.read()
                 result = classify_response(status, payload, response.headers.get("Retry-After"))

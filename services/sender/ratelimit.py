@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 from sqlalchemy import text
@@ -61,11 +62,14 @@ class RateLimiter:
         self._stock = 0
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self, give_up_at: float | None = None) -> bool:
+        """Take one token; False when none came before `give_up_at` (a `time.monotonic()` instant)."""
         while True:
             if self._stock > 0:
                 self._stock -= 1
-                return
+                return True
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                return False
             async with self._lock:
                 if self._stock > 0:
                     continue

@@ -5,6 +5,7 @@ after all its outcomes are committed and their copies confirmed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide
 from shared.topology import Topology
 
 BREAKER_POLL_SECONDS = 0.05
+RECHECK_AFTER_WAIT_SECONDS = 0.05
 
 
 class ClaimStore(Protocol):
@@ -121,6 +123,7 @@ class Sender:
         policy: RetryPolicy,
         clocks: Clocks,
         max_in_flight: int,
+        request_timeout: float,
         lease_seconds: float,
         mailing_recheck_seconds: float,
         limiter: RateLimiter | None = None,
@@ -139,16 +142,25 @@ class Sender:
         self.rng = rng or random.Random()
         self.cache = MailingCache(store, mailing_recheck_seconds, clocks.monotonic)
         self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
         # A fixed pool of callers, one per request allowed in flight: cheaper than a task per message.
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._idle = asyncio.Event()
         self.stopping = False
 
     def stop(self) -> None:
         """Messages not yet called go back to the send queue instead of waiting for a caller."""
         self.stopping = True
 
-    async def close(self) -> None:
+    async def close(self, grace_seconds: float) -> None:
+        """Give back what was not called, let the calls under way finish (within the grace), then stop."""
+        self.stopping = True
+        if self._busy or not self._jobs.empty():
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -179,6 +191,7 @@ class Sender:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
+            self._busy += 1
             try:
                 flush = await self._deliver(job.claim, job.item, job.give_up_at)
             except Exception as exc:
@@ -188,6 +201,10 @@ class Sender:
                 job.batch.finish(None, exc)
             else:
                 job.batch.finish(flush)
+            finally:
+                self._busy -= 1
+                if not self._busy and self._jobs.empty():
+                    self._idle.set()
 
     async def _wait_for_breaker(self) -> None:
         # The breaker runs on a clock, so there is nothing to signal: poll until its cool-down ends.
@@ -197,17 +214,29 @@ class Sender:
     async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
         if self.stopping or self.clocks.monotonic() >= give_up_at:
             return self._give_back(claim, item, self.topology.send_key)
-        mailing = await self.cache.get(claim.mailing_id)
-        verdict = check_sendable(claim, mailing, self.clocks.now())
+        verdict = check_sendable(claim, await self.cache.get(claim.mailing_id), self.clocks.now())
         if verdict.action != "send":
             return self._not_sent(claim, item, verdict)
+        waiting_since = self.clocks.monotonic()
         if not await self._acquire_breaker(give_up_at):
             return self._give_back(claim, item, self.topology.retry_key(0))
-        if self.limiter is not None:
-            await self.limiter.acquire()
+        if self.limiter is not None and not await self.limiter.acquire(give_up_at):
+            self.breaker.release()
+            return self._give_back(claim, item, self.topology.retry_key(0))
+        mailing = await self.cache.get(claim.mailing_id)
+        now = self.clocks.now()
+        if self.clocks.monotonic() - waiting_since > RECHECK_AFTER_WAIT_SECONDS or now >= mailing.end_at:
+            # A pause, cancel, the end or the window's close may have come while we waited.
+            verdict = check_sendable(claim, mailing, now)
+            if verdict.action != "send":
+                self.breaker.release()
+                return self._not_sent(claim, item, verdict)
+        # Never let a call still be under way when the mailing ends.
+        left = (mailing.end_at - now).total_seconds()
+        timeout = left if left < self.request_timeout else None
         self.metrics.in_flight.inc()
         try:
-            result = await self.provider.send(claim, mailing.text)
+            result = await self.provider.send(claim, mailing.text, timeout)
         finally:
             self.metrics.in_flight.dec()
         self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
@@ -245,6 +274,9 @@ class Sender:
         if result.ok:
             return self.writer.submit(OutcomeRow(claim.message_id, "sent", sent_at=now), item)
         decision = decide_retry(self.policy, claim.attempts, result, now, mailing.end_at, self.rng.random())
+        logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
+            "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decision.action, decision.reason
+        )
         if decision.action == "retry":
             assert decision.tier is not None and decision.delay is not None
             row = OutcomeRow(

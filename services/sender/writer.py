@@ -116,20 +116,24 @@ class OutcomeWriter:
         future.set_result(None)
 
     async def _write(self, rows: list[OutcomeRow]) -> list[Written]:
-        for pause in (*WRITE_RETRY_PAUSES, None):
+        # Outcomes of calls already made must not be dropped: giving up would let the lease run out and
+        # the message be sent again. So keep trying until it works, bounded only while shutting down.
+        failures = 0
+        while True:
             started = time.perf_counter()
             try:
                 written = await self.store.write(rows)
-            except Exception:
-                if pause is None:
+            except Exception as exc:
+                failures += 1
+                if self._closing and failures > len(WRITE_RETRY_PAUSES):
                     raise
-                logger.warning("status write failed; retrying in {}s", pause)
+                pause = WRITE_RETRY_PAUSES[min(failures, len(WRITE_RETRY_PAUSES)) - 1]
+                logger.warning("status write of {} rows failed ({!r}), retry in {}s", len(rows), exc, pause)
                 await asyncio.sleep(pause)
                 continue
             self.metrics.flush_seconds.observe(time.perf_counter() - started)
             self.metrics.flush_rows.inc(len(rows))
             return written
-        raise AssertionError("unreachable")
 
     async def _follow_up(self, batch: list[_Pending], written: list[Written]) -> None:
         done = {w.message_id: w for w in written}
