@@ -52,14 +52,13 @@ class Topology:
             self.send_queue,
             self.parking_queue,
             *(self.retry_queue(t) for t in range(len(self.retry_delays))),
-            self.service_queue("scheduler"),
-            self.service_queue("reporter"),
+            *(self.service_queue(service) for service in SERVICE_BINDINGS),
         ]
 
 
+# A service's queue exists only once the service consumes it: an unread queue would grow without end.
 SERVICE_BINDINGS: dict[str, tuple[str, ...]] = {
     "scheduler": ("mailing.*",),
-    "reporter": ("message.#", "mailing.*"),
 }
 
 

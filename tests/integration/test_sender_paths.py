@@ -14,7 +14,16 @@ from shared.contracts import MessagesFinalized, SendMessages, decode
 from shared.settings import CommonSettings
 from shared.topology import Topology
 
-from .test_sender_support import Db, Stub, drain_queue, eventually, publish_send, sender_settings, start_stub
+from .test_sender_support import (
+    Db,
+    Stub,
+    drain_queue,
+    eventually,
+    observe_events,
+    publish_send,
+    sender_settings,
+    start_stub,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +82,7 @@ async def all_final(db: Db, mailing_id: int) -> bool:
 async def test_messages_are_sent_and_their_outcomes_published(
     db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
 ) -> None:
+    observer = await observe_events(settings.amqp_url, topology, "message.#")
     await senders.start()
     mailing = await db.mailing()
     items = await db.queued_messages(mailing, 30)
@@ -84,10 +94,7 @@ async def test_messages_are_sent_and_their_outcomes_published(
     assert {row[0] for row in rows.values()} == {"sent"}
     assert all(row[1] == 1 and row[3] is not None and row[5] is None for row in rows.values())
     assert (await stub.stats())["distinct_accepted"] == 30
-    events = [
-        decode(MessagesFinalized, b)
-        for b in await drain_queue(settings.amqp_url, topology.service_queue("reporter"))
-    ]
+    events = [decode(MessagesFinalized, b) for b in await drain_queue(settings.amqp_url, observer)]
     assert sorted(o.message_id for e in events for o in e.outcomes) == sorted(i.message_id for i in items)
 
 

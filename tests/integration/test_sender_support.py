@@ -156,6 +156,17 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def observe_events(amqp_url: str, topology: Topology, key: str) -> str:
+    """A queue of the test's own that receives the events matching `key`; it expires once unused."""
+    name = f"{topology.namespace}.observer"
+    connection = await connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
+        await queue.bind(topology.events_exchange, key)
+    return name
+
+
 async def drain_queue(amqp_url: str, queue_name: str) -> list[bytes]:
     connection = await connect(amqp_url)
     bodies = []
