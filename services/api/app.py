@@ -102,7 +102,7 @@ def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
             metrics.requests.labels(request.method, route, str(response.status_code)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
             if route not in ("/metrics", "/healthz", "/readyz"):
-                logger.info(
+                logger.bind(**_ids_in_path(request)).info(
                     "{} {} -> {} in {:.1f} ms",
                     request.method,
                     request.url.path,
@@ -111,6 +111,15 @@ def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
                 )
         response.headers["X-Request-ID"] = request_id
         return response
+
+
+def _ids_in_path(request: Request) -> dict[str, int]:
+    """The mailing or client id a request names, so its log line is found with the rest of that story."""
+    found = {}
+    for key, value in request.scope.get("path_params", {}).items():
+        if key in ("mailing_id", "client_id") and str(value).isdigit():
+            found[key] = int(value)
+    return found
 
 
 def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:

@@ -8,27 +8,26 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from loguru import logger
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound
+from services.api.schemas import MAX_ID
 from shared.contracts import MailingEventType
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import (
     FINAL_MAILING_STATUSES,
-    FINAL_MESSAGE_STATUSES,
     MailingStatus,
     MessageStatus,
     can_transition_mailing,
 )
 from shared.domain.windows import DailyWindow
+from shared.messages import cancel_open_messages
 from shared.models import Mailing, Message
 from shared.outbox import mailing_event
 
-MAX_ID = 2**63 - 1
 CANCELLED_REASON = "mailing cancelled"
 DELETED_REASON = "mailing deleted"
-_OPEN_MESSAGE_STATUSES = [s.value for s in MessageStatus if s not in FINAL_MESSAGE_STATUSES]
 
 
 class MailingChanges(TypedDict, total=False):
@@ -50,9 +49,11 @@ def _window_columns(window: DailyWindow | None) -> tuple[object, object]:
     return (None, None) if window is None else (window.start, window.end)
 
 
-def _check_period(start_at: datetime, end_at: datetime) -> None:
+def _check_period(start_at: datetime, end_at: datetime, now: datetime) -> None:
     if end_at <= start_at:
         raise DomainValidationError("end_at", "end_at must be after start_at")
+    if end_at <= now:
+        raise DomainValidationError("end_at", "end_at has already passed: nothing could be sent")
 
 
 async def _locked(session: AsyncSession, mailing_id: int) -> Mailing:
@@ -94,7 +95,7 @@ async def create_mailing(
     window: DailyWindow | None,
     now: datetime,
 ) -> Mailing:
-    _check_period(start_at, end_at)
+    _check_period(start_at, end_at, now)
     window_start, window_end = _window_columns(window)
     mailing = Mailing(
         text=text,
@@ -144,7 +145,8 @@ async def update_mailing(
         raise Conflict("status", f"a {mailing.status} mailing can no longer be changed")
     start_at = changes.get("start_at", mailing.start_at)
     end_at = changes.get("end_at", mailing.end_at)
-    _check_period(start_at, end_at)
+    if "start_at" in changes or "end_at" in changes:
+        _check_period(start_at, end_at, now)
     if (
         "text" in changes
         and changes["text"] != mailing.text
@@ -172,12 +174,7 @@ async def update_mailing(
 
 
 async def _cancel_open_messages(session: AsyncSession, mailing_id: int, reason: str, now: datetime) -> int:
-    result = await session.execute(
-        update(Message)
-        .where(Message.mailing_id == mailing_id, Message.status.in_(_OPEN_MESSAGE_STATUSES))
-        .values(status=MessageStatus.CANCELLED.value, last_error=reason, lease_until=None, updated_at=now)
-        .returning(Message.id)
-    )
+    result = await session.execute(cancel_open_messages(Message.mailing_id == mailing_id, reason, now))
     return len(result.all())
 
 

@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
+# Ids are PostgreSQL bigints: a larger id in a path names nothing (404), it is not a server error.
+MAX_ID = 2**63 - 1
+
 
 class Page(BaseModel, Generic[T]):
     items: list[T]

@@ -12,7 +12,6 @@ from shared.domain.windows import DailyWindow, plan_send_time
 
 T = TypeVar("T")
 
-NO_OPENING = "no window opening before the mailing ends"
 MAILING_ENDED = "mailing ended before the message was sent"
 MAILING_CANCELLED = "mailing cancelled"
 MAILING_DELETED = "mailing deleted"

@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.scheduler.planning import (
     CLIENT_DELETED,
     CLIENT_NO_LONGER_MATCHES,
-    NO_OPENING,
     MailingPlan,
     TimezonePlan,
     window_of,
 )
+from shared.domain.windows import NO_OPENING
+from shared.messages import OPEN_SQL
 
-NON_FINAL = "('pending', 'queued', 'retrying')"
 # Advisory-lock key space of the scheduler, so its per-mailing locks never collide with anyone else's.
 _LOCK_SPACE = 0x5343 << 48
 
@@ -113,7 +113,7 @@ async def mailings_needing_attention(conn: AsyncConnection, now: datetime) -> li
             "SELECT id FROM mailings WHERE status IN ('scheduled', 'running', 'paused')"
             " AND (start_at <= :now OR deleted_at IS NOT NULL)"
             " UNION SELECT g.id FROM mailings g WHERE (g.status = 'cancelled' OR g.deleted_at IS NOT NULL)"
-            f" AND EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = g.id AND m.status IN {NON_FINAL})"
+            f" AND EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = g.id AND m.status IN {OPEN_SQL})"
             " ORDER BY 1"
         ),
         {"now": now},
@@ -254,7 +254,7 @@ async def finalize_unfinished(
     result = await conn.execute(
         text(
             "UPDATE messages SET status = :status, last_error = :reason, updated_at = :now"
-            f" WHERE mailing_id = :mid AND status IN {NON_FINAL}"
+            f" WHERE mailing_id = :mid AND status IN {OPEN_SQL}"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " RETURNING id, client_id, status, attempts, last_error"
         ),
@@ -288,7 +288,7 @@ async def finish_if_done(conn: AsyncConnection, mailing_id: int, allowed_from: S
     result = await conn.execute(
         text(
             "UPDATE mailings SET status = 'finished' WHERE id = :id AND status = ANY(CAST(:old AS text[]))"
-            f" AND NOT EXISTS (SELECT 1 FROM messages WHERE mailing_id = :id AND status IN {NON_FINAL})"
+            f" AND NOT EXISTS (SELECT 1 FROM messages WHERE mailing_id = :id AND status IN {OPEN_SQL})"
         ),
         {"id": mailing_id, "old": list(allowed_from)},
     )

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from shared.domain.windows import DailyWindow, is_open, next_opening
-
-NO_OPENING = "no window opening before the mailing ends"
+from shared.domain.windows import NO_OPENING, DailyWindow, is_open, next_opening
 
 
 @dataclass(frozen=True)

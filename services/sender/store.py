@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.checks import Claim, MailingInfo
 from shared.domain.windows import DailyWindow
-
-FINAL = "('sent', 'failed', 'expired', 'cancelled')"
+from shared.messages import FINAL_SQL
 
 _MAILING_COLUMNS = "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL"
 
@@ -49,7 +48,7 @@ _WRITE = text(
         CAST(:errors AS text[]), CAST(:next_at AS timestamptz[]), CAST(:not_before AS timestamptz[]),
         CAST(:deltas AS int[])
     ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts_delta)
-    WHERE m.id = u.id AND m.status NOT IN {FINAL}
+    WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
     """
 )

@@ -14,6 +14,7 @@ class MessageStatus(StrEnum):
 FINAL_MESSAGE_STATUSES: frozenset[MessageStatus] = frozenset(
     {MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED}
 )
+OPEN_MESSAGE_STATUSES: frozenset[MessageStatus] = frozenset(MessageStatus) - FINAL_MESSAGE_STATUSES
 
 _TERMINATIONS = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED})
 

@@ -111,3 +111,7 @@ async def test_an_unknown_role_is_refused(api: httpx.AsyncClient) -> None:
     response = await api.post("/api/v1/api-keys", json={"name": "x", "role": "root"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "role"]
+
+
+async def test_revoking_a_key_id_beyond_the_bigint_range_is_not_found(api: httpx.AsyncClient) -> None:
+    assert (await api.delete(f"/api/v1/api-keys/{2**63}")).status_code == 404

@@ -297,8 +297,12 @@ async def test_every_change_of_a_client_is_logged_with_its_id(api: httpx.AsyncCl
     finally:
         logger.remove(sink)
     mine = [str(r["text"]) for r in records if r.get("client_id") == client_id]
-    assert [m.split(",")[0].split(":")[0] for m in mine] == [
+    operations = [m.split(",")[0].split(":")[0] for m in mine if m.startswith("client ")]
+    assert operations == [
         f"client {client_id} created",
         f"client {client_id} updated",
         f"client {client_id} deleted",
     ]
+    # The request lines of calls that name the client in their path carry its id too.
+    assert any(m.startswith(f"PATCH /api/v1/clients/{client_id} -> 200") for m in mine)
+    assert any(m.startswith(f"DELETE /api/v1/clients/{client_id} -> 204") for m in mine)

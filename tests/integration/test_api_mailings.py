@@ -301,3 +301,29 @@ async def test_every_change_writes_its_event_to_the_outbox_in_order(
         ("mailing.cancelled", first),
         ("mailing.deleted", second),
     ]
+
+
+async def test_cancelling_leaves_a_message_whose_call_is_under_way_to_its_sender(
+    api: httpx.AsyncClient, api_settings: ApiSettings
+) -> None:
+    mailing = await create(api)
+    await set_status(api_settings, mailing["id"], "running")
+    held, free = await add_messages(api_settings, mailing["id"], ["queued", "queued"])
+    async with await db(api_settings) as conn:
+        await conn.execute("UPDATE messages SET lease_until = now() + interval '1 min' WHERE id=%s", (held,))
+    assert (await api.post(f"{MAILINGS}/{mailing['id']}/cancel")).status_code == 200
+    async with await db(api_settings) as conn:
+        cur = await conn.execute("SELECT id, status FROM messages WHERE mailing_id = %s", (mailing["id"],))
+        statuses = dict(await cur.fetchall())
+    # If the call under way succeeds the client has the SMS, and `sent` must still be recordable.
+    assert statuses == {held: "queued", free: "cancelled"}
+
+
+async def test_a_mailing_whose_end_has_passed_is_refused(api: httpx.AsyncClient) -> None:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    response = await api.post(
+        MAILINGS,
+        json=mailing_body(start_at=(past - timedelta(hours=1)).isoformat(), end_at=past.isoformat()),
+    )
+    assert response.status_code == 422
+    assert error_fields(response) == {"end_at"}

@@ -5,9 +5,9 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from services.sender.checks import NO_OPENING, Claim, MailingInfo, check_sendable
+from services.sender.checks import Claim, MailingInfo, check_sendable
 from services.sender.ratelimit import RateLimiter
-from shared.domain.windows import DailyWindow
+from shared.domain.windows import NO_OPENING, DailyWindow
 
 pytestmark = pytest.mark.unit
 

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from services.api.auth import hash_key, new_key
 from services.api.deps import AdminDep, SessionDep
 from services.api.errors import NotFound
+from services.api.schemas import MAX_ID
 from shared.models import ApiKey
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
@@ -63,6 +64,8 @@ async def list_api_keys(session: SessionDep, _: AdminDep) -> list[ApiKeyOut]:
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(key_id: int, session: SessionDep, _: AdminDep) -> None:
     """Revoke an API key: it stops working at once."""
+    if not 1 <= key_id <= MAX_ID:
+        raise NotFound("api key", key_id)
     result = await session.execute(
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))

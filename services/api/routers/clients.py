@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
@@ -16,18 +16,17 @@ from services.api.clients_import import ImportReport, import_clients_csv, valida
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
 from services.api.errors import Conflict, NotFound
 from services.api.pagination import PaginationDep
-from services.api.schemas import Page
+from services.api.schemas import MAX_ID, Page
 from shared.domain.clients import (
     normalize_phone,
     resolve_operator_code,
     validate_timezone,
 )
 from shared.domain.errors import DomainValidationError
+from shared.messages import cancel_open_messages
 from shared.models import Client, Message
 
-MAX_ID = 2**63 - 1
 LIVE_PHONE_INDEX = "uq_clients_phone_live"
-NON_FINAL = ("pending", "queued", "retrying")
 MessageStatus = Literal["pending", "queued", "retrying", "sent", "failed", "expired", "cancelled"]
 
 PHONE_SCHEMA: JsonDict = {"type": "string", "pattern": "^7[0-9]{10}$", "examples": ["79001234567"]}
@@ -368,10 +367,7 @@ async def delete_client(client_id: int, session: SessionDep) -> None:
     if deleted is None:
         raise NotFound("client", client_id)
     cancelled = await session.scalars(
-        update(Message)
-        .where(Message.client_id == client_id, Message.status.in_(NON_FINAL))
-        .values(status="cancelled", last_error="client deleted", lease_until=None, updated_at=func.now())
-        .returning(Message.id)
+        cancel_open_messages(Message.client_id == client_id, "client deleted", datetime.now(UTC))
     )
     cancelled_ids = cancelled.all()
     await session.commit()

@@ -1,0 +1,37 @@
+"""Statements on messages that more than one service runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Update, or_, update
+
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, OPEN_MESSAGE_STATUSES, MessageStatus
+from shared.models import Message
+
+
+def cancel_open_messages(which: ColumnElement[bool], reason: str, now: datetime) -> Update:
+    """Cancel the chosen messages that are not final yet, returning their ids.
+
+    A message a sender holds (its call may be under way) is left alone: if the call succeeds the client
+    got the SMS and `sent` must be recorded; otherwise the sender's own check, or the scheduler once
+    the lease has run out, cancels it."""
+    return (
+        update(Message)
+        .where(
+            which,
+            Message.status.in_([s.value for s in OPEN_MESSAGE_STATUSES]),
+            or_(Message.lease_until.is_(None), Message.lease_until < now),
+        )
+        .values(status=MessageStatus.CANCELLED.value, last_error=reason, updated_at=now)
+        .returning(Message.id)
+    )
+
+
+def _sql_list(statuses: frozenset[MessageStatus]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+# For the hand-written SQL of the scheduler and sender: `status IN {OPEN_SQL}`.
+OPEN_SQL = _sql_list(OPEN_MESSAGE_STATUSES)
+FINAL_SQL = _sql_list(FINAL_MESSAGE_STATUSES)
