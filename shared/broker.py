@@ -21,6 +21,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shared.contracts import C, Contract, decode
 
+# A robust channel waits for a lost broker to come back; a publisher must not wait that long.
+PUBLISH_TIMEOUT_SECONDS = 30.0
 CONNECT_ERRORS = (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError)
 
 
@@ -66,15 +68,22 @@ class Publisher:
     async def publish(self, contract: Contract, routing_key: str, *, message_id: str | None = None) -> None:
         await self.exchange.publish(amqp_message(contract.encode(), message_id=message_id), routing_key)
 
-    async def publish_many(self, items: Iterable[tuple[Contract, str]]) -> None:
-        """Publish every item and return once the broker confirmed all of them; raises if any failed."""
-        results = await asyncio.gather(
-            *(self.exchange.publish(amqp_message(c.encode()), key) for c, key in items),
-            return_exceptions=True,
+    async def publish_many(
+        self, items: Iterable[tuple[Contract, str]], *, within: float = PUBLISH_TIMEOUT_SECONDS
+    ) -> None:
+        """Publish every item and return once the broker confirmed all of them; raises if any failed
+        or the confirms did not all come `within` seconds (callers often hold a transaction open)."""
+        await confirm_all(
+            [self.exchange.publish(amqp_message(c.encode()), key) for c, key in items], within=within
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+
+
+async def confirm_all(publishes: Sequence[Awaitable[object]], *, within: float) -> None:
+    """Await publishes made on a confirm channel together (confirms stream back), raising the first error."""
+    results = await asyncio.wait_for(asyncio.gather(*publishes, return_exceptions=True), timeout=within)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 class Reject(Exception):

@@ -94,9 +94,8 @@ class OutboxRelay:
             # One channel delivers in publish order, so per-mailing order survives the concurrent confirms.
             # A robust channel waits for a reconnect without end while the broker is gone: the timeout ends
             # the wait, the rows stay, and the next pass publishes them over a new connection.
-            await asyncio.wait_for(
-                Publisher(exchange).publish_many((to_contract(r.id, r.payload), r.routing_key) for r in rows),
-                timeout=PUBLISH_TIMEOUT_SECONDS,
+            await Publisher(exchange).publish_many(
+                ((to_contract(r.id, r.payload), r.routing_key) for r in rows), within=PUBLISH_TIMEOUT_SECONDS
             )
             await session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])))
             backlog = await session.scalar(select(func.count()).select_from(OutboxEvent))

@@ -24,7 +24,16 @@ from services.sender.service import Clocks, Sender
 from services.sender.settings import SenderSettings
 from services.sender.store import Store
 from services.sender.writer import OutcomeWriter, WorkCopy
-from shared.broker import Consumer, Publisher, amqp_message, confirm_channel, connect, queue_depths
+from shared.broker import (
+    PUBLISH_TIMEOUT_SECONDS,
+    Consumer,
+    Publisher,
+    amqp_message,
+    confirm_all,
+    confirm_channel,
+    connect,
+    queue_depths,
+)
 from shared.contracts import MessagesFinalized, SendMessages
 from shared.db import make_engine
 from shared.ops import start_ops_server
@@ -48,10 +57,7 @@ class AmqpBus:
         ]
         if finalized is not None:
             sends.append(self.events.publish(amqp_message(finalized.encode()), finalized.routing_key))
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await confirm_all(sends, within=PUBLISH_TIMEOUT_SECONDS)
 
 
 @dataclass
