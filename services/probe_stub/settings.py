@@ -1,13 +1,9 @@
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ProbeStubSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MAILING_PROBE_", env_file=".env", extra="ignore")
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8090, ge=0, le=65535)
-    jwt_secret: str = "local-probe-secret"
+class FaultLevels(BaseModel):
+    """The faults the stand-in injects: set at start from settings, changed at run time by its API."""
 
     latency_ms: float = Field(default=0.0, ge=0)
     latency_jitter_ms: float = Field(default=0.0, ge=0)
@@ -18,5 +14,12 @@ class ProbeStubSettings(BaseSettings):
     rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
     outage_seconds: float = Field(default=0.0, ge=0)
 
+
+class ProbeStubSettings(BaseSettings, FaultLevels):
+    model_config = SettingsConfigDict(env_prefix="MAILING_PROBE_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    jwt_secret: str = "local-probe-secret"
     log_level: str = "INFO"
     log_json: bool = False

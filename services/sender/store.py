@@ -41,6 +41,8 @@ _WRITE = text(
         next_attempt_at = u.next_attempt_at,
         not_before = COALESCE(u.not_before, m.not_before),
         attempts = m.attempts + u.attempts_delta,
+        -- A message handed back is queued anew: the scheduler's sweep counts from here.
+        queued_at = CASE WHEN u.status = 'queued' THEN now() ELSE m.queued_at END,
         lease_until = NULL,
         updated_at = now()
     FROM unnest(
