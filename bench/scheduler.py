@@ -26,6 +26,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared.broker import Publisher, amqp_message, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
 from shared.db import make_engine
+from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.topology import declare, delete, exchanges
 
@@ -217,6 +218,8 @@ def _write_doc(table: str) -> None:
 
 
 def main() -> None:
+    # Per-message log lines are part of production, but this measures the machinery: as in bench.sender.
+    configure_logging("bench", level="WARNING")
     rows = asyncio.run(run())
     table = _table(rows)
     print(table)

@@ -187,6 +187,10 @@ class Scheduler:
                 logger.bind(mailing_id=mailing_id).warning(
                     "recovery sweep re-published {} stale messages", count
                 )
+            for c in claimed:
+                logger.bind(mailing_id=c.mailing_id, message_id=c.message_id, client_id=c.client_id).info(
+                    "message re-published by the recovery sweep"
+                )
             if len(claimed) < self.settings.dispatch_batch:
                 break
         return total
@@ -222,6 +226,10 @@ class Scheduler:
         self.metrics.dispatch_duration.observe(time.perf_counter() - started)
         for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
             logger.bind(mailing_id=mailing_id).info("dispatched {} messages", count)
+        for c in claimed:
+            logger.bind(mailing_id=c.mailing_id, message_id=c.message_id, client_id=c.client_id).info(
+                "message handed to the sender"
+            )
         return len(claimed), len(claimed) == limit
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
@@ -259,8 +267,7 @@ class Scheduler:
         for status, count in by_status.items():
             reasons = Counter(f.reason for f in finalized if f.status == status)
             log.info("{} messages {} ({})", count, status, ", ".join(f"{r}: {n}" for r, n in reasons.items()))
-        if len(finalized) <= 20:
-            for f in finalized:
-                log.bind(message_id=f.message_id, client_id=f.client_id).info(
-                    "message {}: {}", f.status, f.reason
-                )
+        for f in finalized:
+            log.bind(message_id=f.message_id, client_id=f.client_id).info(
+                "message {}: {}", f.status, f.reason
+            )
