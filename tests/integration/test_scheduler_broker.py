@@ -132,3 +132,27 @@ async def test_killed_scheduler_loses_nothing_and_duplicates_at_most_one_batch(
     assert len(set(ids)) == total
     duplicates = sum(n - 1 for n in Counter(ids).values())
     assert duplicates <= 1000
+
+
+@pytest.mark.timeout(120)
+async def test_two_scheduler_processes_dispatch_every_message_once(
+    database_url: str, topology: Topology
+) -> None:
+    total = 20_000
+    await copy_clients(database_url, total, ZONES)
+    engine = create_async_engine(database_url)
+    now = datetime.now(UTC)
+    await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
+    await engine.dispose()
+
+    processes = [_start_scheduler(database_url, topology.namespace) for _ in range(2)]
+    try:
+        await _wait_for(database_url, lambda c: c.get("queued", 0) == total, 60)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        assert [process.wait(timeout=20) for process in processes] == [0, 0]
+
+    ids = await drain_send_queue(AMQP_URL, topology.send_queue)
+    assert len(ids) == total
+    assert len(set(ids)) == total
