@@ -1,7 +1,13 @@
-"""CSV import of clients: rows validated one by one, valid ones COPYed in chunks and upserted at once."""
+"""CSV import of clients: rows validated one by one, valid ones COPYed in chunks and upserted at once.
+
+Parsing and validating a chunk, and turning it into COPY data, is CPU work: it runs in a worker thread,
+one chunk at a time, so the event loop keeps serving other requests during a big import. The loop only
+moves bytes (COPY, the upsert) between chunks.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import unicodedata
@@ -184,6 +190,24 @@ class ImportResult:
     clients: list[ImportedClient]
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(chunk: list[Row]) -> bytes:
+    """A chunk as COPY text-format data (tab-separated, backslash-escaped, UTF-8)."""
+    return "".join("\t".join(v.translate(_COPY_ESCAPES) for v in row) + "\n" for row in chunk).encode()
+
+
+def _next_chunk(chunks: Iterator[list[Row]]) -> tuple[int, bytes] | None:
+    """In a worker thread: parse and validate the next chunk; its row count and COPY data, or None at the end.
+
+    The generator (csv reader, validator, error report) is only ever advanced by one thread at a time:
+    each call is awaited before the next one starts.
+    """
+    chunk = next(chunks, None)
+    return None if chunk is None else (len(chunk), _copy_text(chunk))
+
+
 async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk_rows: int) -> ImportResult:
     """Validate and upsert every row in the session's transaction; the caller commits."""
     connection = await session.connection()
@@ -200,16 +224,28 @@ async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk
                 "CREATE TEMP TABLE client_import (phone text, operator_code text, tag text, timezone text)"
                 " ON COMMIT DROP"
             )
-            for chunk in _chunks(text, parsed, chunk_rows):
-                async with cursor.copy("COPY client_import FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(["text", "text", "text", "text"])
-                    for row in chunk:
-                        await copy.write_row(row)
-                copied += len(chunk)
+            chunks = _chunks(text, parsed, chunk_rows)
+            # The next chunk is parsed in the thread while the current one is COPYed.
+            parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+            try:
+                while (batch := await parsing) is not None:
+                    parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+                    rows, data = batch
+                    async with cursor.copy("COPY client_import FROM STDIN") as copy:
+                        await copy.write(data)
+                    copied += rows
+            finally:
+                # On an error, the thread must be done with the file before it is let go.
+                await asyncio.wait({parsing})
+                if not parsing.cancelled():
+                    parsing.exception()
             if copied:
                 await cursor.execute(UPSERT)
                 lines = parsed.validator.seen
-                written = [ImportedClient(i, lines[phone], new) for i, phone, new in await cursor.fetchall()]
+                # Turning the returned rows into objects is CPU work too: a chunk at a time, yielding between.
+                while records := await cursor.fetchmany(chunk_rows):
+                    written.extend(ImportedClient(i, lines[phone], new) for i, phone, new in records)
+                    await asyncio.sleep(0)
             await cursor.execute("DROP TABLE client_import")
     finally:
         text.detach()

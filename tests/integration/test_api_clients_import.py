@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 from loguru import logger
@@ -133,3 +136,39 @@ async def test_every_imported_client_is_logged_with_its_id_and_line(api: httpx.A
         (ids[0], f"client {ids[0]} created by CSV import (line 2)"),
         (ids[1], f"client {ids[1]} created by CSV import (line 4)"),
     ]
+
+
+def _big_csv(rows: int) -> bytes:
+    zones = ("Europe/Moscow", "Asia/Omsk", "Europe/London", "UTC", "Asia/Vladivostok")
+    lines = [f"7{9000000000 + i:010d},,{'vip' if i % 2 else ''},{zones[i % len(zones)]}" for i in range(rows)]
+    return (HEADER + "\n".join(lines) + "\n").encode()
+
+
+async def test_the_api_keeps_answering_while_a_big_file_is_imported(api: httpx.AsyncClient) -> None:
+    """Parsing, validating and logging 50,000 rows must not hold the event loop: /healthz answers throughout.
+
+    One /healthz request is always outstanding while the import runs, so any stretch the loop spends on
+    the import without yielding shows up as the latency of the request waiting behind it.
+    """
+    rows = 50_000
+    body = _big_csv(rows)
+    started = time.perf_counter()
+    importing = asyncio.create_task(_import(api, body))
+    latencies: list[float] = []
+    while True:
+        sent = time.perf_counter()
+        health = asyncio.create_task(api.get("/healthz"))
+        done, _ = await asyncio.wait({importing, health}, return_when=asyncio.FIRST_COMPLETED)
+        if importing in done:
+            # The import finished first: this /healthz was stuck behind it (or the import is over).
+            await health
+            break
+        assert health.result().status_code == 200
+        latencies.append(time.perf_counter() - sent)
+    took = time.perf_counter() - started
+    response = importing.result()
+    assert response.status_code == 200
+    assert (response.json()["created"], response.json()["rejected"]) == (rows, 0)
+    # Many answers came back while the import ran, and none waited long for the loop.
+    assert len(latencies) >= 20, (len(latencies), took)
+    assert max(latencies) < 0.5, (max(latencies), took)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -12,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.api.clients_import import ImportReport, import_clients_csv, validate_tag_text
+from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv, validate_tag_text
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
 from services.api.errors import Conflict, NotFound
 from services.api.pagination import PaginationDep
@@ -282,6 +283,16 @@ async def list_clients(
     return Page(items=[_out(r) for r in rows], total=total or 0, limit=page.limit, offset=page.offset)
 
 
+def _log_imported(clients: list[ImportedClient]) -> None:
+    for client in clients:
+        logger.bind(client_id=client.client_id).info(
+            "client {} {} by CSV import (line {})",
+            client.client_id,
+            "created" if client.created else "updated",
+            client.line,
+        )
+
+
 @router.post("/import")
 async def import_clients(
     file: Annotated[UploadFile, File(description="CSV, UTF-8, header `phone,operator_code,tag,timezone`")],
@@ -300,13 +311,9 @@ async def import_clients(
     await session.commit()
     report = result.report
     metrics.clients_imported.inc(report.created + report.updated)
-    for client in result.clients:
-        logger.bind(client_id=client.client_id).info(
-            "client {} {} by CSV import (line {})",
-            client.client_id,
-            "created" if client.created else "updated",
-            client.line,
-        )
+    # One line per client, so a client's log shows this operation too; written from a worker thread (the
+    # request's context, with its request id, goes along) so that a big import does not hold the loop.
+    await asyncio.to_thread(_log_imported, result.clients)
     logger.info(
         "clients imported from {!r}: {} created, {} updated, {} rejected",
         file.filename,
