@@ -69,12 +69,20 @@ class Publisher:
         await self.exchange.publish(amqp_message(contract.encode(), message_id=message_id), routing_key)
 
     async def publish_many(
-        self, items: Iterable[tuple[Contract, str]], *, within: float = PUBLISH_TIMEOUT_SECONDS
+        self,
+        items: Iterable[tuple[Contract, str]],
+        *,
+        within: float = PUBLISH_TIMEOUT_SECONDS,
+        mandatory: bool = True,
     ) -> None:
         """Publish every item and return once the broker confirmed all of them; raises if any failed
-        or the confirms did not all come `within` seconds (callers often hold a transaction open)."""
+        or the confirms did not all come `within` seconds (callers often hold a transaction open).
+
+        `mandatory` makes an unroutable message an error: right for commands and for events a known
+        consumer must get; a fact nobody subscribes to yet (`message.finalized`) is published without."""
         await confirm_all(
-            [self.exchange.publish(amqp_message(c.encode()), key) for c, key in items], within=within
+            [self.exchange.publish(amqp_message(c.encode()), key, mandatory=mandatory) for c, key in items],
+            within=within,
         )
 
 

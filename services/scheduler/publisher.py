@@ -26,4 +26,4 @@ class AmqpSchedulerPublisher:
         await self.work.publish_many((command, self.topology.send_key) for command in commands)
 
     async def finalized(self, events: Sequence[MessagesFinalized]) -> None:
-        await self.events.publish_many((event, event.routing_key) for event in events)
+        await self.events.publish_many(((event, event.routing_key) for event in events), mandatory=False)

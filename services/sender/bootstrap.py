@@ -56,7 +56,10 @@ class AmqpBus:
             for c in copies
         ]
         if finalized is not None:
-            sends.append(self.events.publish(amqp_message(finalized.encode()), finalized.routing_key))
+            # An outcome is a fact for whoever subscribes; having no subscriber yet is not an error.
+            sends.append(
+                self.events.publish(amqp_message(finalized.encode()), finalized.routing_key, mandatory=False)
+            )
         await confirm_all(sends, within=PUBLISH_TIMEOUT_SECONDS)
 
 

@@ -54,3 +54,16 @@ async def test_an_unroutable_publish_is_an_error_not_a_silent_loss(topology: Top
         with pytest.raises(aio_pika.exceptions.PublishError):
             await Publisher(work).publish(command, "no-such-route")
         assert (await queue_depths(channel, [topology.send_queue]))[topology.send_queue] == 0
+
+
+async def test_an_event_nobody_subscribes_to_yet_may_be_published_without_mandatory(
+    topology: Topology,
+) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        channel = await confirm_channel(connection)
+        events = await channel.get_exchange(topology.events_exchange)
+        command = SendMessages(messages=[SendItem(message_id=1, mailing_id=2, client_id=3)])
+        await Publisher(events).publish_many([(command, "message.finalized")], mandatory=False)
+        with pytest.raises(aio_pika.exceptions.PublishError):
+            await Publisher(events).publish_many([(command, "message.finalized")])
