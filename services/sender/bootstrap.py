@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ from shared.ops import start_ops_server
 from shared.readiness import broker_ready, database_ready
 from shared.topology import declare
 
+GC_YOUNG_THRESHOLD = 50_000
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -68,6 +71,7 @@ class SenderApp:
     settings: SenderSettings
     metrics: SenderMetrics
     engine: AsyncEngine
+    store: Store
     connection: AbstractRobustConnection
     session: aiohttp.ClientSession
     writer: OutcomeWriter
@@ -84,6 +88,7 @@ class SenderApp:
         # Callers first, so every outcome they produce reaches the writer before its last flush.
         await self.sender.close(grace_seconds=self.settings.request_timeout_seconds)
         await self.writer.close()
+        await self.store.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -135,7 +140,7 @@ async def start_sender(
     send_queue = await consume_channel.get_queue(topology.send_queue, ensure=False)
 
     clocks = Clocks(now=utc_now, monotonic=time.monotonic)
-    store = Store(engine)
+    store = Store(engine, settings.psycopg_dsn)
     writer = OutcomeWriter(
         store,
         AmqpBus(work, events),
@@ -204,9 +209,15 @@ async def start_sender(
         ops = await start_ops_server(
             settings.metrics_host, settings.metrics_port, metrics.registry, readiness
         )
+    # Everything built so far lives as long as the process: keep the collector from walking it again
+    # and again, and let it run less often under a load that allocates thousands of objects a second.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await consumer.start()
     tasks = [asyncio.create_task(_watch_queue_depths(connection, settings, metrics))]
     logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
         "sender consuming {}", topology.send_queue
     )
-    return SenderApp(settings, metrics, engine, connection, session, writer, sender, consumer, ops, tasks)
+    return SenderApp(
+        settings, metrics, engine, store, connection, session, writer, sender, consumer, ops, tasks
+    )

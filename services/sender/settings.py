@@ -27,7 +27,7 @@ class SenderSettings(CommonSettings):
     lease_seconds: float = _setting(60.0, "lease_seconds", gt=0)
     max_attempts: int = _setting(8, "max_attempts", ge=1)
     retry_jitter: float = _setting(0.1, "retry_jitter", ge=0, lt=1)
-    flush_interval_ms: float = _setting(20.0, "flush_interval_ms", gt=0)
+    flush_interval_ms: float = _setting(50.0, "flush_interval_ms", gt=0)
     flush_max_rows: int = _setting(1000, "flush_max_rows", ge=1)
     # How stale the cached mailing state (paused, cancelled, end) may be when checked before a call.
     mailing_recheck_seconds: float = _setting(0.5, "mailing_recheck_seconds", ge=0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,8 +33,9 @@ _CLAIM = text(
 
 _MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")
 
-_WRITE = text(
-    f"""
+# Plain psycopg on a connection of its own: the hottest statement of the sender, a round trip
+# cheaper than through SQLAlchemy's pool, transaction and adaptation layers.
+_WRITE = f"""
     UPDATE messages AS m
     SET status = u.status,
         sent_at = COALESCE(u.sent_at, m.sent_at),
@@ -46,14 +48,22 @@ _WRITE = text(
         lease_until = NULL,
         updated_at = now()
     FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamptz[]),
-        CAST(:errors AS text[]), CAST(:next_at AS timestamptz[]), CAST(:not_before AS timestamptz[]),
-        CAST(:deltas AS int[])
+        %(ids)s::bigint[], %(statuses)s::text[], %(sent_at)s::timestamptz[],
+        %(errors)s::text[], %(next_at)s::timestamptz[], %(not_before)s::timestamptz[],
+        %(deltas)s::int[]
     ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts_delta)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
     """
-)
+
+
+_WRITE_SENT = f"""
+    UPDATE messages AS m
+    SET status = 'sent', sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(sent_at)s::timestamptz[]) AS u(id, sent_at)
+    WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
+    RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
+    """
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,15 @@ def _mailing(row: Sequence[Any]) -> MailingInfo:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, dsn: str) -> None:
         self.engine = engine
+        self.dsn = dsn
+        self._writes: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+
+    async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
+            self._writes = None
 
     async def claim(
         self, ids: Sequence[int], lease_seconds: float
@@ -109,15 +126,31 @@ class Store:
         return {row[0]: _mailing(row) for row in rows}
 
     async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]:
-        params = {
+        statement: str = _WRITE
+        params: dict[str, list[Any]] = {
             "ids": [r.message_id for r in rows],
-            "statuses": [r.status for r in rows],
             "sent_at": [r.sent_at for r in rows],
-            "errors": [r.last_error for r in rows],
-            "next_at": [r.next_attempt_at for r in rows],
-            "not_before": [r.not_before for r in rows],
-            "deltas": [r.attempts_delta for r in rows],
         }
-        async with self.engine.begin() as conn:
-            result = (await conn.execute(_WRITE, params)).all()
+        if all(r.status == "sent" for r in rows):
+            # The common case, with two arrays to send instead of seven.
+            statement = _WRITE_SENT
+        else:
+            params |= {
+                "statuses": [r.status for r in rows],
+                "errors": [r.last_error for r in rows],
+                "next_at": [r.next_attempt_at for r in rows],
+                "not_before": [r.not_before for r in rows],
+                "deltas": [r.attempts_delta for r in rows],
+            }
+        if self._writes is None or self._writes.closed:
+            self._writes = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=10
+            )
+        try:
+            cursor = await self._writes.execute(statement, params, prepare=True)
+            result = await cursor.fetchall()
+        except psycopg.Error:
+            # The next try opens a fresh connection (the writer retries a failed write).
+            await self.close()
+            raise
         return [Written(*row) for row in result]

@@ -52,7 +52,10 @@ def _classify_ok_body(body: bytes) -> ProviderResult:
         message = data.get("message")
         detail = f": {message}" if isinstance(message, str) and message else ""
         return ProviderResult(False, FailureKind.TRANSIENT, _short(f"provider code {code}{detail}"))
-    return ProviderResult(True, None, "ok")
+    return _OK
+
+
+_OK = ProviderResult(True, None, "ok")
 
 
 def classify_response(status_code: int, body: bytes, retry_after_header: str | None = None) -> ProviderResult:
