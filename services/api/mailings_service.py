@@ -293,17 +293,3 @@ async def mailing_stats(session: AsyncSession, mailing_id: int) -> tuple[Mailing
         await session.execute(select(func.count(), *_count_columns()).where(Message.mailing_id == mailing_id))
     ).one()
     return mailing, _counts_of(tuple(row))
-
-
-async def list_messages(
-    session: AsyncSession, mailing_id: int, status: MessageStatus | None, limit: int, offset: int
-) -> tuple[list[Message], int]:
-    await get_mailing(session, mailing_id)
-    where: ColumnElement[bool] = Message.mailing_id == mailing_id
-    if status is not None:
-        where = and_(where, Message.status == status.value)
-    total = await session.scalar(select(func.count()).select_from(Message).where(where))
-    rows = await session.scalars(
-        select(Message).where(where).order_by(Message.id).limit(limit).offset(offset)
-    )
-    return list(rows), total or 0

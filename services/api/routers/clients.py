@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv, validate_tag_text
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
 from services.api.errors import Conflict, NotFound
+from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
 from services.api.schemas import MAX_ID, Page
 from shared.domain.clients import (
@@ -24,11 +25,11 @@ from shared.domain.clients import (
     validate_timezone,
 )
 from shared.domain.errors import DomainValidationError
+from shared.domain.statuses import MessageStatus
 from shared.messages import cancel_open_messages
 from shared.models import Client, Message
 
 LIVE_PHONE_INDEX = "uq_clients_phone_live"
-MessageStatus = Literal["pending", "queued", "retrying", "sent", "failed", "expired", "cancelled"]
 
 PHONE_SCHEMA: JsonDict = {"type": "string", "pattern": "^7[0-9]{10}$", "examples": ["79001234567"]}
 OPERATOR_CODE_SCHEMA: JsonDict = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
@@ -149,34 +150,6 @@ class ClientOut(BaseModel):
     timezone: str
     created_at: datetime
     updated_at: datetime
-
-
-class ClientMessageOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 10,
-                    "mailing_id": 3,
-                    "client_id": 1,
-                    "status": "sent",
-                    "created_at": "2026-11-26T10:00:00Z",
-                    "sent_at": "2026-11-26T10:00:02Z",
-                    "attempts": 1,
-                    "last_error": None,
-                }
-            ]
-        }
-    )
-
-    id: int
-    mailing_id: int
-    client_id: int
-    status: MessageStatus
-    created_at: datetime
-    sent_at: datetime | None
-    attempts: int
-    last_error: str | None
 
 
 class ErrorOut(BaseModel):
@@ -391,28 +364,8 @@ async def list_client_messages(
     message_status: Annotated[
         MessageStatus | None, Query(alias="status", description="Only messages in this status")
     ] = None,
-) -> Page[ClientMessageOut]:
+) -> Page[MessageOut]:
     """Messages of one client across all mailings, oldest first."""
     if await session.scalar(select(Client.id).where(_live(client_id))) is None:
         raise NotFound("client", client_id)
-    conditions: list[ColumnElement[bool]] = [Message.client_id == client_id]
-    if message_status is not None:
-        conditions.append(Message.status == message_status)
-    total = await session.scalar(select(func.count()).select_from(Message).where(*conditions))
-    rows = await session.scalars(
-        select(Message).where(*conditions).order_by(Message.id).limit(page.limit).offset(page.offset)
-    )
-    items = [
-        ClientMessageOut(
-            id=m.id,
-            mailing_id=m.mailing_id,
-            client_id=m.client_id,
-            status=m.status,
-            created_at=m.created_at,
-            sent_at=m.sent_at,
-            attempts=m.attempts,
-            last_error=m.last_error,
-        )
-        for m in rows
-    ]
-    return Page(items=items, total=total or 0, limit=page.limit, offset=page.offset)
+    return await message_page(session, Message.client_id == client_id, message_status, page)

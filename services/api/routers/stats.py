@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep
+from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
 from services.api.routers.mailings import INVALID, NOT_FOUND, UNAUTHORIZED
 from services.api.schemas import Page
@@ -39,17 +40,6 @@ class MailingStatsOut(BaseModel):
     counts: StatusCountsOut
 
 
-class MessageOut(BaseModel):
-    id: int = Field(examples=[1001])
-    mailing_id: int = Field(examples=[42])
-    client_id: int = Field(examples=[7])
-    status: MessageStatus = Field(examples=["sent"])
-    created_at: datetime
-    sent_at: datetime | None = Field(examples=["2030-03-01T06:00:03Z"])
-    attempts: int = Field(ge=0, examples=[1])
-    last_error: str | None = Field(description="Why it is not sent, or the last failure", examples=[None])
-
-
 def _stats_out(mailing: Mailing, counts: service.StatusCounts) -> MailingStatsOut:
     return MailingStatsOut(
         id=mailing.id,
@@ -59,19 +49,6 @@ def _stats_out(mailing: Mailing, counts: service.StatusCounts) -> MailingStatsOu
         status=MailingStatus(mailing.status),
         total=counts.total,
         counts=StatusCountsOut(**counts.counts),
-    )
-
-
-def _message_out(row: Message) -> MessageOut:
-    return MessageOut(
-        id=row.id,
-        mailing_id=row.mailing_id,
-        client_id=row.client_id,
-        status=MessageStatus(row.status),
-        created_at=row.created_at,
-        sent_at=row.sent_at,
-        attempts=row.attempts,
-        last_error=row.last_error,
     )
 
 
@@ -107,7 +84,5 @@ async def mailing_messages(
 ) -> Page[MessageOut]:
     """The messages of one mailing, oldest first, optionally only those in one status: when each was
     created and sent, how many send attempts it took and the last error."""
-    rows, total = await service.list_messages(session, mailing_id, status, page.limit, page.offset)
-    return Page[MessageOut](
-        items=[_message_out(r) for r in rows], total=total, limit=page.limit, offset=page.offset
-    )
+    await service.get_mailing(session, mailing_id)
+    return await message_page(session, Message.mailing_id == mailing_id, status, page)
