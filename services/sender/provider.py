@@ -8,6 +8,7 @@ from typing import Protocol
 
 import aiohttp
 from loguru import logger
+from yarl import URL
 
 from services.sender.checks import Claim
 from shared.domain.retry import ProviderResult, classify_exception, classify_response
@@ -49,7 +50,8 @@ class ProbeClient:
 
     async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
         """Call the API once; `limit_seconds` shortens the session's own timeout for this call."""
-        url = f"{self.base_url}/v1/send/{claim.message_id}"
+        # Built ready-encoded: the base URL comes from settings and the id is a number.
+        url = URL(f"{self.base_url}/v1/send/{claim.message_id}", encoded=True)
         body = json.dumps({"id": claim.message_id, "phone": int(claim.phone), "text": text}).encode()
         status: int | None = None
         started = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,13 +140,14 @@ class OutcomeWriter:
         routed: dict[str, list[SendItem]] = defaultdict(list)
         parked: list[WorkCopy] = []
         outcomes: list[MessageOutcome] = []
+        by_status: Counter[str] = Counter()
         at = self.now()
         for pending in batch:
             row = done.get(pending.row.message_id)
             if row is None or row.status != pending.row.status:
                 # Already final (a concurrent cancel or another copy): the guard kept it.
                 continue
-            self.metrics.outcomes.labels(row.status).inc()
+            by_status[row.status] += 1
             status = MessageStatus(row.status)
             if status in FINAL_MESSAGE_STATUSES:
                 # Built from our own database rows: no validation needed on this hot path.
@@ -167,6 +168,8 @@ class OutcomeWriter:
                 parked.append(WorkCopy(command, self.parking_key, {"x-parked-reason": reason}))
             elif pending.route is not None:
                 routed[pending.route].append(pending.item)
+        for label, count in by_status.items():
+            self.metrics.outcomes.labels(label).inc(count)
         copies = [WorkCopy(SendMessages(messages=items), key) for key, items in routed.items()] + parked
         finalized = MessagesFinalized(outcomes=outcomes) if outcomes else None
         if copies or finalized is not None:
