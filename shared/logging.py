@@ -7,8 +7,6 @@ from typing import Any
 
 from loguru import logger
 
-CONTEXT_KEYS = ("request_id", "mailing_id", "message_id", "client_id")
-
 
 class InterceptHandler(logging.Handler):
     """Routes standard-library log records (uvicorn, aio-pika, alembic) into loguru."""
