@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -22,6 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from bench.report import DOC, rewrite_section
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.migrate import upgrade
@@ -30,7 +29,6 @@ ROWS = 100_000
 DATABASE = "mailing_bench_import"
 KEY = "bench-admin-key"
 COMMAND = "uv run --frozen python -m bench.csv_import"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ZONES = (
     "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
     "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk", "Asia/Vladivostok",
@@ -114,7 +112,6 @@ def _write_doc(results: list[tuple[str, float, dict[str, int]]], size: int) -> N
         for label, seconds, c in results
     )
     section = (
-        "## CSV import\n\n"
         f"Command: `{COMMAND}` (also part of `make bench`). One `POST /api/v1/clients/import`\n"
         f"of a {size / 1e6:.1f} MB file of 100,000 clients over 30 timezones (a third with an explicit\n"
         "operator code), sent to the API in-process through httpx's ASGI transport into a fresh database:\n"
@@ -130,13 +127,7 @@ def _write_doc(results: list[tuple[str, float, dict[str, int]]], size: int) -> N
         "|---|---|---|---|---|---|---|\n"
         f"{rows}\n"
     )
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## CSV import\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section + "\n", current).rstrip() + "\n"
-    else:
-        updated = current.rstrip() + "\n\n" + section
-    DOC.write_text(updated)
+    rewrite_section("CSV import", section)
 
 
 def main() -> None:

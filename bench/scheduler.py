@@ -6,12 +6,10 @@ Uses its own database (`mailing_bench`) and a random RabbitMQ namespace, both re
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 from prometheus_client import CollectorRegistry
@@ -19,6 +17,7 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from bench.report import DOC, rewrite_section
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
@@ -33,7 +32,6 @@ from shared.topology import declare, delete, exchanges
 CLIENTS = 1_000_000
 RAW_PUBLISHES = 50_000
 PUBLISH_WINDOW = 1_000
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ZONES = (
     "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
     "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk", "Asia/Vladivostok",
@@ -202,19 +200,12 @@ def _table(rows: list[Row]) -> str:
 
 def _write_doc(table: str) -> None:
     section = (
-        "## Scheduler\n\n"
         "Command: `make bench` (runs `uv run --frozen python -m bench.scheduler`). A mailing over 1,000,000\n"
         "clients spread over 30 timezones with a 09:00-21:00 window: its expansion into messages and the\n"
         "dispatch of all of them to the send queue, next to the raw ceilings measured in the same run.\n"
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n\n" + table + "\n"
     )
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Scheduler\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section + "\n", current).rstrip() + "\n"
-    else:
-        updated = current.rstrip() + "\n\n" + section
-    DOC.write_text(updated)
+    rewrite_section("Scheduler", section)
 
 
 def main() -> None:

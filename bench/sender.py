@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from bench.report import rewrite_section
 from services.probe_stub.token import make_token
 from services.sender.bootstrap import start_sender
 from services.sender.provider import make_session
@@ -244,10 +244,7 @@ def table(rows: list[Row]) -> str:
 
 
 def write_section(markdown: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     section = (
-        "## Sender\n\n"
         "Command: `make bench` (runs `uv run --frozen python -m bench.sender`). One sender process (uvloop, "
         f"one aiohttp session, logging at WARNING) consumes `SendMessages` of {PER_EVENT} messages each (the "
         "scheduler's default) against the stand-in in its own process. The ceilings are measured in the same "
@@ -259,10 +256,7 @@ def write_section(markdown: str) -> None:
         f"Last run ({time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n\n"
     )
-    pattern = re.compile(r"^## Sender\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text)
+    rewrite_section("Sender", section)
 
 
 async def main_async(base: str) -> int:
