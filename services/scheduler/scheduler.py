@@ -80,10 +80,12 @@ class Scheduler:
             except Exception:
                 # One broken mailing must not stop the others; the next tick tries it again.
                 logger.bind(mailing_id=mailing_id).exception("processing the mailing failed")
-        requeued = await self.sweep(now, should_stop=should_stop)
-        dispatched = await self.dispatch(now, should_stop=should_stop)
         async with self.engine.connect() as conn:
-            backlog = await store.due_backlog(conn, await store.running_mailings(conn, now), now)
+            running = await store.running_mailings(conn, now)
+        requeued = await self.sweep(now, running=running, should_stop=should_stop)
+        dispatched = await self.dispatch(now, running=running, should_stop=should_stop)
+        async with self.engine.connect() as conn:
+            backlog = await store.due_backlog(conn, running, now)
         self.metrics.due_backlog.set(backlog)
         return TickReport(len(mailing_ids), requeued, dispatched, backlog)
 
@@ -168,12 +170,17 @@ class Scheduler:
             )
         return finalized
 
-    async def sweep(self, now: datetime, *, should_stop: Callable[[], bool] = bool) -> int:
+    async def sweep(
+        self,
+        now: datetime,
+        *,
+        running: Sequence[int] | None = None,
+        should_stop: Callable[[], bool] = bool,
+    ) -> int:
         """Publish again what was queued or due back from a retry long ago and never picked up."""
         after = timedelta(seconds=self.settings.requeue_after_seconds)
         total = 0
-        async with self.engine.connect() as conn:
-            running = await store.running_mailings(conn, now)
+        running = await self._running(now) if running is None else running
         while running and not should_stop():
             async with self.engine.begin() as conn:
                 claimed = await store.claim_stale(conn, running, now, after, self.settings.dispatch_batch)
@@ -195,15 +202,24 @@ class Scheduler:
                 break
         return total
 
-    async def dispatch(self, now: datetime, *, should_stop: Callable[[], bool] = bool) -> int:
+    async def dispatch(
+        self,
+        now: datetime,
+        *,
+        running: Sequence[int] | None = None,
+        should_stop: Callable[[], bool] = bool,
+    ) -> int:
         """Hand every due message of a running mailing to the sender, batch by batch, within the cap."""
-        async with self.engine.connect() as conn:
-            running = await store.running_mailings(conn, now)
+        running = await self._running(now) if running is None else running
         total, more = 0, bool(running)
         while more and not should_stop():
             claimed, more = await self._dispatch_batch(running, now)
             total += claimed
         return total
+
+    async def _running(self, now: datetime) -> list[int]:
+        async with self.engine.connect() as conn:
+            return await store.running_mailings(conn, now)
 
     async def _dispatch_batch(self, running: Sequence[int], now: datetime) -> tuple[int, bool]:
         """Returns how many were dispatched and whether more may be due."""
