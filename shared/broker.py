@@ -188,6 +188,12 @@ class Consumer(Generic[C]):
             await asyncio.wait(list(self._active), timeout=drain_timeout)
 
 
+async def consumer_count(channel: AbstractChannel, name: str) -> int:
+    """How many consumers the named queue has (passive declare: never creates the queue)."""
+    queue = await channel.declare_queue(name, passive=True)
+    return int(queue.declaration_result.consumer_count or 0)
+
+
 async def queue_depths(channel: AbstractChannel, names: Sequence[str]) -> dict[str, int]:
     """Ready-message counts of the named queues (passive declare: never creates a queue)."""
     depths: dict[str, int] = {}

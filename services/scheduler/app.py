@@ -50,7 +50,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
         channel = await confirm_channel(connection)
         await declare(channel, topology)
         events, work = await exchanges(channel, topology)
-        publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology)
+        publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
         scheduler = Scheduler(engine, publisher, settings, metrics, clock=clock)
         wake = asyncio.Event()
 

@@ -181,6 +181,11 @@ class Scheduler:
         after = timedelta(seconds=self.settings.requeue_after_seconds)
         total = 0
         running = await self._running(now) if running is None else running
+        if running and not await self.publisher.senders_listening():
+            # With no sender consuming, what is queued still waits in the queue: copying it again every
+            # few minutes would only pile up duplicates until the senders are back.
+            logger.warning("no sender consumes the send queue: the recovery sweep waits")
+            return 0
         while running and not should_stop():
             async with self.engine.begin() as conn:
                 claimed = await store.claim_stale(conn, running, now, after, self.settings.dispatch_batch)

@@ -156,3 +156,20 @@ async def test_two_scheduler_processes_dispatch_every_message_once(
     ids = await drain_send_queue(AMQP_URL, topology.send_queue)
     assert len(ids) == total
     assert len(set(ids)) == total
+
+
+async def test_the_scheduler_sees_whether_any_sender_consumes_the_send_queue(topology: Topology) -> None:
+    connection = await connect(AMQP_URL)
+    async with connection:
+        events, work = await exchanges(await confirm_channel(connection), topology)
+        publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
+        assert not await publisher.senders_listening()
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.send_queue)
+
+        async def ignore(message: object) -> None:
+            return None
+
+        tag = await queue.consume(ignore)
+        assert await publisher.senders_listening()
+        await queue.cancel(tag)

@@ -25,12 +25,16 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.commands: list[SendMessages] = []
         self.events: list[MessagesFinalized] = []
+        self.listening = True
 
     async def send(self, commands: Sequence[SendMessages]) -> None:
         self.commands.extend(commands)
 
     async def finalized(self, events: Sequence[MessagesFinalized]) -> None:
         self.events.extend(events)
+
+    async def senders_listening(self) -> bool:
+        return self.listening
 
     @property
     def sent_ids(self) -> list[int]:

@@ -239,6 +239,22 @@ async def test_stale_queued_message_is_published_again(engine: AsyncEngine) -> N
     assert await mailing_status(engine, mailing) == "running"
 
 
+async def test_stale_messages_are_not_copied_again_while_no_sender_consumes(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    settings = scheduler_settings(str(engine.url), requeue_after_seconds=60)
+    scheduler = make_scheduler(engine, settings, publisher)
+    await add_client(engine, "Europe/Moscow")
+    await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    first = publisher.take_sent()
+    publisher.listening = False
+    await scheduler.tick(T0 + timedelta(seconds=61))
+    assert publisher.sent_ids == []
+    publisher.listening = True
+    await scheduler.tick(T0 + timedelta(seconds=62))
+    assert publisher.take_sent() == first
+
+
 async def test_outstanding_cap_holds_dispatch_back(engine: AsyncEngine) -> None:
     publisher = RecordingPublisher()
     settings = scheduler_settings(str(engine.url), max_outstanding=3, dispatch_batch=2)
