@@ -222,7 +222,10 @@ async def test_a_mailing_reaches_every_client_through_faults_an_outage_and_a_kil
         f"\ne2e: counts={counts} stub={stub_stats} in_flight_at_kill={len(in_flight_at_kill)} "
         f"duplicated={len(duplicated)}"
     )
-    assert counts.get("sent", 0) == stub_stats["distinct_accepted"] == CLIENTS
+    assert counts.get("sent", 0) == stub_stats["distinct_accepted"]
+    # At 40% failures a message may, rarely, use up all its attempts: then it is failed, never lost.
+    assert counts.get("sent", 0) + counts.get("failed", 0) == CLIENTS
+    assert counts.get("failed", 0) <= CLIENTS // 100
     assert counts.get("expired", 0) == OUT_OF_WINDOW
     # Every message accepted twice was one whose success the killed sender had not yet recorded.
     assert duplicated <= in_flight_at_kill
