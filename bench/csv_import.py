@@ -20,7 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from bench.report import DOC, rewrite_section
+from bench.report import DOC, ZONES, rewrite_section
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.migrate import upgrade
@@ -29,14 +29,6 @@ ROWS = 100_000
 DATABASE = "mailing_bench_import"
 KEY = "bench-admin-key"
 COMMAND = "uv run --frozen python -m bench.csv_import"
-ZONES = (
-    "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
-    "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk", "Asia/Vladivostok",
-    "Asia/Magadan", "Asia/Kamchatka", "Europe/Berlin", "Europe/London", "Europe/Paris", "Europe/Istanbul",
-    "Asia/Tbilisi", "Asia/Almaty", "Asia/Tashkent", "Asia/Dubai", "Asia/Kolkata", "Asia/Bangkok",
-    "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney", "Pacific/Auckland", "America/New_York",
-    "America/Chicago", "America/Los_Angeles", "America/Sao_Paulo",
-)  # fmt: skip
 TAGS = ("", "vip", "new", "churned", "b2b")
 
 

@@ -17,7 +17,7 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from bench.report import DOC, rewrite_section
+from bench.report import DOC, ZONES, rewrite_section
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
@@ -32,14 +32,6 @@ from shared.topology import declare, delete, exchanges
 CLIENTS = 1_000_000
 RAW_PUBLISHES = 50_000
 PUBLISH_WINDOW = 1_000
-ZONES = (
-    "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
-    "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk", "Asia/Vladivostok",
-    "Asia/Magadan", "Asia/Kamchatka", "Europe/Berlin", "Europe/London", "Europe/Paris", "Europe/Istanbul",
-    "Asia/Tbilisi", "Asia/Almaty", "Asia/Tashkent", "Asia/Dubai", "Asia/Kolkata", "Asia/Bangkok",
-    "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney", "Pacific/Auckland", "America/New_York",
-    "America/Chicago", "America/Los_Angeles", "America/Sao_Paulo",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)

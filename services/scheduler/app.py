@@ -9,12 +9,12 @@ import signal
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from services.scheduler.clock import Clock, utc_now
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connect
+from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
 from shared.ops import start_ops_server

@@ -13,7 +13,6 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scheduler import store
-from services.scheduler.clock import Clock, utc_now
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.planning import (
     MAILING_CANCELLED,
@@ -25,6 +24,7 @@ from services.scheduler.planning import (
 from services.scheduler.publisher import SchedulerPublisher
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import Delivery
+from shared.clock import Clock, utc_now
 from shared.contracts import (
     FinalStatus,
     MailingChanged,

@@ -8,7 +8,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -36,6 +35,7 @@ from shared.broker import (
     connect,
     queue_depths,
 )
+from shared.clock import utc_now
 from shared.contracts import MessagesFinalized, SendMessages
 from shared.db import make_engine
 from shared.ops import start_ops_server
@@ -43,10 +43,6 @@ from shared.readiness import broker_ready, database_ready
 from shared.topology import declare
 
 GC_YOUNG_THRESHOLD = 50_000
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AmqpBus:

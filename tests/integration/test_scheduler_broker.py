@@ -65,6 +65,15 @@ async def test_two_schedulers_dispatch_every_message_once(database_url: str, top
         await engine.dispose()
 
 
+async def seed_running_mailing(database_url: str, clients: int) -> None:
+    """`clients` clients and a mailing to all of them that started a minute ago."""
+    await copy_clients(database_url, clients, ZONES)
+    engine = create_async_engine(database_url)
+    now = datetime.now(UTC)
+    await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
+    await engine.dispose()
+
+
 def _start_scheduler(database_url: str, namespace: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -106,11 +115,7 @@ async def test_killed_scheduler_loses_nothing_and_duplicates_at_most_one_batch(
     database_url: str, topology: Topology
 ) -> None:
     total = 100_000
-    await copy_clients(database_url, total, ZONES)
-    engine = create_async_engine(database_url)
-    now = datetime.now(UTC)
-    await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
-    await engine.dispose()
+    await seed_running_mailing(database_url, total)
 
     first = _start_scheduler(database_url, topology.namespace)
     try:
@@ -139,11 +144,7 @@ async def test_two_scheduler_processes_dispatch_every_message_once(
     database_url: str, topology: Topology
 ) -> None:
     total = 20_000
-    await copy_clients(database_url, total, ZONES)
-    engine = create_async_engine(database_url)
-    now = datetime.now(UTC)
-    await add_mailing(engine, now - timedelta(minutes=1), now + timedelta(hours=1))
-    await engine.dispose()
+    await seed_running_mailing(database_url, total)
 
     processes = [_start_scheduler(database_url, topology.namespace) for _ in range(2)]
     try:

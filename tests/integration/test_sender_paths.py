@@ -21,6 +21,7 @@ from .test_sender_support import (
     eventually,
     observe_events,
     publish_send,
+    send_new_mailing,
     sender_settings,
     start_stub,
 )
@@ -84,9 +85,7 @@ async def test_messages_are_sent_and_their_outcomes_published(
 ) -> None:
     observer = await observe_events(settings.amqp_url, topology, "message.#")
     await senders.start()
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 30)
-    await publish_send(settings.amqp_url, topology, items, per_event=7)
+    mailing, items = await send_new_mailing(db, settings.amqp_url, topology, 30, per_event=7)
 
     await eventually(lambda: all_final(db, mailing), what="every message final")
 
@@ -120,9 +119,7 @@ async def test_a_transient_failure_is_retried_through_the_tier_queues_then_sent(
 ) -> None:
     await senders.start()
     await stub.faults(**fault)
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 3)
-    await publish_send(settings.amqp_url, topology, items)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 3)
 
     async def retried_twice() -> bool:
         rows = (await db.statuses(mailing)).values()
@@ -143,9 +140,7 @@ async def test_a_permanent_failure_is_failed_and_parked(
 ) -> None:
     await senders.start()
     await stub.faults(reject_rate=1.0)
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 2)
-    await publish_send(settings.amqp_url, topology, items)
+    mailing, items = await send_new_mailing(db, settings.amqp_url, topology, 2)
 
     await eventually(lambda: all_final(db, mailing), what="every message final")
 
@@ -160,9 +155,7 @@ async def test_a_message_whose_attempts_are_exhausted_is_failed_and_parked(
 ) -> None:
     await senders.start(max_attempts=3)
     await stub.faults(error_rate=1.0)
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 2)
-    await publish_send(settings.amqp_url, topology, items)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 2)
 
     await eventually(lambda: all_final(db, mailing), what="every message final")
 
@@ -177,9 +170,7 @@ async def test_a_message_still_failing_when_the_mailing_ends_expires(
 ) -> None:
     await senders.start()
     await stub.faults(error_rate=1.0)
-    mailing = await db.mailing(end_in=timedelta(seconds=1.2))
-    items = await db.queued_messages(mailing, 3)
-    await publish_send(settings.amqp_url, topology, items)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 3, end_in=timedelta(seconds=1.2))
 
     await eventually(lambda: all_final(db, mailing), what="every message final")
 
@@ -226,9 +217,7 @@ async def test_pausing_or_cancelling_a_mailing_stops_its_delivery(
 ) -> None:
     await senders.start(max_in_flight=4)
     await stub.faults(latency_ms=100)
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 40)
-    await publish_send(settings.amqp_url, topology, items, per_event=10)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 40, per_event=10)
 
     async def some_sent() -> bool:
         return (await stub.stats())["accepted"] >= 4
@@ -253,9 +242,7 @@ async def test_a_message_already_final_is_never_sent_again(
     db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
 ) -> None:
     await senders.start()
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 3)
-    await publish_send(settings.amqp_url, topology, items)
+    mailing, items = await send_new_mailing(db, settings.amqp_url, topology, 3)
     await eventually(lambda: all_final(db, mailing), what="every message final")
     await publish_send(settings.amqp_url, topology, items + items)
 
@@ -271,9 +258,7 @@ async def test_stopping_the_sender_finishes_or_returns_every_message(
 ) -> None:
     first = await senders.start(max_in_flight=4)
     await stub.faults(latency_ms=150)
-    mailing = await db.mailing()
-    items = await db.queued_messages(mailing, 30)
-    await publish_send(settings.amqp_url, topology, items, per_event=10)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 30, per_event=10)
 
     async def some_sent() -> bool:
         return (await stub.stats())["accepted"] >= 4

@@ -156,6 +156,16 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def send_new_mailing(
+    db: Db, amqp_url: str, topology: Topology, count: int, *, per_event: int = 50, **mailing: Any
+) -> tuple[int, list[SendItem]]:
+    """A mailing with `count` queued messages, published to the send queue as the scheduler would."""
+    mailing_id = await db.mailing(**mailing)
+    items = await db.queued_messages(mailing_id, count)
+    await publish_send(amqp_url, topology, items, per_event=per_event)
+    return mailing_id, items
+
+
 async def observe_events(amqp_url: str, topology: Topology, key: str) -> str:
     """A queue of the test's own that receives the events matching `key`; it expires once unused."""
     name = f"{topology.namespace}.observer"

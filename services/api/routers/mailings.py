@@ -10,6 +10,7 @@ from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep
 from services.api.pagination import PaginationDep
 from services.api.schemas import Page
+from shared.clock import utc_now
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import MailingStatus
 from shared.domain.windows import DailyWindow, parse_window
@@ -187,10 +188,6 @@ def mailing_out(row: Mailing) -> MailingOut:
     )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _wake_relay(request: Request) -> None:
     request.app.state.relay.wake()
 
@@ -232,7 +229,7 @@ async def create_mailing(
         filter_tags=_unique(body.filter.tags),
         filter_operator_codes=_unique(body.filter.operator_codes),
         window=None if body.window is None else body.window.to_domain(),
-        now=_now(),
+        now=utc_now(),
     )
     await session.commit()
     _wake_relay(request)
@@ -270,7 +267,7 @@ async def replace_mailing(
     while none of its messages was sent or attempted (409 naming `text` otherwise). A finished or cancelled
     mailing cannot change (409 naming `status`). The status changes only through pause, resume and cancel."""
     changes = _changes(body, {"text", "start_at", "end_at", "filter", "window"})
-    mailing = await service.update_mailing(session, mailing_id, changes, _now())
+    mailing = await service.update_mailing(session, mailing_id, changes, utc_now())
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)
@@ -282,7 +279,7 @@ async def update_mailing(
 ) -> MailingOut:
     """Change some of a mailing's fields; the rules of `PUT` apply."""
     changes = _changes(body, set(body.model_fields_set))
-    mailing = await service.update_mailing(session, mailing_id, changes, _now())
+    mailing = await service.update_mailing(session, mailing_id, changes, utc_now())
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)
@@ -296,7 +293,7 @@ async def update_mailing(
 async def delete_mailing(mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep) -> None:
     """Delete a mailing: its messages not sent yet are cancelled in the same transaction; the ones already
     sent keep their history for reports. A deleted mailing answers 404 and leaves lists and statistics."""
-    await service.delete_mailing(session, mailing_id, _now())
+    await service.delete_mailing(session, mailing_id, utc_now())
     await session.commit()
     _wake_relay(request)
 
@@ -306,7 +303,7 @@ async def pause_mailing(
     mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep
 ) -> MailingOut:
     """Pause a scheduled or running mailing: nothing more is sent until it is resumed (409 otherwise)."""
-    mailing = await service.pause_mailing(session, mailing_id, _now())
+    mailing = await service.pause_mailing(session, mailing_id, utc_now())
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)
@@ -317,7 +314,7 @@ async def resume_mailing(
     mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep
 ) -> MailingOut:
     """Resume a paused mailing: `running` if its start has passed, else `scheduled` (409 if not paused)."""
-    mailing = await service.resume_mailing(session, mailing_id, _now())
+    mailing = await service.resume_mailing(session, mailing_id, utc_now())
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)
@@ -329,7 +326,7 @@ async def cancel_mailing(
 ) -> MailingOut:
     """Cancel a mailing for good: every message not sent yet becomes `cancelled` in the same transaction
     (409 if it is already finished or cancelled)."""
-    mailing = await service.cancel_mailing(session, mailing_id, _now())
+    mailing = await service.cancel_mailing(session, mailing_id, utc_now())
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)

@@ -1,3 +1,5 @@
+"""The clock every service injects: aware UTC instants, replaced by a fixed one in tests."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
