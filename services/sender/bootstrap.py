@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.metrics import SenderMetrics
+from services.sender.pacing import Pacer
 from services.sender.provider import ProbeClient, make_session
 from services.sender.ratelimit import PostgresTokenBucket, RateLimiter
 from services.sender.service import Clocks, Sender
@@ -174,6 +175,8 @@ async def start_sender(
 
     attempts_by_label: dict[str, Any] = {}
 
+    pacer = Pacer(settings.max_in_flight, clocks.monotonic)
+
     def on_answer(label: str, duration: float) -> None:
         # Once per call: keep the labelled children instead of looking them up every time.
         counter = attempts_by_label.get(label)
@@ -181,6 +184,7 @@ async def start_sender(
             counter = attempts_by_label[label] = metrics.attempts.labels(label)
         counter.inc()
         metrics.latency.observe(duration)
+        pacer.observe(duration)
 
     provider = ProbeClient(session, settings.probe_base_url, on_answer)
     sender = Sender(
@@ -196,9 +200,13 @@ async def start_sender(
         request_timeout=settings.request_timeout_seconds,
         lease_seconds=settings.lease_seconds,
         mailing_recheck_seconds=settings.mailing_recheck_seconds,
+        pacer=pacer,
         limiter=limiter,
         rng=rng,
     )
+    # Read when scraped, not kept up to date on every call.
+    metrics.in_flight.set_function(lambda: sender.calls_in_flight)
+    metrics.pacing_interval.set_function(lambda: pacer.interval)
     writer.start()
     consumer = Consumer(
         send_queue, SendMessages, sender.handle, parking=Publisher(work), parking_key=topology.parking_key

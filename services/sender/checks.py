@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from shared.domain.windows import NO_OPENING, DailyWindow, is_open, next_opening
 
@@ -19,8 +19,9 @@ class MailingInfo:
     deleted: bool = False
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
+    """A message this sender holds under a lease (one per message handled: a tuple is the cheapest)."""
+
     message_id: int
     mailing_id: int
     client_id: int

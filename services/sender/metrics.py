@@ -29,6 +29,11 @@ class SenderMetrics:
         self.in_flight = Gauge(
             "mailing_sender_in_flight_requests", "Calls to the external API in flight", registry=registry
         )
+        self.pacing_interval = Gauge(
+            "mailing_sender_pacing_interval_seconds",
+            "Least time between two call starts (the lowest recent latency / (callers x 1.25))",
+            registry=registry,
+        )
         self.retry_depth = Gauge(
             "mailing_sender_retry_queue_depth_messages",
             "Ready AMQP messages in each retry tier queue and the parking lot",

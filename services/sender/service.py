@@ -10,13 +10,14 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from loguru import logger
 
 from services.sender.breaker import CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, Verdict, check_sendable
 from services.sender.metrics import SenderMetrics
+from services.sender.pacing import Pacer
 from services.sender.provider import Provider
 from services.sender.ratelimit import RateLimiter
 from services.sender.store import OutcomeRow
@@ -53,10 +54,18 @@ class MailingCache:
         for mailing_id, info in mailings.items():
             self._entries[mailing_id] = (at, info)
 
-    async def get(self, mailing_id: int) -> MailingInfo:
+    def fresh(self, mailing_id: int) -> MailingInfo | None:
+        """The cached state if it is recent enough, without a query (and without an await)."""
         entry = self._entries.get(mailing_id)
         if entry is not None and self.monotonic() - entry[0] <= self.max_age:
             return entry[1]
+        return None
+
+    async def get(self, mailing_id: int) -> MailingInfo:
+        info = self.fresh(mailing_id)
+        if info is not None:
+            return info
+        entry = self._entries.get(mailing_id)
         task = self._refreshing.get(mailing_id)
         if task is None:
             task = asyncio.create_task(self._refresh(mailing_id, entry))
@@ -83,8 +92,7 @@ class Clocks:
     monotonic: Callable[[], float]
 
 
-@dataclass
-class _Job:
+class _Job(NamedTuple):
     claim: Claim
     item: SendItem
     give_up_at: float
@@ -126,6 +134,7 @@ class Sender:
         request_timeout: float,
         lease_seconds: float,
         mailing_recheck_seconds: float,
+        pacer: Pacer | None = None,
         limiter: RateLimiter | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -138,6 +147,7 @@ class Sender:
         self.policy = policy
         self.clocks = clocks
         self.lease_seconds = lease_seconds
+        self.pacer = pacer
         self.limiter = limiter
         self.rng = rng or random.Random()
         self.cache = MailingCache(store, mailing_recheck_seconds, clocks.monotonic)
@@ -147,6 +157,7 @@ class Sender:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
+        self.calls_in_flight = 0
         self._idle = asyncio.Event()
         self.stopping = False
 
@@ -212,33 +223,42 @@ class Sender:
             await asyncio.sleep(min(left, 1.0))
 
     async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
-        if self.stopping or self.clocks.monotonic() >= give_up_at:
+        monotonic = self.clocks.monotonic
+        started = monotonic()
+        if self.stopping or started >= give_up_at:
             return self._give_back(claim, item, self.topology.send_key)
-        verdict = check_sendable(claim, await self.cache.get(claim.mailing_id), self.clocks.now())
+        mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
+        now = self.clocks.now()
+        verdict = check_sendable(claim, mailing, now)
         if verdict.action != "send":
             return self._not_sent(claim, item, verdict)
-        waiting_since = self.clocks.monotonic()
-        if not await self._acquire_breaker(give_up_at):
+        # Every wait below (pacing, breaker, rate limit) may let a pause, cancel, the end or the
+        # window's close come first: a long one is followed by the check again.
+        if self.pacer is not None and (pause := self.pacer.reserve()):
+            await asyncio.sleep(pause)
+        if not self.breaker.try_acquire() and not await self._acquire_breaker(give_up_at):
             return self._give_back(claim, item, self.topology.retry_key(0))
         if self.limiter is not None and not await self.limiter.acquire(give_up_at):
             self.breaker.release()
             return self._give_back(claim, item, self.topology.retry_key(0))
-        mailing = await self.cache.get(claim.mailing_id)
-        now = self.clocks.now()
-        if self.clocks.monotonic() - waiting_since > RECHECK_AFTER_WAIT_SECONDS or now >= mailing.end_at:
-            # A pause, cancel, the end or the window's close may have come while we waited.
+        if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
+            mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
+            now = self.clocks.now()
             verdict = check_sendable(claim, mailing, now)
             if verdict.action != "send":
                 self.breaker.release()
                 return self._not_sent(claim, item, verdict)
         # Never let a call still be under way when the mailing ends.
-        left = (mailing.end_at - now).total_seconds()
+        left = (mailing.end_at - now).total_seconds() - (monotonic() - started)
+        if left <= 0:
+            self.breaker.release()
+            return self._not_sent(claim, item, check_sendable(claim, mailing, mailing.end_at))
         timeout = left if left < self.request_timeout else None
-        self.metrics.in_flight.inc()
+        self.calls_in_flight += 1
         try:
             result = await self.provider.send(claim, mailing.text, timeout)
         finally:
-            self.metrics.in_flight.dec()
+            self.calls_in_flight -= 1
         self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
         return self._after_call(claim, item, mailing, result)
 

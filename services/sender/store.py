@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import text
@@ -17,24 +17,22 @@ from shared.messages import FINAL_SQL
 
 _MAILING_COLUMNS = "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL"
 
-_CLAIM = text(
-    f"""
+# The two hottest statements of the sender run through plain psycopg, each on a connection of its own:
+# a round trip cheaper than through SQLAlchemy's pool, transaction and row layers.
+_CLAIM = f"""
     UPDATE messages AS m
-    SET lease_until = now() + make_interval(secs => :lease), attempts = m.attempts + 1, updated_at = now()
+    SET lease_until = now() + make_interval(secs => %(lease)s), attempts = m.attempts + 1, updated_at = now()
     FROM mailings AS g, clients AS c
-    WHERE m.id = ANY(CAST(:ids AS bigint[]))
+    WHERE m.id = ANY(%(ids)s::bigint[])
       AND m.status IN ('queued', 'retrying')
       AND (m.lease_until IS NULL OR m.lease_until < now())
       AND g.id = m.mailing_id AND c.id = m.client_id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, c.phone, c.timezone, c.deleted_at IS NOT NULL,
               {_MAILING_COLUMNS}
     """
-)
 
 _MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")
 
-# Plain psycopg on a connection of its own: the hottest statement of the sender, a round trip
-# cheaper than through SQLAlchemy's pool, transaction and adaptation layers.
 _WRITE = f"""
     UPDATE messages AS m
     SET status = u.status,
@@ -66,8 +64,7 @@ _WRITE_SENT = f"""
     """
 
 
-@dataclass(frozen=True)
-class OutcomeRow:
+class OutcomeRow(NamedTuple):
     """One status write. `status` is the current one (queued/retrying) when the call never happened."""
 
     message_id: int
@@ -79,8 +76,7 @@ class OutcomeRow:
     attempts_delta: int = 0
 
 
-@dataclass(frozen=True)
-class Written:
+class Written(NamedTuple):
     message_id: int
     mailing_id: int
     client_id: int
@@ -95,27 +91,60 @@ def _mailing(row: Sequence[Any]) -> MailingInfo:
     return MailingInfo(mailing_id, body, status, end_at, window, bool(deleted))
 
 
+class _Connection:
+    """One autocommit psycopg connection, opened on first use and again after any error."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        # Statements may come concurrently (psycopg queues them on the connection); opening may not.
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        async with self._opening:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=10
+                )
+            return self._conn
+
+    async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._open()
+        try:
+            cursor = await conn.execute(statement, params, prepare=True)
+            return await cursor.fetchall()
+        except psycopg.Error:
+            # The caller retries (the writer) or requeues (the claim) on a fresh connection.
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, dsn: str) -> None:
         self.engine = engine
-        self.dsn = dsn
-        self._writes: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._claims = _Connection(dsn)
+        self._writes = _Connection(dsn)
 
     async def close(self) -> None:
-        if self._writes is not None:
-            await self._writes.close()
-            self._writes = None
+        await self._claims.close()
+        await self._writes.close()
 
     async def claim(
         self, ids: Sequence[int], lease_seconds: float
     ) -> tuple[list[Claim], dict[int, MailingInfo]]:
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(_CLAIM, {"ids": list(ids), "lease": lease_seconds})).all()
+        rows = await self._claims.fetch(_CLAIM, {"ids": list(ids), "lease": lease_seconds})
         claims: list[Claim] = []
         mailings: dict[int, MailingInfo] = {}
         for row in rows:
             message_id, mailing_id, client_id, attempts, phone, tz, client_deleted = row[:7]
-            claims.append(Claim(message_id, mailing_id, client_id, attempts, phone, tz, bool(client_deleted)))
+            claims.append(Claim(message_id, mailing_id, client_id, attempts, phone, tz, client_deleted))
             if mailing_id not in mailings:
                 mailings[mailing_id] = _mailing(row[7:])
         return claims, mailings
@@ -142,15 +171,4 @@ class Store:
                 "not_before": [r.not_before for r in rows],
                 "deltas": [r.attempts_delta for r in rows],
             }
-        if self._writes is None or self._writes.closed:
-            self._writes = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=10
-            )
-        try:
-            cursor = await self._writes.execute(statement, params, prepare=True)
-            result = await cursor.fetchall()
-        except psycopg.Error:
-            # The next try opens a fresh connection (the writer retries a failed write).
-            await self.close()
-            raise
-        return [Written(*row) for row in result]
+        return [Written(*row) for row in await self._writes.fetch(statement, params)]

@@ -56,12 +56,14 @@ def _classify_ok_body(body: bytes) -> ProviderResult:
 
 
 _OK = ProviderResult(True, None, "ok")
+_OK_BODIES = frozenset({b'{"code":0,"message":"OK"}', b'{"code": 0, "message": "OK"}'})
 
 
 def classify_response(status_code: int, body: bytes, retry_after_header: str | None = None) -> ProviderResult:
-    reason = f"http {status_code}"
     if status_code == 200:
-        return _classify_ok_body(body)
+        # The documented success answer, byte for byte, needs no parsing.
+        return _OK if body in _OK_BODIES else _classify_ok_body(body)
+    reason = f"http {status_code}"
     if status_code == 400:
         return ProviderResult(False, FailureKind.PERMANENT, reason)
     if status_code in (401, 403):

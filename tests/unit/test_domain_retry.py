@@ -22,10 +22,24 @@ TRANSIENT = ProviderResult(ok=False, kind=FailureKind.TRANSIENT, reason="http 50
 
 
 class TestClassifyResponse:
-    def test_code_zero_in_200_is_success(self) -> None:
-        result = classify_response(200, b'{"code": 0, "message": "OK"}')
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"code": 0, "message": "OK"}',
+            b'{"code":0,"message":"OK"}',
+            b'{ "message": "accepted", "code": 0 }',
+            b'{"code": 0}',
+        ],
+    )
+    def test_code_zero_in_200_is_success(self, body: bytes) -> None:
+        # The first two are the documented answer, taken without parsing; the others are parsed.
+        result = classify_response(200, body)
         assert result.ok
         assert result.kind is None
+
+    def test_a_near_copy_of_the_documented_answer_is_still_parsed(self) -> None:
+        result = classify_response(200, b'{"code": 1, "message": "OK"}')
+        assert (result.ok, result.reason) == (False, "provider code 1: OK")
 
     @pytest.mark.parametrize(
         "body,reason",

@@ -6,6 +6,7 @@ import pytest
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, check_sendable
+from services.sender.pacing import LATENCY_WINDOW_SECONDS, MIN_WAIT_SECONDS, Pacer
 from services.sender.ratelimit import RateLimiter
 from shared.domain.windows import NO_OPENING, DailyWindow
 
@@ -152,3 +153,41 @@ async def test_the_rate_limiter_waits_when_the_bucket_is_empty() -> None:
     limiter = RateLimiter(bucket, rate=1000, chunk=2)
     await limiter.acquire()
     assert bucket.asked == [2, 2]
+
+
+def test_pacing_spreads_a_burst_of_calls_over_the_lowest_latency_seen() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=100, monotonic=clock, gain=1.25)
+    assert pacer.reserve() == 0.0  # nothing timed yet: no pacing
+    pacer.observe(0.050)
+    pacer.observe(0.080)
+    assert pacer.interval == pytest.approx(0.050 / 125)
+    clock.now = 10.0
+    waits = [pacer.reserve() for _ in range(100)]
+    # A hundred callers ready at once start 0.4 ms apart: the whole burst spread over 40 ms.
+    assert waits[:3] == [0.0, 0.0, 0.0]  # waits under a millisecond are not worth a timer
+    assert waits[-1] == pytest.approx(99 * 0.0004)
+    assert all(w == 0.0 or w >= MIN_WAIT_SECONDS for w in waits)
+    assert waits == sorted(waits)
+
+
+def test_pacing_never_holds_back_calls_to_a_fast_provider() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=100, monotonic=clock)
+    pacer.observe(0.0003)
+    assert all(pacer.reserve() == 0.0 for _ in range(300))
+
+
+def test_pacing_follows_a_provider_that_became_faster_within_two_windows() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=10, monotonic=clock, gain=1.0)
+    pacer.observe(0.5)
+    clock.now = LATENCY_WINDOW_SECONDS + 0.1
+    pacer.observe(0.05)
+    assert pacer.interval == pytest.approx(0.005)
+    clock.now = 2 * LATENCY_WINDOW_SECONDS + 0.2
+    pacer.observe(0.06)
+    assert pacer.interval == pytest.approx(0.005)  # the previous window's 50 ms still counts
+    clock.now = 3 * LATENCY_WINDOW_SECONDS + 0.3
+    pacer.observe(0.07)
+    assert pacer.interval == pytest.approx(0.006)  # the 500 ms and 50 ms windows have passed
