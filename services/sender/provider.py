@@ -7,6 +7,7 @@ import time
 from typing import Protocol
 
 import aiohttp
+from aiohttp.payload import BytesPayload
 from loguru import logger
 from yarl import URL
 
@@ -47,7 +48,9 @@ class ProbeClient:
         self, session: aiohttp.ClientSession, base_url: str, on_answer: AnswerHook | None = None
     ) -> None:
         self.session = session
-        self.base_url = base_url.rstrip("/")
+        self.base_url = URL(base_url)
+        # Whatever path the base URL has (a proxy prefix, say) comes before the API's own.
+        self._path_prefix = self.base_url.raw_path.rstrip("/")
         self.on_answer = on_answer
         # Mailing texts already JSON-encoded: a mailing's text goes out thousands of times.
         self._encoded_texts: dict[str, str] = {}
@@ -63,9 +66,10 @@ class ProbeClient:
 
     async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
         """Call the API once; `limit_seconds` shortens the session's own timeout for this call."""
-        # Built ready-encoded: the base URL comes from settings and the id is a number.
-        url = URL(f"{self.base_url}/v1/send/{claim.message_id}", encoded=True)
-        body = self._body(claim, text)
+        # Built ready-encoded (the id is a number) and handed over as a payload: aiohttp then has
+        # neither a URL to parse nor a payload type to look up.
+        url = self.base_url.with_path(f"{self._path_prefix}/v1/send/{claim.message_id}", encoded=True)
+        body = BytesPayload(self._body(claim, text), content_type="application/json")
         status: int | None = None
         started = time.perf_counter()
         try:

@@ -18,12 +18,13 @@ from shared.messages import FINAL_SQL
 _MAILING_COLUMNS = "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL"
 
 # The two hottest statements of the sender run through plain psycopg, each on a connection of its own:
-# a round trip cheaper than through SQLAlchemy's pool, transaction and row layers.
+# a round trip cheaper than through SQLAlchemy's pool, transaction and row layers. Parameters go in
+# binary (%(name)b): arrays of ids and timestamps dump 4-20x faster than as text.
 _CLAIM = f"""
     UPDATE messages AS m
-    SET lease_until = now() + make_interval(secs => %(lease)s), attempts = m.attempts + 1, updated_at = now()
+    SET lease_until = now() + make_interval(secs => %(lease)b), attempts = m.attempts + 1, updated_at = now()
     FROM mailings AS g, clients AS c
-    WHERE m.id = ANY(%(ids)s::bigint[])
+    WHERE m.id = ANY(%(ids)b::bigint[])
       AND m.status IN ('queued', 'retrying')
       AND (m.lease_until IS NULL OR m.lease_until < now())
       AND g.id = m.mailing_id AND c.id = m.client_id
@@ -46,9 +47,9 @@ _WRITE = f"""
         lease_until = NULL,
         updated_at = now()
     FROM unnest(
-        %(ids)s::bigint[], %(statuses)s::text[], %(sent_at)s::timestamptz[],
-        %(errors)s::text[], %(next_at)s::timestamptz[], %(not_before)s::timestamptz[],
-        %(deltas)s::int[]
+        %(ids)b::bigint[], %(statuses)b::text[], %(sent_at)b::timestamptz[],
+        %(errors)b::text[], %(next_at)b::timestamptz[], %(not_before)b::timestamptz[],
+        %(deltas)b::int[]
     ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts_delta)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
@@ -58,7 +59,7 @@ _WRITE = f"""
 _WRITE_SENT = f"""
     UPDATE messages AS m
     SET status = 'sent', sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
-    FROM unnest(%(ids)s::bigint[], %(sent_at)s::timestamptz[]) AS u(id, sent_at)
+    FROM unnest(%(ids)b::bigint[], %(sent_at)b::timestamptz[]) AS u(id, sent_at)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
     """
