@@ -8,7 +8,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -173,17 +172,10 @@ async def start_sender(
         limiter = RateLimiter(bucket, rate, chunk=max(1, int(rate / 10)))
     session = make_session(settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight)
 
-    attempts_by_label: dict[str, Any] = {}
-
     pacer = Pacer(settings.max_in_flight, clocks.monotonic)
 
     def on_answer(label: str, duration: float) -> None:
-        # Once per call: keep the labelled children instead of looking them up every time.
-        counter = attempts_by_label.get(label)
-        if counter is None:
-            counter = attempts_by_label[label] = metrics.attempts.labels(label)
-        counter.inc()
-        metrics.latency.observe(duration)
+        metrics.calls.record(label, duration)
         pacer.observe(duration)
 
     provider = ProbeClient(session, settings.probe_base_url, on_answer)

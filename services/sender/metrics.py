@@ -1,29 +1,64 @@
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CallStats(Collector):
+    """`mailing_sender_attempts_total{result}` and `mailing_sender_provider_latency_seconds`: updated by
+    the event loop's thread only, and read by the ops server on that same loop."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.by_result: dict[str, int] = {}
+        self.bucket_counts = [0] * (len(buckets) + 1)
+        self.duration_sum = 0.0
+
+    def record(self, result: str, duration: float) -> None:
+        by_result = self.by_result
+        by_result[result] = by_result.get(result, 0) + 1
+        self.bucket_counts[bisect_left(self.bounds, duration)] += 1
+        self.duration_sum += duration
+
+    def collect(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "mailing_sender_attempts",
+            "Calls to the external API by result (ok, timeout, connection, http_5xx, http_429, ...)",
+            labels=["result"],
+        )
+        for result, count in sorted(self.by_result.items()):
+            attempts.add_metric([result], count)
+        yield attempts
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, math.inf), self.bucket_counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        latency = HistogramMetricFamily(
+            "mailing_sender_provider_latency_seconds",
+            "Duration of calls to the external API, answered or not",
+        )
+        latency.add_metric([], buckets, self.duration_sum)
+        yield latency
 
 
 class SenderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.attempts = Counter(
-            "mailing_sender_attempts_total",
-            "Calls to the external API by result (ok, timeout, connection, http_5xx, http_429, ...)",
-            ["result"],
-            registry=registry,
-        )
+        # Counted on every call: plain numbers in a collector of ours, read when scraped, instead of
+        # a locked update of a labelled counter and a histogram per call.
+        self.calls = CallStats(LATENCY_BUCKETS)
+        registry.register(self.calls)
         self.outcomes = Counter(
             "mailing_sender_outcomes_total",
             "Status writes by resulting status (sent, retrying, failed, expired, cancelled, pending, queued)",
             ["status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "mailing_sender_provider_latency_seconds",
-            "Duration of calls to the external API, answered or not",
-            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(

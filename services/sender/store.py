@@ -19,7 +19,8 @@ _MAILING_COLUMNS = "g.id, g.text, g.status, g.end_at, g.window_start, g.window_e
 
 # The two hottest statements of the sender run through plain psycopg, each on a connection of its own:
 # a round trip cheaper than through SQLAlchemy's pool, transaction and row layers. Parameters go in
-# binary (%(name)b): arrays of ids and timestamps dump 4-20x faster than as text.
+# binary (%(name)b) and rows come back binary: arrays of ids and timestamps dump 4-20x faster than
+# as text, and timestamps load faster too.
 _CLAIM = f"""
     UPDATE messages AS m
     SET lease_until = now() + make_interval(secs => %(lease)b), attempts = m.attempts + 1, updated_at = now()
@@ -114,7 +115,7 @@ class _Connection:
         if conn is None or conn.closed:
             conn = await self._open()
         try:
-            cursor = await conn.execute(statement, params, prepare=True)
+            cursor = await conn.execute(statement, params, prepare=True, binary=True)
             return await cursor.fetchall()
         except psycopg.Error:
             # The caller retries (the writer) or requeues (the claim) on a fresh connection.

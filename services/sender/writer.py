@@ -15,9 +15,10 @@ from loguru import logger
 from services.sender.metrics import SenderMetrics
 from services.sender.store import OutcomeRow, Written
 from shared.contracts import FinalStatus, MessageOutcome, MessagesFinalized, SendItem, SendMessages
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
+_FINAL = frozenset(status.value for status in FINAL_MESSAGE_STATUSES)
 
 
 class OutcomeStore(Protocol):
@@ -147,19 +148,19 @@ class OutcomeWriter:
             if row is None or row.status != pending.row.status:
                 # Already final (a concurrent cancel or another copy): the guard kept it.
                 continue
-            by_status[row.status] += 1
-            status = MessageStatus(row.status)
-            if status in FINAL_MESSAGE_STATUSES:
+            status = row.status
+            by_status[status] += 1
+            if status in _FINAL:
                 # Built from our own database rows: no validation needed on this hot path.
                 outcomes.append(
                     MessageOutcome.model_construct(
                         message_id=row.message_id,
                         mailing_id=row.mailing_id,
                         client_id=row.client_id,
-                        status=cast(FinalStatus, status.value),
+                        status=cast(FinalStatus, status),
                         attempts=row.attempts,
                         occurred_at=at,
-                        reason=row.last_error if status is not MessageStatus.SENT else None,
+                        reason=row.last_error if status != "sent" else None,
                     )
                 )
             if pending.route == self.parking_key:

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.sender.metrics import SenderMetrics
+
+pytestmark = pytest.mark.unit
+
+
+def test_call_stats_read_as_a_labelled_counter_and_a_cumulative_histogram() -> None:
+    registry = CollectorRegistry()
+    metrics = SenderMetrics(registry)
+    for result, seconds in [("ok", 0.003), ("ok", 0.05), ("http_5xx", 0.051), ("timeout", 60.0)]:
+        metrics.calls.record(result, seconds)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("mailing_sender_attempts_total", result="ok") == 2
+    assert sample("mailing_sender_attempts_total", result="http_5xx") == 1
+    assert sample("mailing_sender_attempts_total", result="timeout") == 1
+    latency = "mailing_sender_provider_latency_seconds"
+    assert sample(f"{latency}_bucket", le="0.005") == 1
+    assert sample(f"{latency}_bucket", le="0.05") == 2  # a bucket's bound is inclusive
+    assert sample(f"{latency}_bucket", le="0.1") == 3
+    assert sample(f"{latency}_bucket", le="10.0") == 3
+    assert sample(f"{latency}_bucket", le="+Inf") == 4
+    assert sample(f"{latency}_count") == 4
+    assert sample(f"{latency}_sum") == pytest.approx(60.104)
