@@ -34,6 +34,7 @@ class CircuitBreaker:
         self.clock = clock
         self.on_change = on_change
         self._results: deque[bool] = deque(maxlen=config.window)
+        self._failures = 0
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probes_out = 0
@@ -78,20 +79,27 @@ class CircuitBreaker:
             self._probes_ok += 1
             if self._probes_ok >= self.config.probes:
                 self._results.clear()
+                self._failures = 0
                 self._set(BreakerState.CLOSED)
             return
         if state is BreakerState.OPEN:
             # An answer to a call made before the breaker opened changes nothing.
             return
-        self._results.append(success)
-        failures = self._results.count(False)
-        calls = len(self._results)
-        if calls >= self.config.min_calls and failures >= self.config.failure_ratio * calls:
+        # Once per call: keep the failures in the window counted instead of counting them each time.
+        results = self._results
+        if len(results) == results.maxlen and not results[0]:
+            self._failures -= 1
+        results.append(success)
+        if not success:
+            self._failures += 1
+        calls = len(results)
+        if calls >= self.config.min_calls and self._failures >= self.config.failure_ratio * calls:
             self._open()
 
     def _open(self) -> None:
         self._opened_at = self.clock()
         self._results.clear()
+        self._failures = 0
         self.opened_count += 1
         self._set(BreakerState.OPEN)
 

@@ -31,6 +31,8 @@ class Pacer:
         self._window_started = monotonic()
         self._window_min = math.inf
         self._previous_min = math.inf
+        # Seconds between two call starts; 0 until a call has been timed.
+        self.interval = 0.0
 
     def observe(self, duration: float) -> None:
         """Record how long one call took (answered or not)."""
@@ -40,12 +42,8 @@ class Pacer:
             self._window_started = now
         if duration < self._window_min:
             self._window_min = duration
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two call starts; 0 until a call has been timed."""
         lowest = min(self._window_min, self._previous_min)
-        return 0.0 if lowest == math.inf else lowest / (self.callers * self.gain)
+        self.interval = lowest / (self.callers * self.gain)
 
     def reserve(self) -> float:
         """Take the next start slot; returns how long to wait for it (0: start now)."""

@@ -32,9 +32,7 @@ RECHECK_AFTER_WAIT_SECONDS = 0.05
 
 
 class ClaimStore(Protocol):
-    async def claim(
-        self, ids: Sequence[int], lease_seconds: float
-    ) -> tuple[list[Claim], dict[int, MailingInfo]]: ...
+    async def claim(self, ids: Sequence[int], lease_seconds: float) -> list[Claim]: ...
 
     async def mailings(self, ids: Sequence[int]) -> dict[int, MailingInfo]: ...
 
@@ -48,11 +46,6 @@ class MailingCache:
         self.monotonic = monotonic
         self._entries: dict[int, tuple[float, MailingInfo]] = {}
         self._refreshing: dict[int, asyncio.Task[MailingInfo]] = {}
-
-    def seed(self, mailings: dict[int, MailingInfo]) -> None:
-        at = self.monotonic()
-        for mailing_id, info in mailings.items():
-            self._entries[mailing_id] = (at, info)
 
     def fresh(self, mailing_id: int) -> MailingInfo | None:
         """The cached state if it is recent enough, without a query (and without an await)."""
@@ -184,9 +177,8 @@ class Sender:
             ]
         await self._wait_for_breaker()
         items = {item.message_id: item for item in delivery.body.messages}
-        claims, mailings = await self.store.claim(list(items), self.lease_seconds)
+        claims = await self.store.claim(list(items), self.lease_seconds)
         if claims:
-            self.cache.seed(mailings)
             # Give up waiting (breaker, callers) well before the lease runs out, so no other copy can
             # claim the message while this one might still call.
             give_up_at = self.clocks.monotonic() + self.lease_seconds / 2

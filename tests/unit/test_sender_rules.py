@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -46,6 +47,28 @@ def test_breaker_opens_when_most_recent_calls_fail_and_refuses_calls_for_the_coo
     clock.now = 4.9
     assert not b.try_acquire()
     assert b.cooldown_left() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_breaker_opens_exactly_when_the_ratio_over_the_last_window_calls_is_reached(seed: int) -> None:
+    # Against a plain recount of the window after every call, over long random runs of answers.
+    rng = random.Random(seed)
+    clock = FakeClock()
+    b = breaker(clock)
+    window: list[bool] = []
+    for _ in range(300):
+        ok = rng.random() < 0.45
+        window = ([*window, ok])[-10:]
+        b.record(ok)
+        should_open = len(window) >= 4 and window.count(False) >= 0.7 * len(window)
+        assert (state_of(b) is BreakerState.OPEN) is should_open
+        if should_open:
+            clock.now += 5  # cool-down over; two good probes close it with an empty window
+            for _ in range(2):
+                assert b.try_acquire()
+                b.record(True)
+            assert state_of(b) is BreakerState.CLOSED
+            window = []
 
 
 def test_breaker_lets_a_few_probes_through_after_the_cooldown_and_closes_when_they_succeed() -> None:
