@@ -233,15 +233,16 @@ class Sender:
         if self.limiter is not None and not await self.limiter.acquire(give_up_at):
             self.breaker.release()
             return self._give_back(claim, item, self.topology.retry_key(0))
+        checked = started
         if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
             mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
-            now = self.clocks.now()
+            now, checked = self.clocks.now(), monotonic()
             verdict = check_sendable(claim, mailing, now)
             if verdict.action != "send":
                 self.breaker.release()
                 return self._not_sent(claim, item, verdict)
         # Never let a call still be under way when the mailing ends.
-        left = (mailing.end_at - now).total_seconds() - (monotonic() - started)
+        left = (mailing.end_at - now).total_seconds() - (monotonic() - checked)
         if left <= 0:
             self.breaker.release()
             return self._not_sent(claim, item, check_sendable(claim, mailing, mailing.end_at))
