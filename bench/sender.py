@@ -45,7 +45,7 @@ PER_EVENT = 500
 # RabbitMQ's usual sweet spot for a consumer of one message per delivery.
 AMQP_CEILING_PREFETCH = 300
 # Each case is measured this many times, ceilings and sender in turn; the table gives the medians.
-ROUNDS = 3
+ROUNDS = 5
 SECRET = "local-probe-secret"
 # How often the end of a run is looked for; small against the seconds a run takes.
 POLL_SECONDS = 0.01
