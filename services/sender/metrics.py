@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -18,33 +19,50 @@ class CallStats(Collector):
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.bounds = buckets
         self.by_result: dict[str, int] = {}
+        # As prometheus_client's own metrics do: when each series began (its `_created` sample).
+        self.created = time.time()
+        self.result_created: dict[str, float] = {}
         self.bucket_counts = [0] * (len(buckets) + 1)
         self.duration_sum = 0.0
 
     def record(self, result: str, duration: float) -> None:
         by_result = self.by_result
-        by_result[result] = by_result.get(result, 0) + 1
+        count = by_result.get(result)
+        if count is None:
+            self.result_created[result] = time.time()
+            count = 0
+        by_result[result] = count + 1
         self.bucket_counts[bisect_left(self.bounds, duration)] += 1
         self.duration_sum += duration
 
+    def describe(self) -> Iterator[Metric]:
+        """The two names, so the registry refuses another metric that would take one of them."""
+        return self._families(with_samples=False)
+
     def collect(self) -> Iterator[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> Iterator[Metric]:
         attempts = CounterMetricFamily(
             "mailing_sender_attempts",
             "Calls to the external API by result (ok, timeout, connection, http_5xx, http_429, ...)",
             labels=["result"],
         )
-        for result, count in sorted(self.by_result.items()):
-            attempts.add_metric([result], count)
+        if with_samples:
+            for result, count in sorted(self.by_result.items()):
+                attempts.add_metric([result], count, created=self.result_created[result])
         yield attempts
-        cumulative, buckets = 0, []
-        for bound, count in zip((*self.bounds, math.inf), self.bucket_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
         latency = HistogramMetricFamily(
             "mailing_sender_provider_latency_seconds",
             "Duration of calls to the external API, answered or not",
         )
-        latency.add_metric([], buckets, self.duration_sum)
+        if with_samples:
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, math.inf), self.bucket_counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+            latency.add_metric([], buckets, self.duration_sum)
+            latency.add_sample(f"{latency.name}_created", {}, self.created)
         yield latency
 
 

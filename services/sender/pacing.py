@@ -16,10 +16,14 @@ from collections.abc import Callable
 
 # Start slots per second are this much above what the callers could use at the lowest latency seen.
 PACING_GAIN = 1.25
-# The lowest latency is taken over the last one to two windows, so it follows a provider that speeds up.
+# The lowest latency is taken over the last one to two windows, so it follows a provider that speeds up;
+# after two windows without a call (idle, or every call stuck) nothing is known and nothing is paced.
 LATENCY_WINDOW_SECONDS = 1.0
 # Shorter waits are not worth a timer: such a call starts at once (its slot is still taken).
 MIN_WAIT_SECONDS = 0.001
+# No caller waits longer than this for its slot, whatever the latency seen (all calls timing out, say):
+# pacing smooths bursts, it is not a rate limit.
+MAX_WAIT_SECONDS = 0.5
 
 
 class Pacer:
@@ -27,8 +31,11 @@ class Pacer:
         self.callers = callers
         self.monotonic = monotonic
         self.gain = gain
+        self._forget()
+
+    def _forget(self) -> None:
         self._next_slot = 0.0
-        self._window_started = monotonic()
+        self._window_started = self.monotonic()
         self._window_min = math.inf
         self._previous_min = math.inf
         # Seconds between two call starts; 0 until a call has been timed.
@@ -42,13 +49,18 @@ class Pacer:
             self._window_started = now
         if duration < self._window_min:
             self._window_min = duration
-        lowest = min(self._window_min, self._previous_min)
-        self.interval = lowest / (self.callers * self.gain)
+        interval = min(self._window_min, self._previous_min) / (self.callers * self.gain)
+        if interval < self.interval:
+            # The provider got faster: slots handed out at the old spacing are pulled in.
+            self._next_slot = min(self._next_slot, now + interval)
+        self.interval = interval
 
     def reserve(self) -> float:
         """Take the next start slot; returns how long to wait for it (0: start now)."""
         now = self.monotonic()
-        slot = self._next_slot if self._next_slot > now else now
+        if now - self._window_started >= 2 * LATENCY_WINDOW_SECONDS:
+            self._forget()
+        slot = min(max(self._next_slot, now), now + MAX_WAIT_SECONDS)
         self._next_slot = slot + self.interval
         wait = slot - now
         return wait if wait >= MIN_WAIT_SECONDS else 0.0

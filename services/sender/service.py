@@ -227,7 +227,9 @@ class Sender:
         # Every wait below (pacing, breaker, rate limit) may let a pause, cancel, the end or the
         # window's close come first: a long one is followed by the check again.
         if self.pacer is not None and (pause := self.pacer.reserve()):
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(pause, max(0.0, give_up_at - started)))
+            if self.stopping or monotonic() >= give_up_at:
+                return self._give_back(claim, item, self.topology.send_key)
         if not self.breaker.try_acquire() and not await self._acquire_breaker(give_up_at):
             return self._give_back(claim, item, self.topology.retry_key(0))
         if self.limiter is not None and not await self.limiter.acquire(give_up_at):

@@ -119,8 +119,11 @@ class _Connection:
             cursor = await conn.execute(statement, params, prepare=True, binary=True)
             return await cursor.fetchall()
         except psycopg.Error:
-            # The caller retries (the writer) or requeues (the claim) on a fresh connection.
-            await self.close()
+            # The caller retries (the writer) or requeues (the claim) on a fresh connection. Only this
+            # connection is dropped: a statement running on a newer one must not lose it.
+            if self._conn is conn:
+                self._conn = None
+            await conn.close()
             raise
 
     async def close(self) -> None:

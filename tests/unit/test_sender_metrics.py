@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from services.sender.metrics import SenderMetrics
 
@@ -28,3 +28,13 @@ def test_call_stats_read_as_a_labelled_counter_and_a_cumulative_histogram() -> N
     assert sample(f"{latency}_bucket", le="+Inf") == 4
     assert sample(f"{latency}_count") == 4
     assert sample(f"{latency}_sum") == pytest.approx(60.104)
+    # Like prometheus_client's own counters and histograms: each series says when it began.
+    assert sample("mailing_sender_attempts_created", result="timeout") is not None
+    assert sample(f"{latency}_created") is not None
+
+
+def test_no_other_metric_can_take_the_call_stats_names() -> None:
+    registry = CollectorRegistry()
+    SenderMetrics(registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        Counter("mailing_sender_attempts", "another", registry=registry)

@@ -7,7 +7,7 @@ import pytest
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, check_sendable
-from services.sender.pacing import LATENCY_WINDOW_SECONDS, MIN_WAIT_SECONDS, Pacer
+from services.sender.pacing import LATENCY_WINDOW_SECONDS, MAX_WAIT_SECONDS, MIN_WAIT_SECONDS, Pacer
 from services.sender.ratelimit import RateLimiter
 from shared.domain.windows import NO_OPENING, DailyWindow
 
@@ -185,7 +185,7 @@ def test_pacing_spreads_a_burst_of_calls_over_the_lowest_latency_seen() -> None:
     pacer.observe(0.050)
     pacer.observe(0.080)
     assert pacer.interval == pytest.approx(0.050 / 125)
-    clock.now = 10.0
+    clock.now = 0.5
     waits = [pacer.reserve() for _ in range(100)]
     # A hundred callers ready at once start 0.4 ms apart: the whole burst spread over 40 ms.
     assert waits[:3] == [0.0, 0.0, 0.0]  # waits under a millisecond are not worth a timer
@@ -214,3 +214,29 @@ def test_pacing_follows_a_provider_that_became_faster_within_two_windows() -> No
     clock.now = 3 * LATENCY_WINDOW_SECONDS + 0.3
     pacer.observe(0.07)
     assert pacer.interval == pytest.approx(0.006)  # the 500 ms and 50 ms windows have passed
+
+
+def test_pacing_forgets_what_it_saw_once_no_call_was_timed_for_two_windows() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=10, monotonic=clock, gain=1.0)
+    pacer.observe(0.5)  # a slow spell...
+    clock.now = 3600.0  # ...then an hour without calls: the next burst is not held back by it
+    assert [pacer.reserve() for _ in range(10)] == [0.0] * 10
+
+
+def test_no_caller_waits_longer_than_the_cap_even_when_every_call_timed_out() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=300, monotonic=clock)
+    pacer.observe(5.0)  # every call hit the 5 s timeout: slots 13 ms apart
+    waits = [pacer.reserve() for _ in range(300)]
+    assert max(waits) == pytest.approx(MAX_WAIT_SECONDS)
+
+
+def test_slots_handed_out_at_a_slow_spacing_are_pulled_in_when_the_provider_gets_faster() -> None:
+    clock = FakeClock()
+    pacer = Pacer(callers=10, monotonic=clock, gain=1.0)
+    pacer.observe(1.0)  # 100 ms apart
+    for _ in range(5):
+        pacer.reserve()  # slots up to 400 ms ahead are taken
+    pacer.observe(0.05)  # 5 ms apart from now on
+    assert pacer.reserve() == pytest.approx(0.005)

@@ -1,0 +1,95 @@
+"""The per-message path of the sender against fakes: what happens around the waits before a call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.sender.breaker import BreakerConfig, CircuitBreaker
+from services.sender.checks import Claim, MailingInfo
+from services.sender.metrics import SenderMetrics
+from services.sender.pacing import Pacer
+from services.sender.service import Clocks, Sender
+from services.sender.store import OutcomeRow
+from services.sender.writer import OutcomeWriter
+from shared.contracts import SendItem
+from shared.domain.retry import ProviderResult, RetryPolicy
+from shared.topology import Topology
+
+pytestmark = pytest.mark.unit
+
+MAILING = MailingInfo(7, "hello", "running", datetime.now(UTC) + timedelta(hours=1), None)
+
+
+class FakeStore:
+    async def claim(self, ids: Sequence[int], lease_seconds: float) -> list[Claim]:
+        raise AssertionError("not used here")
+
+    async def mailings(self, ids: Sequence[int]) -> dict[int, MailingInfo]:
+        return {MAILING.id: MAILING}
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.called: list[int] = []
+
+    async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
+        self.called.append(claim.message_id)
+        return ProviderResult(True, None, "ok")
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.rows: list[tuple[OutcomeRow, str | None]] = []
+
+    def submit(self, row: OutcomeRow, item: SendItem, route: str | None = None) -> asyncio.Future[None]:
+        self.rows.append((row, route))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def message(message_id: int) -> tuple[Claim, SendItem]:
+    claim = Claim(message_id, MAILING.id, message_id, 1, "79001234567", "UTC", False)
+    return claim, SendItem(message_id=message_id, mailing_id=MAILING.id, client_id=message_id)
+
+
+async def test_a_message_whose_pacing_wait_meets_a_stop_is_given_back_not_called() -> None:
+    provider, writer = FakeProvider(), FakeWriter()
+    pacer = Pacer(callers=1, monotonic=time.monotonic)
+    pacer.observe(0.2)  # one caller, 200 ms calls: starts at least 160 ms apart
+    topology = Topology("t")
+    sender = Sender(
+        store=FakeStore(),
+        provider=provider,
+        writer=cast(OutcomeWriter, writer),
+        breaker=CircuitBreaker(BreakerConfig(), time.monotonic),
+        metrics=SenderMetrics(CollectorRegistry()),
+        topology=topology,
+        policy=RetryPolicy(),
+        clocks=Clocks(now=lambda: datetime.now(UTC), monotonic=time.monotonic),
+        max_in_flight=1,
+        request_timeout=5.0,
+        lease_seconds=60.0,
+        mailing_recheck_seconds=60.0,
+        pacer=pacer,
+    )
+    give_up_at = time.monotonic() + 30
+    await sender._deliver(*message(1), give_up_at)  # takes the first slot: called at once
+    second = asyncio.create_task(sender._deliver(*message(2), give_up_at))
+    await asyncio.sleep(0)  # the second caller is now waiting for its slot
+    assert not second.done()
+    sender.stop()
+    await second
+
+    assert provider.called == [1]
+    (sent, _), (given_back, route) = writer.rows
+    assert sent.status == "sent"
+    assert (given_back.message_id, given_back.status, given_back.attempts_delta) == (2, "queued", -1)
+    assert route == topology.send_key
