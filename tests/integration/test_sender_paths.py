@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -236,6 +237,35 @@ async def test_pausing_or_cancelling_a_mailing_stops_its_delivery(
     # Only calls already in flight when the mailing changed may still complete.
     assert sent <= accepted_at_change + 4
     assert sum(row[0] == expected for row in rows) == 40 - sent
+
+
+async def test_a_pause_stops_new_calls_within_the_mailing_recheck_delay(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    # With the cache in use (the default delay is 0.5 s): state read before the pause may still be used
+    # for up to `recheck` seconds, never longer.
+    recheck, latency = 0.3, 0.1
+    await senders.start(max_in_flight=4, mailing_recheck_seconds=recheck)
+    await stub.faults(latency_ms=latency * 1000)
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 200, per_event=50)
+
+    async def some_sent() -> bool:
+        return (await stub.stats())["accepted"] >= 4
+
+    await eventually(some_sent, what="first sends")
+    await db.execute("UPDATE mailings SET status = 'paused' WHERE id = %s", (mailing,))
+    paused_at = time.time()
+
+    async def settled() -> bool:
+        return all(row[0] in FINAL | {"pending"} for row in (await db.statuses(mailing)).values())
+
+    await eventually(settled, what="every message settled")
+    # The stand-in stamps a send when it answers, `latency` after the call started; 4 calls a latency
+    # would have sent all 200 in 5 s.
+    last_answer = max(datetime.fromisoformat(a["received_at"]) for a in await stub.accepted())
+    assert last_answer.timestamp() <= paused_at + recheck + latency + 1.0
+    statuses = [row[0] for row in (await db.statuses(mailing)).values()]
+    assert statuses.count("pending") >= 100
 
 
 async def test_a_message_already_final_is_never_sent_again(
