@@ -220,7 +220,7 @@ class Sender:
         if self.stopping or started >= give_up_at:
             return self._give_back(claim, item, self.topology.send_key)
         mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
-        now = self.clocks.now()
+        now, checked = self.clocks.now(), monotonic()
         verdict = check_sendable(claim, mailing, now)
         if verdict.action != "send":
             return self._not_sent(claim, item, verdict)
@@ -235,7 +235,6 @@ class Sender:
         if self.limiter is not None and not await self.limiter.acquire(give_up_at):
             self.breaker.release()
             return self._give_back(claim, item, self.topology.retry_key(0))
-        checked = started
         if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
             mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
             now, checked = self.clocks.now(), monotonic()
