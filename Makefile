@@ -15,7 +15,7 @@ preflight: install
 migrate: preflight ## create the database if missing and apply every migration
 	$(RUN) python -m shared.migrate
 
-run: migrate ## migrate, then start every service (api, scheduler, sender, probe stand-in)
+run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in)
 	$(RUN) honcho start -f Procfile
 
 test: preflight ## every test: unit, integration, end-to-end

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -163,3 +164,38 @@ class SenderRateBucket(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float, nullable=False)
     refreshed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ReportOutcome(Base):
+    """A final status as the reporter heard it (message.finalized); the key drops re-delivered events."""
+
+    __tablename__ = "report_outcomes"
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    mailing_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    client_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    recorded_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("status IN ('sent', 'failed', 'expired', 'cancelled')", name="status_final"),
+        Index("ix_report_outcomes_occurred_at", "occurred_at"),
+    )
+
+
+class ReportRun(Base):
+    """The daily report of one local calendar day: 'sending' until the SMTP server took it, then 'sent'."""
+
+    __tablename__ = "report_runs"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    mail_message_id: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (CheckConstraint("status IN ('sending', 'sent')", name="status_known"),)

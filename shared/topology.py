@@ -59,6 +59,7 @@ class Topology:
 # A service's queue exists only once the service consumes it: an unread queue would grow without end.
 SERVICE_BINDINGS: dict[str, tuple[str, ...]] = {
     "scheduler": ("mailing.*",),
+    "reporter": ("message.finalized",),
 }
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -17,7 +15,7 @@ from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connec
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import start_ops_server
+from shared.ops import start_ops_server, stop_on_signals
 from shared.readiness import broker_ready, database_ready
 from shared.topology import declare, exchanges
 
@@ -91,12 +89,5 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
 
 async def serve(settings: SchedulerSettings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with stop_on_signals(stop):
         await run(settings, stop)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)

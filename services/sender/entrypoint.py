@@ -1,23 +1,21 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import uvloop
 
 from services.sender.bootstrap import start_sender
 from services.sender.settings import SenderSettings
 from shared.logging import configure_logging
+from shared.ops import stop_on_signals
 
 
 async def serve(settings: SenderSettings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    app = await start_sender(settings)
-    await stop.wait()
-    await app.stop()
+    with stop_on_signals(stop):
+        app = await start_sender(settings)
+        await stop.wait()
+        await app.stop()
 
 
 def main() -> None:

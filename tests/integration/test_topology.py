@@ -64,6 +64,6 @@ async def test_an_event_nobody_subscribes_to_yet_may_be_published_without_mandat
         channel = await confirm_channel(connection)
         events = await channel.get_exchange(topology.events_exchange)
         command = SendMessages(messages=[SendItem(message_id=1, mailing_id=2, client_id=3)])
-        await Publisher(events).publish_many([(command, "message.finalized")], mandatory=False)
+        await Publisher(events).publish_many([(command, "message.unheard")], mandatory=False)
         with pytest.raises(aio_pika.exceptions.PublishError):
-            await Publisher(events).publish_many([(command, "message.finalized")])
+            await Publisher(events).publish_many([(command, "message.unheard")])

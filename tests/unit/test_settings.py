@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings
 
 from services.api.settings import ApiSettings
 from services.probe_stub.settings import ProbeStubSettings
+from services.reporter.settings import ReporterSettings
 from services.scheduler.settings import SchedulerSettings
 from services.sender.settings import SenderSettings
 from shared.settings import CommonSettings
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS: list[type[BaseSettings]] = [
-    CommonSettings, ApiSettings, SchedulerSettings, SenderSettings, ProbeStubSettings
+    CommonSettings, ApiSettings, SchedulerSettings, SenderSettings, ReporterSettings, ProbeStubSettings
 ]  # fmt: skip
 
 

@@ -1,0 +1,3 @@
+from services.reporter.entrypoint import main
+
+main()

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ReporterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.outcomes_recorded = Counter(
+            "mailing_reporter_outcomes_recorded",
+            "Message outcomes (message.finalized) stored for the daily reports",
+            registry=registry,
+        )
+        self.outcomes_duplicate = Counter(
+            "mailing_reporter_outcomes_duplicate",
+            "Message outcomes skipped because the same message was already recorded (re-delivered events)",
+            registry=registry,
+        )
+        self.reports_sent = Counter(
+            "mailing_reporter_reports_sent",
+            "Daily reports the SMTP server accepted",
+            registry=registry,
+        )
+        self.report_failures = Counter(
+            "mailing_reporter_report_failures",
+            "Attempts to send a daily report that failed (retried on the next tick)",
+            registry=registry,
+        )
+        self.last_sent_day = Gauge(
+            "mailing_reporter_last_sent_day_timestamp_seconds",
+            "Start (local midnight, as a Unix time) of the newest day whose report was sent",
+            registry=registry,
+        )

@@ -1,0 +1,124 @@
+"""The reporter's SQL: recording outcomes, reading a day's figures, and the report_runs rows."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.reporter.report import MailingFigures
+from shared.contracts import MessageOutcome
+from shared.models import ReportOutcome
+
+# One reporter sends at a time, across processes (a session lock: released if the process dies).
+REPORT_LOCK_KEY = 0x7265706F7274  # "report"
+
+
+async def record_outcomes(engine: AsyncEngine, outcomes: Sequence[MessageOutcome]) -> list[int]:
+    """Store outcomes not seen before; returns the message ids actually inserted."""
+    rows = [
+        {
+            "message_id": o.message_id,
+            "mailing_id": o.mailing_id,
+            "client_id": o.client_id,
+            "status": o.status,
+            "attempts": o.attempts,
+            "occurred_at": o.occurred_at,
+        }
+        for o in outcomes
+    ]
+    statement = (
+        insert(ReportOutcome)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[ReportOutcome.message_id])
+        .returning(ReportOutcome.message_id)
+    )
+    async with engine.begin() as conn:
+        return list((await conn.execute(statement)).scalars())
+
+
+async def try_lock(conn: AsyncConnection) -> bool:
+    locked = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": REPORT_LOCK_KEY}))
+    await conn.commit()
+    return locked
+
+
+async def unlock(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": REPORT_LOCK_KEY})
+    await conn.commit()
+
+
+async def last_sent_day(conn: AsyncConnection) -> date | None:
+    day = await conn.scalar(text("SELECT max(day) FROM report_runs WHERE status = 'sent'"))
+    await conn.commit()
+    return day if isinstance(day, date) else None
+
+
+async def begin_run(conn: AsyncConnection, day: date, now: datetime) -> tuple[int, str | None] | None:
+    """Mark the day 'sending'; returns (attempts so far, last error), or None when it is already sent."""
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sending', 0, :now)"
+                " ON CONFLICT (day) DO UPDATE SET status = 'sending', started_at = :now"
+                " WHERE report_runs.status <> 'sent' RETURNING attempts, last_error"
+            ),
+            {"d": day, "now": now},
+        )
+    ).one_or_none()
+    await conn.commit()
+    return None if row is None else (int(row[0]), row[1])
+
+
+async def finish_run(conn: AsyncConnection, day: date, now: datetime, mail_message_id: str) -> None:
+    await conn.execute(
+        text(
+            "UPDATE report_runs SET status = 'sent', sent_at = :now, attempts = attempts + 1,"
+            " last_error = NULL, mail_message_id = :mid WHERE day = :d"
+        ),
+        {"d": day, "now": now, "mid": mail_message_id},
+    )
+    await conn.commit()
+
+
+async def fail_run(conn: AsyncConnection, day: date, error: str) -> None:
+    await conn.execute(
+        text("UPDATE report_runs SET attempts = attempts + 1, last_error = :e WHERE day = :d"),
+        {"d": day, "e": error[:2000]},
+    )
+    await conn.commit()
+
+
+async def day_figures(conn: AsyncConnection, start: datetime, end: datetime) -> list[MailingFigures]:
+    """Per mailing with outcomes in [start, end): counts by final status that day, and its totals now."""
+    day: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = await conn.execute(
+        text(
+            "SELECT mailing_id, status, count(*) FROM report_outcomes"
+            " WHERE occurred_at >= :s AND occurred_at < :e GROUP BY mailing_id, status"
+        ),
+        {"s": start, "e": end},
+    )
+    for mailing_id, status, n in rows:
+        day[int(mailing_id)][str(status)] = int(n)
+    ids = sorted(day)
+    totals: dict[int, dict[str, int]] = defaultdict(dict)
+    texts: dict[int, str] = {}
+    if ids:
+        rows = await conn.execute(
+            text(
+                "SELECT mailing_id, status, count(*) FROM messages"
+                " WHERE mailing_id = ANY(:ids) GROUP BY mailing_id, status"
+            ),
+            {"ids": ids},
+        )
+        for mailing_id, status, n in rows:
+            totals[int(mailing_id)][str(status)] = int(n)
+        result = await conn.execute(text("SELECT id, text FROM mailings WHERE id = ANY(:ids)"), {"ids": ids})
+        texts = {int(i): str(t) for i, t in result}
+    await conn.commit()
+    return [MailingFigures(i, texts.get(i), day[i], totals[i]) for i in ids]

@@ -1,0 +1,291 @@
+"""The reporter against real PostgreSQL, RabbitMQ and an SMTP server (aiosmtpd) on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.reporter.app import start_reporter
+from services.reporter.mailer import SmtpMailer
+from services.reporter.metrics import ReporterMetrics
+from services.reporter.service import Reporter
+from services.reporter.settings import ReporterSettings
+from shared.broker import Publisher, confirm_channel, connect
+from shared.contracts import MessageOutcome, MessagesFinalized
+from shared.topology import Topology, exchanges
+
+from ..conftest import AMQP_URL, TEST_RETRY_DELAYS
+from .test_scheduler_helpers import add_client, add_mailing
+from .test_sender_support import eventually
+
+pytestmark = pytest.mark.integration
+
+# 09:00 in Moscow on 2026-11-26: the report of the 25th is due.
+NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
+YESTERDAY = date(2026, 11, 25)
+# 07:00 in Moscow: nothing is due yet.
+EARLY = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.messages]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SmtpServer:
+    def __init__(self, port: int) -> None:
+        self.inbox = Inbox()
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def smtp_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def smtp(smtp_port: int) -> Iterator[SmtpServer]:
+    server = SmtpServer(smtp_port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def reporter_settings(database_url: str, amqp_namespace: str, smtp_port: int) -> ReporterSettings:
+    return ReporterSettings(
+        database_url=database_url,
+        amqp_url=AMQP_URL,
+        amqp_namespace=amqp_namespace,
+        retry_delays_seconds=TEST_RETRY_DELAYS,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        smtp_timeout_seconds=5,
+        mail_to=("ops@example.org",),
+        message_id_domain="test.local",
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        tick_seconds=300,
+        _env_file=None,
+    )
+
+
+def make_reporter(engine: AsyncEngine, settings: ReporterSettings, now: datetime = NOW) -> Reporter:
+    metrics = ReporterMetrics(CollectorRegistry())
+    return Reporter(engine, SmtpMailer(settings), settings, metrics, clock=lambda: now)
+
+
+async def runs(engine: AsyncEngine) -> dict[date, tuple[str, int, str | None]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT day, status, attempts, last_error FROM report_runs"))
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+async def mark_sent(engine: AsyncEngine, day: date) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sent', 1, now())"),
+            {"d": day},
+        )
+
+
+def outcome(message_id: int, mailing_id: int, status: str, at: datetime) -> MessageOutcome:
+    return MessageOutcome.model_validate(
+        {
+            "message_id": message_id,
+            "mailing_id": mailing_id,
+            "client_id": 1,
+            "status": status,
+            "attempts": 1,
+            "occurred_at": at,
+        }
+    )
+
+
+async def test_a_redelivered_outcome_is_counted_once(
+    reporter_settings: ReporterSettings, topology: Topology, smtp: SmtpServer
+) -> None:
+    at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    registry = CollectorRegistry()
+    app = await start_reporter(reporter_settings, clock=lambda: EARLY, registry=registry, serve_ops=False)
+    try:
+        connection = await connect(AMQP_URL)
+        async with connection:
+            events, _ = await exchanges(await confirm_channel(connection), topology)
+            first = MessagesFinalized(outcomes=[outcome(1, 5, "sent", at), outcome(2, 5, "failed", at)])
+            again = MessagesFinalized(outcomes=[outcome(2, 5, "failed", at), outcome(3, 5, "sent", at)])
+            await Publisher(events).publish_many([(first, first.routing_key), (first, first.routing_key)])
+            await Publisher(events).publish_many([(again, again.routing_key)])
+
+        def seen() -> float:
+            return float(
+                app.metrics.outcomes_recorded._value.get() + app.metrics.outcomes_duplicate._value.get()
+            )
+
+        async def all_seen() -> bool:
+            return seen() == 6
+
+        await eventually(all_seen, what="six outcomes processed")
+        assert app.metrics.outcomes_recorded._value.get() == 3
+        async with app.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT message_id, status FROM report_outcomes ORDER BY 1"))
+            assert [tuple(r) for r in rows] == [(1, "sent"), (2, "failed"), (3, "sent")]
+        assert await app.reporter.tick() == []
+    finally:
+        await app.stop()
+    assert smtp.inbox.messages == []
+
+
+async def test_a_report_shows_the_days_outcomes_and_the_mailings_totals(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        client = await add_client(engine, "Europe/Moscow")
+        mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE mailings SET text = 'Winter sale' WHERE id = :m"), {"m": mailing})
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (mailing_id, client_id, status, not_before)"
+                    " VALUES (:m, :c, 'sent', now())"
+                ),
+                {"m": mailing, "c": client},
+            )
+        reporter = make_reporter(engine, reporter_settings)
+        # 23:30 Moscow on the 25th is in the day; 00:30 Moscow on the 26th is not.
+        in_day = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
+        await reporter.record(
+            [outcome(10, mailing, "sent", in_day), outcome(11, mailing, "expired", in_day),
+             outcome(12, mailing, "sent", datetime(2026, 11, 25, 21, 30, tzinfo=UTC))]
+        )  # fmt: skip
+        assert await reporter.tick() == [YESTERDAY]
+    finally:
+        await engine.dispose()
+    [message] = smtp.inbox.messages
+    assert (
+        message["Subject"].strip()
+        == "Mailing report for 2026-11-25: 1 sent, 0 failed, 1 expired, 0 cancelled"
+    )
+    assert message["Message-ID"] == "<mailing-report-2026-11-25@test.local>"
+    body = message.get_body(("plain",))
+    assert body is not None
+    plain = body.get_content()
+    assert f"Mailing {mailing}: Winter sale" in plain
+    assert "that day: 1 sent, 0 failed, 1 expired, 0 cancelled" in plain
+    assert "all time: 0 pending, 0 queued, 0 retrying, 1 sent" in plain
+
+
+async def test_two_reporters_ticking_together_send_the_report_once(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engines = [create_async_engine(reporter_settings.database_url) for _ in range(2)]
+    try:
+        reporters = [make_reporter(e, reporter_settings) for e in engines]
+        results = await asyncio.gather(*(r.tick() for r in reporters for _ in range(3)))
+        assert sorted(day for days in results for day in days) == [YESTERDAY]
+        assert (await runs(engines[0]))[YESTERDAY][:2] == ("sent", 1)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert len(smtp.inbox.messages) == 1
+
+
+async def test_after_a_restart_a_sent_day_is_not_sent_again(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        assert await make_reporter(engine, reporter_settings).tick() == [YESTERDAY]
+    finally:
+        await engine.dispose()
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        later = NOW + timedelta(hours=10)
+        assert await make_reporter(engine, reporter_settings, later).tick() == []
+    finally:
+        await engine.dispose()
+    assert len(smtp.inbox.messages) == 1
+
+
+async def test_missed_days_are_sent_on_start_oldest_first(
+    reporter_settings: ReporterSettings, topology: Topology, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        await mark_sent(engine, date(2026, 11, 22))
+    finally:
+        await engine.dispose()
+    app = await start_reporter(reporter_settings, clock=lambda: NOW, serve_ops=False)
+    try:
+
+        async def three_mails() -> bool:
+            return len(smtp.inbox.messages) == 3
+
+        await eventually(three_mails, what="three reports")
+    finally:
+        await app.stop()
+    assert [m["Message-ID"] for m in smtp.inbox.messages] == [
+        f"<mailing-report-2026-11-{d}@test.local>" for d in (23, 24, 25)
+    ]
+    assert app.metrics.last_sent_day._value.get() == datetime(2026, 11, 24, 21, 0, tzinfo=UTC).timestamp()
+
+
+async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_it_is_back(
+    reporter_settings: ReporterSettings, smtp_port: int
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        reporter = make_reporter(engine, reporter_settings)
+        assert await reporter.tick() == []
+        assert await reporter.tick() == []
+        status, attempts, error = (await runs(engine))[YESTERDAY]
+        assert (status, attempts) == ("sending", 2) and error
+        assert reporter.metrics.report_failures._value.get() == 2
+        server = SmtpServer(smtp_port)
+        server.start()
+        try:
+            assert await reporter.tick() == [YESTERDAY]
+        finally:
+            server.stop()
+        assert (await runs(engine))[YESTERDAY] == ("sent", 3, None)
+        assert len(server.inbox.messages) == 1
+    finally:
+        await engine.dispose()
