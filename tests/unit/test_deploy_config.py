@@ -50,6 +50,10 @@ def procfile_modules() -> dict[str, str]:
         name, command = line.split(":", 1)
         match = re.search(r"-m\s+(\S+)", command)
         assert match, f"Procfile entry {name!r} does not run a module: {command!r}"
+        if not match.group(1).startswith("services."):
+            # A local stand-in of outside infrastructure (the SMTP sink of `make run`): compose runs
+            # mailpit instead, a cluster its own mail relay.
+            continue
         modules[name.strip()] = match.group(1)
     return modules
 
