@@ -16,6 +16,11 @@ class ReporterMetrics:
             "Message outcomes skipped because the same message was already recorded (re-delivered events)",
             registry=registry,
         )
+        self.outcomes_backfilled = Counter(
+            "mailing_reporter_outcomes_backfilled",
+            "Final messages read from the messages table when their day was reported (no event had come)",
+            registry=registry,
+        )
         self.reports_sent = Counter(
             "mailing_reporter_reports_sent",
             "Daily reports the SMTP server accepted",

@@ -82,6 +82,12 @@ class Reporter:
         if attempts and last_error is None:
             log.warning("an earlier attempt may have reached the SMTP server; sending again with the same id")
         start, end = day_bounds(day, self.settings.zone)
+        backfilled = await store.backfill_outcomes(conn, start, end)
+        if backfilled:
+            self.metrics.outcomes_backfilled.inc(backfilled)
+            log.info(
+                "{} final messages of the day had no outcome event; taken from the messages table", backfilled
+            )
         figures = await store.day_figures(conn, start, end)
         report = DailyReport(day, self.settings.timezone, figures)
         mail_message_id = report_message_id(day, self.settings.message_id_domain)

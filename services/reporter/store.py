@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.reporter.report import MailingFigures
 from shared.contracts import MessageOutcome
+from shared.messages import FINAL_SQL
 from shared.models import ReportOutcome
 
 # One reporter sends at a time, across processes (a session lock: released if the process dies).
@@ -91,6 +92,23 @@ async def fail_run(conn: AsyncConnection, day: date, error: str) -> None:
         {"d": day, "e": error[:2000]},
     )
     await conn.commit()
+
+
+async def backfill_outcomes(conn: AsyncConnection, start: datetime, end: datetime) -> int:
+    """Record the messages that became final in [start, end) but whose event never arrived: a crash
+    between a status commit and its event, or a final status set where no event is published (the API's
+    cancellations). A final row's `updated_at` is when it became final: a final status never changes."""
+    result = await conn.execute(
+        text(
+            "INSERT INTO report_outcomes (message_id, mailing_id, client_id, status, attempts, occurred_at)"
+            " SELECT id, mailing_id, client_id, status, attempts, updated_at FROM messages"
+            f" WHERE status IN {FINAL_SQL} AND updated_at >= :s AND updated_at < :e"
+            " ON CONFLICT (message_id) DO NOTHING"
+        ),
+        {"s": start, "e": end},
+    )
+    await conn.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def day_figures(conn: AsyncConnection, start: datetime, end: datetime) -> list[MailingFigures]:

@@ -213,6 +213,33 @@ async def test_a_report_shows_the_days_outcomes_and_the_mailings_totals(
     assert "all time: 0 pending, 0 queued, 0 retrying, 1 sent" in plain
 
 
+async def test_a_message_that_became_final_without_an_event_is_still_reported(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        client, other = await add_client(engine, "Europe/Moscow"), await add_client(engine, "Asia/Tokyo")
+        mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
+        in_day = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+        async with engine.begin() as conn:
+            # Cancelled by the API (no event is published for that) and sent by a sender that died
+            # before publishing: both final on the 25th, neither ever heard of by the reporter.
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (mailing_id, client_id, status, not_before, updated_at)"
+                    " VALUES (:m, :c, 'cancelled', :at, :at), (:m, :o, 'sent', :at, :at)"
+                ),
+                {"m": mailing, "c": client, "o": other, "at": in_day},
+            )
+        reporter = make_reporter(engine, reporter_settings)
+        assert await reporter.tick() == [YESTERDAY]
+        assert reporter.metrics.outcomes_backfilled._value.get() == 2
+    finally:
+        await engine.dispose()
+    [message] = smtp.inbox.messages
+    assert "1 sent, 0 failed, 0 expired, 1 cancelled" in message["Subject"]
+
+
 async def test_two_reporters_ticking_together_send_the_report_once(
     reporter_settings: ReporterSettings, smtp: SmtpServer
 ) -> None:
