@@ -29,7 +29,7 @@ async def run_loop(reporter: Reporter, tick_seconds: float, stop: asyncio.Event)
     """Tick at once (a day missed while down goes out on start), then every `tick_seconds`."""
     while not stop.is_set():
         try:
-            await reporter.tick()
+            await reporter.tick(stop)
         except Exception:
             logger.exception("reporter tick failed; trying again on the next one")
         with contextlib.suppress(TimeoutError):

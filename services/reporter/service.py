@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -50,9 +51,10 @@ class Reporter:
         if len(inserted) < len(outcomes):
             logger.info("skipped {} outcomes already recorded", len(outcomes) - len(inserted))
 
-    async def tick(self) -> list[date]:
+    async def tick(self, stop: asyncio.Event | None = None) -> list[date]:
         """Send every due report not yet sent, oldest first; returns the days sent. Does nothing while
-        another reporter holds the lock; stops at the first failure so days never go out of order."""
+        another reporter holds the lock; stops at the first failure so days never go out of order, and
+        between two days once `stop` is set."""
         sent: list[date] = []
         async with self.engine.connect() as conn:
             if not await store.try_lock(conn):
@@ -62,10 +64,16 @@ class Reporter:
                 last = await store.last_sent_day(conn)
                 if last is not None:
                     self._set_last_sent(last)
+                else:
+                    # Nothing sent yet: a first report that failed is still owed, whatever day it is now.
+                    unsent = await store.oldest_unsent_day(conn)
+                    last = None if unsent is None else unsent - timedelta(days=1)
                 zone, send_at = self.settings.zone, self.settings.send_at
                 for day in due_days(
                     self.clock(), zone, send_at, last, max_days=self.settings.max_missed_days
                 ):
+                    if stop is not None and stop.is_set():
+                        break
                     if not await self._send_day(conn, day):
                         break
                     sent.append(day)
@@ -80,6 +88,7 @@ class Reporter:
             return True
         attempts, last_error = run
         if attempts and last_error is None:
+            # An attempt began and never recorded how it ended: it may have handed the mail over.
             log.warning("an earlier attempt may have reached the SMTP server; sending again with the same id")
         start, end = day_bounds(day, self.settings.zone)
         backfilled = await store.backfill_outcomes(conn, start, end)

@@ -4,7 +4,7 @@ from datetime import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 
 from shared.settings import CommonSettings, service_setting
 
@@ -27,6 +27,7 @@ class ReporterSettings(CommonSettings):
     smtp_port: int = _setting(1025, "smtp_port", ge=1, le=65535)
     smtp_username: str = _setting("", "smtp_username")
     smtp_password: SecretStr = _setting(SecretStr(""), "smtp_password")
+    # true: STARTTLS is required; false: it is used whenever the server offers it.
     smtp_starttls: bool = _setting(False, "smtp_starttls")
     # Implicit TLS from the first byte (port 465), as opposed to STARTTLS.
     smtp_tls: bool = _setting(False, "smtp_tls")
@@ -41,6 +42,14 @@ class ReporterSettings(CommonSettings):
     def _known_timezone(cls, value: str) -> str:
         ZoneInfo(value)
         return value
+
+    @model_validator(mode="after")
+    def _coherent_smtp(self) -> ReporterSettings:
+        if self.smtp_tls and self.smtp_starttls:
+            raise ValueError("choose one of smtp_tls (implicit TLS, port 465) and smtp_starttls")
+        if self.smtp_password.get_secret_value() and not self.smtp_username:
+            raise ValueError("smtp_password is set but smtp_username is empty")
+        return self
 
     @property
     def zone(self) -> ZoneInfo:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime
 
+from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,8 +20,12 @@ from shared.models import ReportOutcome
 REPORT_LOCK_KEY = 0x7265706F7274  # "report"
 
 
+# Rows per INSERT: 6 parameters each, well under PostgreSQL's 65,535 parameters a statement.
+INSERT_CHUNK = 5_000
+
+
 async def record_outcomes(engine: AsyncEngine, outcomes: Sequence[MessageOutcome]) -> list[int]:
-    """Store outcomes not seen before; returns the message ids actually inserted."""
+    """Store outcomes not seen before (all in one transaction); returns the message ids inserted."""
     rows = [
         {
             "message_id": o.message_id,
@@ -32,14 +37,17 @@ async def record_outcomes(engine: AsyncEngine, outcomes: Sequence[MessageOutcome
         }
         for o in outcomes
     ]
-    statement = (
-        insert(ReportOutcome)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[ReportOutcome.message_id])
-        .returning(ReportOutcome.message_id)
-    )
+    inserted: list[int] = []
     async with engine.begin() as conn:
-        return list((await conn.execute(statement)).scalars())
+        for first in range(0, len(rows), INSERT_CHUNK):
+            statement = (
+                insert(ReportOutcome)
+                .values(rows[first : first + INSERT_CHUNK])
+                .on_conflict_do_nothing(index_elements=[ReportOutcome.message_id])
+                .returning(ReportOutcome.message_id)
+            )
+            inserted += (await conn.execute(statement)).scalars()
+    return inserted
 
 
 async def try_lock(conn: AsyncConnection) -> bool:
@@ -49,8 +57,15 @@ async def try_lock(conn: AsyncConnection) -> bool:
 
 
 async def unlock(conn: AsyncConnection) -> None:
-    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": REPORT_LOCK_KEY})
-    await conn.commit()
+    """Release the lock whatever state the tick left the session in; if even that fails, drop the
+    connection: closing the session is what releases a session lock for sure."""
+    try:
+        await conn.rollback()
+        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": REPORT_LOCK_KEY})
+        await conn.commit()
+    except Exception:
+        logger.exception("could not release the report lock; closing its connection instead")
+        await conn.invalidate()
 
 
 async def last_sent_day(conn: AsyncConnection) -> date | None:
@@ -59,27 +74,49 @@ async def last_sent_day(conn: AsyncConnection) -> date | None:
     return day if isinstance(day, date) else None
 
 
+async def oldest_unsent_day(conn: AsyncConnection) -> date | None:
+    """A day whose report was begun but never sent (SMTP down, say), or None."""
+    day = await conn.scalar(text("SELECT min(day) FROM report_runs WHERE status = 'sending'"))
+    await conn.commit()
+    return day if isinstance(day, date) else None
+
+
 async def begin_run(conn: AsyncConnection, day: date, now: datetime) -> tuple[int, str | None] | None:
-    """Mark the day 'sending'; returns (attempts so far, last error), or None when it is already sent."""
+    """Count an attempt and mark the day 'sending'. Returns the attempts made before this one and how the
+    last one ended (its error, or None when it never recorded an end), or None when the day is sent."""
     row = (
         await conn.execute(
+            text("SELECT status, attempts, last_error FROM report_runs WHERE day = :d FOR UPDATE"),
+            {"d": day},
+        )
+    ).one_or_none()
+    if row is not None and row[0] == "sent":
+        await conn.commit()
+        return None
+    if row is None:
+        await conn.execute(
             text(
-                "INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sending', 0, :now)"
-                " ON CONFLICT (day) DO UPDATE SET status = 'sending', started_at = :now"
-                " WHERE report_runs.status <> 'sent' RETURNING attempts, last_error"
+                "INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sending', 1, :now)"
             ),
             {"d": day, "now": now},
         )
-    ).one_or_none()
+    else:
+        await conn.execute(
+            text(
+                "UPDATE report_runs SET attempts = attempts + 1, started_at = :now, last_error = NULL"
+                " WHERE day = :d"
+            ),
+            {"d": day, "now": now},
+        )
     await conn.commit()
-    return None if row is None else (int(row[0]), row[1])
+    return (0, None) if row is None else (int(row[1]), row[2])
 
 
 async def finish_run(conn: AsyncConnection, day: date, now: datetime, mail_message_id: str) -> None:
     await conn.execute(
         text(
-            "UPDATE report_runs SET status = 'sent', sent_at = :now, attempts = attempts + 1,"
-            " last_error = NULL, mail_message_id = :mid WHERE day = :d"
+            "UPDATE report_runs SET status = 'sent', sent_at = :now, last_error = NULL,"
+            " mail_message_id = :mid WHERE day = :d"
         ),
         {"d": day, "now": now, "mid": mail_message_id},
     )
@@ -88,8 +125,7 @@ async def finish_run(conn: AsyncConnection, day: date, now: datetime, mail_messa
 
 async def fail_run(conn: AsyncConnection, day: date, error: str) -> None:
     await conn.execute(
-        text("UPDATE report_runs SET attempts = attempts + 1, last_error = :e WHERE day = :d"),
-        {"d": day, "e": error[:2000]},
+        text("UPDATE report_runs SET last_error = :e WHERE day = :d"), {"d": day, "e": error[:2000]}
     )
     await conn.commit()
 

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from loguru import logger
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.reporter import store
 from services.reporter.app import start_reporter
 from services.reporter.mailer import SmtpMailer
 from services.reporter.metrics import ReporterMetrics
@@ -316,3 +319,116 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
         assert len(server.inbox.messages) == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_database_error_in_a_tick_leaves_the_lock_free_for_the_next_tick(
+    reporter_settings: ReporterSettings, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        reporter = make_reporter(engine, reporter_settings)
+
+        async def broken(conn: Any, start: datetime, end: datetime) -> int:
+            await conn.execute(text("SELECT * FROM no_such_table"))  # leaves the transaction failed
+            return 0
+
+        monkeypatch.setattr(store, "backfill_outcomes", broken)
+        with pytest.raises(ProgrammingError):
+            await reporter.tick()
+        monkeypatch.undo()
+        # The same pooled connection, and another reporter on its own: both may take the lock again.
+        assert await reporter.tick() == [YESTERDAY]
+        other = create_async_engine(reporter_settings.database_url)
+        try:
+            async with other.connect() as conn:
+                assert await store.try_lock(conn)
+                await store.unlock(conn)
+        finally:
+            await other.dispose()
+    finally:
+        await engine.dispose()
+    assert len(smtp.inbox.messages) == 1
+
+
+async def test_a_day_begun_but_never_finished_is_sent_again_with_a_warning(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    # A reporter died between handing the mail over and recording it: one attempt, no error recorded.
+    engine = create_async_engine(reporter_settings.database_url)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO report_runs (day, status, attempts, started_at)"
+                    " VALUES (:d, 'sending', 1, now())"
+                ),
+                {"d": YESTERDAY},
+            )
+        assert await make_reporter(engine, reporter_settings).tick() == [YESTERDAY]
+        assert (await runs(engine))[YESTERDAY] == ("sent", 2, None)
+    finally:
+        logger.remove(sink)
+        await engine.dispose()
+    assert any("may have reached the SMTP server" in w for w in warnings)
+    [message] = smtp.inbox.messages
+    assert message["Message-ID"] == "<mailing-report-2026-11-25@test.local>"
+
+
+async def test_an_event_with_more_outcomes_than_one_statement_takes_is_recorded(
+    reporter_settings: ReporterSettings,
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        reporter = make_reporter(engine, reporter_settings)
+        at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+        await reporter.record([outcome(i, 5, "sent", at) for i in range(1, 12_001)])
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM report_outcomes")) == 12_000
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stop_between_two_due_days_ends_the_tick_after_the_day_under_way(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    stop = asyncio.Event()
+
+    class StopAfterOne(SmtpMailer):
+        async def send(self, message: EmailMessage) -> None:
+            await super().send(message)
+            stop.set()  # SIGTERM arrives while the first report goes out
+
+    try:
+        await mark_sent(engine, date(2026, 11, 22))
+        metrics = ReporterMetrics(CollectorRegistry())
+        reporter = Reporter(
+            engine, StopAfterOne(reporter_settings), reporter_settings, metrics, clock=lambda: NOW
+        )
+        assert await reporter.tick(stop) == [date(2026, 11, 23)]
+        assert await reporter.tick() == [date(2026, 11, 24), YESTERDAY]
+    finally:
+        await engine.dispose()
+    assert len(smtp.inbox.messages) == 3
+
+
+async def test_a_first_report_that_failed_is_still_sent_days_later(
+    reporter_settings: ReporterSettings, smtp: SmtpServer
+) -> None:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO report_runs (day, status, attempts, started_at, last_error)"
+                    " VALUES (:d, 'sending', 3, now(), 'SMTPConnectError: refused')"
+                ),
+                {"d": date(2026, 11, 23)},
+            )
+        sent = await make_reporter(engine, reporter_settings).tick()
+    finally:
+        await engine.dispose()
+    assert sent == [date(2026, 11, 23), date(2026, 11, 24), YESTERDAY]
+    assert len(smtp.inbox.messages) == 3

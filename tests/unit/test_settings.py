@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from services.api.settings import ApiSettings
@@ -51,3 +52,17 @@ def test_service_settings_read_their_own_prefixed_names(monkeypatch: pytest.Monk
     assert SchedulerSettings(_env_file=None).metrics_port == 9201
     assert SenderSettings(_env_file=None).metrics_port == 9202
     assert SenderSettings(_env_file=None, metrics_port=7).metrics_port == 7
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"smtp_tls": True, "smtp_starttls": True}, "choose one of smtp_tls"),
+        ({"smtp_password": "secret"}, "smtp_username is empty"),
+    ],
+)
+def test_reporter_smtp_settings_that_cannot_work_are_refused_at_start(
+    values: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        ReporterSettings(_env_file=None, **values)  # type: ignore[arg-type]
