@@ -28,7 +28,7 @@ class ReporterMetrics:
         )
         self.report_failures = Counter(
             "mailing_reporter_report_failures",
-            "Attempts to send a daily report that failed (retried on the next tick)",
+            "Attempts to send a daily report that failed (retried later, with growing pauses)",
             registry=registry,
         )
         self.last_sent_day = Gauge(

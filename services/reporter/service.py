@@ -20,6 +20,8 @@ from shared.broker import Delivery
 from shared.clock import Clock, utc_now
 from shared.contracts import MessageOutcome, MessagesFinalized
 
+RETRY_BACKOFF_MAX_SECONDS = 3600.0
+
 
 class Reporter:
     def __init__(
@@ -74,12 +76,22 @@ class Reporter:
                 ):
                     if stop is not None and stop.is_set():
                         break
-                    if not await self._send_day(conn, day):
+                    if not await self._retry_due(conn, day) or not await self._send_day(conn, day):
                         break
                     sent.append(day)
             finally:
                 await store.unlock(conn)
         return sent
+
+    async def _retry_due(self, conn: AsyncConnection, day: date) -> bool:
+        """After a failed attempt, wait before the next: the tick doubled for each failure, at most
+        RETRY_BACKOFF_MAX_SECONDS, so a refusing SMTP server is neither hammered nor forgotten."""
+        failed = await store.failed_attempt(conn, day)
+        if failed is None:
+            return True
+        attempts, last_began = failed
+        pause = min(self.settings.tick_seconds * 2 ** (attempts - 1), RETRY_BACKOFF_MAX_SECONDS)
+        return self.clock() >= last_began + timedelta(seconds=pause)
 
     async def _send_day(self, conn: AsyncConnection, day: date) -> bool:
         log = logger.bind(report_day=day.isoformat())
@@ -111,7 +123,7 @@ class Reporter:
         except Exception as exc:
             await store.fail_run(conn, day, f"{type(exc).__name__}: {exc}")
             self.metrics.report_failures.inc()
-            log.warning("sending the report failed (attempt {}), retrying next tick: {}", attempts + 1, exc)
+            log.warning("sending the report failed (attempt {}), retrying later: {}", attempts + 1, exc)
             return False
         await store.finish_run(conn, day, self.clock(), mail_message_id)
         self.metrics.reports_sent.inc()

@@ -81,6 +81,21 @@ async def oldest_unsent_day(conn: AsyncConnection) -> date | None:
     return day if isinstance(day, date) else None
 
 
+async def failed_attempt(conn: AsyncConnection, day: date) -> tuple[int, datetime] | None:
+    """(attempts, when the last one began) if the day's last attempt failed, else None."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT attempts, started_at FROM report_runs"
+                " WHERE day = :d AND status = 'sending' AND last_error IS NOT NULL"
+            ),
+            {"d": day},
+        )
+    ).one_or_none()
+    await conn.commit()
+    return None if row is None else (int(row[0]), row[1])
+
+
 async def begin_run(conn: AsyncConnection, day: date, now: datetime) -> tuple[int, str | None] | None:
     """Count an attempt and mark the day 'sending'. Returns the attempts made before this one and how the
     last one ended (its error, or None when it never recorded an end), or None when the day is sent."""

@@ -302,13 +302,24 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
     reporter_settings: ReporterSettings, smtp_port: int
 ) -> None:
     engine = create_async_engine(reporter_settings.database_url)
+    now = [NOW]
     try:
-        reporter = make_reporter(engine, reporter_settings)
+        metrics = ReporterMetrics(CollectorRegistry())
+        reporter = Reporter(
+            engine, SmtpMailer(reporter_settings), reporter_settings, metrics, clock=lambda: now[0]
+        )
         assert await reporter.tick() == []
+        # The next try waits a tick (300 s here), then two, four...: not at once.
         assert await reporter.tick() == []
+        assert (await runs(engine))[YESTERDAY][:2] == ("sending", 1)
+        now[0] += timedelta(seconds=300)
+        assert await reporter.tick() == []
+        now[0] += timedelta(seconds=300)
+        assert await reporter.tick() == []  # 600 s after the second failure: not yet
         status, attempts, error = (await runs(engine))[YESTERDAY]
         assert (status, attempts) == ("sending", 2) and error
         assert reporter.metrics.report_failures._value.get() == 2
+        now[0] += timedelta(seconds=300)
         server = SmtpServer(smtp_port)
         server.start()
         try:
@@ -423,9 +434,9 @@ async def test_a_first_report_that_failed_is_still_sent_days_later(
             await conn.execute(
                 text(
                     "INSERT INTO report_runs (day, status, attempts, started_at, last_error)"
-                    " VALUES (:d, 'sending', 3, now(), 'SMTPConnectError: refused')"
+                    " VALUES (:d, 'sending', 3, :at, 'SMTPConnectError: refused')"
                 ),
-                {"d": date(2026, 11, 23)},
+                {"d": date(2026, 11, 23), "at": NOW - timedelta(days=2)},
             )
         sent = await make_reporter(engine, reporter_settings).tick()
     finally:
