@@ -121,12 +121,27 @@ async def runs(engine: AsyncEngine) -> dict[date, tuple[str, int, str | None]]:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-async def mark_sent(engine: AsyncEngine, day: date) -> None:
+async def add_run(
+    engine: AsyncEngine,
+    day: date,
+    status: str,
+    attempts: int,
+    *,
+    started_at: datetime = NOW,
+    last_error: str | None = None,
+) -> None:
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sent', 1, now())"),
-            {"d": day},
+            text(
+                "INSERT INTO report_runs (day, status, attempts, started_at, last_error)"
+                " VALUES (:d, :s, :a, :at, :e)"
+            ),
+            {"d": day, "s": status, "a": attempts, "at": started_at, "e": last_error},
         )
+
+
+async def mark_sent(engine: AsyncEngine, day: date) -> None:
+    await add_run(engine, day, "sent", 1)
 
 
 def outcome(message_id: int, mailing_id: int, status: str, at: datetime) -> MessageOutcome:
@@ -369,14 +384,7 @@ async def test_a_day_begun_but_never_finished_is_sent_again_with_a_warning(
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO report_runs (day, status, attempts, started_at)"
-                    " VALUES (:d, 'sending', 1, now())"
-                ),
-                {"d": YESTERDAY},
-            )
+        await add_run(engine, YESTERDAY, "sending", 1)
         assert await make_reporter(engine, reporter_settings).tick() == [YESTERDAY]
         assert (await runs(engine))[YESTERDAY] == ("sent", 2, None)
     finally:
@@ -430,14 +438,14 @@ async def test_a_first_report_that_failed_is_still_sent_days_later(
 ) -> None:
     engine = create_async_engine(reporter_settings.database_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO report_runs (day, status, attempts, started_at, last_error)"
-                    " VALUES (:d, 'sending', 3, :at, 'SMTPConnectError: refused')"
-                ),
-                {"d": date(2026, 11, 23), "at": NOW - timedelta(days=2)},
-            )
+        await add_run(
+            engine,
+            date(2026, 11, 23),
+            "sending",
+            3,
+            started_at=NOW - timedelta(days=2),
+            last_error="SMTPConnectError: refused",
+        )
         sent = await make_reporter(engine, reporter_settings).tick()
     finally:
         await engine.dispose()
