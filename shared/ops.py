@@ -7,8 +7,10 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -56,3 +58,14 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+async def release(
+    connection: AbstractRobustConnection, engine: AsyncEngine, ops: web.AppRunner | None = None
+) -> None:
+    """The last steps of a background service's stop: the broker connection, the database pool and the
+    ops server."""
+    await connection.close()
+    await engine.dispose()
+    if ops is not None:
+        await ops.cleanup()

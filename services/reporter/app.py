@@ -20,7 +20,7 @@ from shared.broker import Consumer, Publisher, confirm_channel, connect
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
-from shared.ops import start_ops_server, stop_on_signals
+from shared.ops import release, start_ops_server, stop_on_signals
 from shared.readiness import broker_ready, database_ready
 from shared.topology import declare, exchanges
 
@@ -51,10 +51,7 @@ class ReporterApp:
         self.stopping.set()
         await self.consumer.stop()
         await self.loop
-        await self.connection.close()
-        await self.engine.dispose()
-        if self.ops is not None:
-            await self.ops.cleanup()
+        await release(self.connection, self.engine, self.ops)
         logger.info("reporter stopped")
 
 

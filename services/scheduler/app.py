@@ -15,7 +15,7 @@ from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connec
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import start_ops_server, stop_on_signals
+from shared.ops import release, start_ops_server, stop_on_signals
 from shared.readiness import broker_ready, database_ready
 from shared.topology import declare, exchanges
 
@@ -82,8 +82,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
             await consumer.stop()
             await ops.cleanup()
     finally:
-        await connection.close()
-        await engine.dispose()
+        await release(connection, engine)
         logger.info("scheduler stopped")
 
 

@@ -38,7 +38,7 @@ from shared.broker import (
 from shared.clock import utc_now
 from shared.contracts import MessagesFinalized, SendMessages
 from shared.db import make_engine
-from shared.ops import start_ops_server
+from shared.ops import release, start_ops_server
 from shared.readiness import broker_ready, database_ready
 from shared.topology import declare
 
@@ -90,10 +90,7 @@ class SenderApp:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.session.close()
-        await self.connection.close()
-        await self.engine.dispose()
-        if self.ops is not None:
-            await self.ops.cleanup()
+        await release(self.connection, self.engine, self.ops)
         logger.info("sender stopped")
 
 

@@ -6,7 +6,7 @@ import asyncio
 import email
 import email.policy
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -110,6 +110,15 @@ def reporter_settings(database_url: str, amqp_namespace: str, smtp_port: int) ->
     )
 
 
+@pytest.fixture
+async def engine(reporter_settings: ReporterSettings) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(reporter_settings.database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 def make_reporter(engine: AsyncEngine, settings: ReporterSettings, now: datetime = NOW) -> Reporter:
     metrics = ReporterMetrics(CollectorRegistry())
     return Reporter(engine, SmtpMailer(settings), settings, metrics, clock=lambda: now)
@@ -192,31 +201,27 @@ async def test_a_redelivered_outcome_is_counted_once(
 
 
 async def test_a_report_shows_the_days_outcomes_and_the_mailings_totals(
-    reporter_settings: ReporterSettings, smtp: SmtpServer
+    reporter_settings: ReporterSettings, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        client = await add_client(engine, "Europe/Moscow")
-        mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
-        async with engine.begin() as conn:
-            await conn.execute(text("UPDATE mailings SET text = 'Winter sale' WHERE id = :m"), {"m": mailing})
-            await conn.execute(
-                text(
-                    "INSERT INTO messages (mailing_id, client_id, status, not_before)"
-                    " VALUES (:m, :c, 'sent', now())"
-                ),
-                {"m": mailing, "c": client},
-            )
-        reporter = make_reporter(engine, reporter_settings)
-        # 23:30 Moscow on the 25th is in the day; 00:30 Moscow on the 26th is not.
-        in_day = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
-        await reporter.record(
-            [outcome(10, mailing, "sent", in_day), outcome(11, mailing, "expired", in_day),
-             outcome(12, mailing, "sent", datetime(2026, 11, 25, 21, 30, tzinfo=UTC))]
-        )  # fmt: skip
-        assert await reporter.tick() == [YESTERDAY]
-    finally:
-        await engine.dispose()
+    client = await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE mailings SET text = 'Winter sale' WHERE id = :m"), {"m": mailing})
+        await conn.execute(
+            text(
+                "INSERT INTO messages (mailing_id, client_id, status, not_before)"
+                " VALUES (:m, :c, 'sent', now())"
+            ),
+            {"m": mailing, "c": client},
+        )
+    reporter = make_reporter(engine, reporter_settings)
+    # 23:30 Moscow on the 25th is in the day; 00:30 Moscow on the 26th is not.
+    in_day = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
+    await reporter.record(
+        [outcome(10, mailing, "sent", in_day), outcome(11, mailing, "expired", in_day),
+         outcome(12, mailing, "sent", datetime(2026, 11, 25, 21, 30, tzinfo=UTC))]
+    )  # fmt: skip
+    assert await reporter.tick() == [YESTERDAY]
     [message] = smtp.inbox.messages
     assert (
         message["Subject"].strip()
@@ -232,28 +237,24 @@ async def test_a_report_shows_the_days_outcomes_and_the_mailings_totals(
 
 
 async def test_a_message_that_became_final_without_an_event_is_still_reported(
-    reporter_settings: ReporterSettings, smtp: SmtpServer
+    reporter_settings: ReporterSettings, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        client, other = await add_client(engine, "Europe/Moscow"), await add_client(engine, "Asia/Tokyo")
-        mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
-        in_day = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-        async with engine.begin() as conn:
-            # Cancelled by the API (no event is published for that) and sent by a sender that died
-            # before publishing: both final on the 25th, neither ever heard of by the reporter.
-            await conn.execute(
-                text(
-                    "INSERT INTO messages (mailing_id, client_id, status, not_before, updated_at)"
-                    " VALUES (:m, :c, 'cancelled', :at, :at), (:m, :o, 'sent', :at, :at)"
-                ),
-                {"m": mailing, "c": client, "o": other, "at": in_day},
-            )
-        reporter = make_reporter(engine, reporter_settings)
-        assert await reporter.tick() == [YESTERDAY]
-        assert reporter.metrics.outcomes_backfilled._value.get() == 2
-    finally:
-        await engine.dispose()
+    client, other = await add_client(engine, "Europe/Moscow"), await add_client(engine, "Asia/Tokyo")
+    mailing = await add_mailing(engine, NOW - timedelta(days=3), NOW + timedelta(days=1))
+    in_day = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    async with engine.begin() as conn:
+        # Cancelled by the API (no event is published for that) and sent by a sender that died
+        # before publishing: both final on the 25th, neither ever heard of by the reporter.
+        await conn.execute(
+            text(
+                "INSERT INTO messages (mailing_id, client_id, status, not_before, updated_at)"
+                " VALUES (:m, :c, 'cancelled', :at, :at), (:m, :o, 'sent', :at, :at)"
+            ),
+            {"m": mailing, "c": client, "o": other, "at": in_day},
+        )
+    reporter = make_reporter(engine, reporter_settings)
+    assert await reporter.tick() == [YESTERDAY]
+    assert reporter.metrics.outcomes_backfilled._value.get() == 2
     [message] = smtp.inbox.messages
     assert "1 sent, 0 failed, 0 expired, 1 cancelled" in message["Subject"]
 
@@ -274,30 +275,23 @@ async def test_two_reporters_ticking_together_send_the_report_once(
 
 
 async def test_after_a_restart_a_sent_day_is_not_sent_again(
-    reporter_settings: ReporterSettings, smtp: SmtpServer
+    reporter_settings: ReporterSettings, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        assert await make_reporter(engine, reporter_settings).tick() == [YESTERDAY]
-    finally:
-        await engine.dispose()
-    engine = create_async_engine(reporter_settings.database_url)
+    assert await make_reporter(engine, reporter_settings).tick() == [YESTERDAY]
+    # A new process: its own engine, nothing carried over but the database.
+    restarted = create_async_engine(reporter_settings.database_url)
     try:
         later = NOW + timedelta(hours=10)
-        assert await make_reporter(engine, reporter_settings, later).tick() == []
+        assert await make_reporter(restarted, reporter_settings, later).tick() == []
     finally:
-        await engine.dispose()
+        await restarted.dispose()
     assert len(smtp.inbox.messages) == 1
 
 
 async def test_missed_days_are_sent_on_start_oldest_first(
-    reporter_settings: ReporterSettings, topology: Topology, smtp: SmtpServer
+    reporter_settings: ReporterSettings, topology: Topology, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        await mark_sent(engine, date(2026, 11, 22))
-    finally:
-        await engine.dispose()
+    await mark_sent(engine, date(2026, 11, 22))
     app = await start_reporter(reporter_settings, clock=lambda: NOW, serve_ops=False)
     try:
 
@@ -396,17 +390,13 @@ async def test_a_day_begun_but_never_finished_is_sent_again_with_a_warning(
 
 
 async def test_an_event_with_more_outcomes_than_one_statement_takes_is_recorded(
-    reporter_settings: ReporterSettings,
+    reporter_settings: ReporterSettings, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        reporter = make_reporter(engine, reporter_settings)
-        at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-        await reporter.record([outcome(i, 5, "sent", at) for i in range(1, 12_001)])
-        async with engine.connect() as conn:
-            assert await conn.scalar(text("SELECT count(*) FROM report_outcomes")) == 12_000
-    finally:
-        await engine.dispose()
+    reporter = make_reporter(engine, reporter_settings)
+    at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    await reporter.record([outcome(i, 5, "sent", at) for i in range(1, 12_001)])
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM report_outcomes")) == 12_000
 
 
 async def test_a_stop_between_two_due_days_ends_the_tick_after_the_day_under_way(
@@ -434,20 +424,16 @@ async def test_a_stop_between_two_due_days_ends_the_tick_after_the_day_under_way
 
 
 async def test_a_first_report_that_failed_is_still_sent_days_later(
-    reporter_settings: ReporterSettings, smtp: SmtpServer
+    reporter_settings: ReporterSettings, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
-    engine = create_async_engine(reporter_settings.database_url)
-    try:
-        await add_run(
-            engine,
-            date(2026, 11, 23),
-            "sending",
-            3,
-            started_at=NOW - timedelta(days=2),
-            last_error="SMTPConnectError: refused",
-        )
-        sent = await make_reporter(engine, reporter_settings).tick()
-    finally:
-        await engine.dispose()
+    await add_run(
+        engine,
+        date(2026, 11, 23),
+        "sending",
+        3,
+        started_at=NOW - timedelta(days=2),
+        last_error="SMTPConnectError: refused",
+    )
+    sent = await make_reporter(engine, reporter_settings).tick()
     assert sent == [date(2026, 11, 23), date(2026, 11, 24), YESTERDAY]
     assert len(smtp.inbox.messages) == 3
