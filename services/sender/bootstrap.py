@@ -36,7 +36,7 @@ from shared.broker import (
     queue_depths,
 )
 from shared.clock import utc_now
-from shared.contracts import MessagesFinalized, SendMessages
+from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
 from shared.db import make_engine
 from shared.ops import release, start_ops_server
 from shared.readiness import broker_ready, database_ready
@@ -50,7 +50,7 @@ class AmqpBus:
         self.work = work
         self.events = events
 
-    async def publish(self, copies: Sequence[WorkCopy], finalized: MessagesFinalized | None) -> None:
+    async def publish(self, copies: Sequence[WorkCopy], finalized: bytes | None) -> None:
         sends = [
             self.work.publish(amqp_message(c.command.encode(), headers=c.headers), c.routing_key)
             for c in copies
@@ -58,7 +58,7 @@ class AmqpBus:
         if finalized is not None:
             # An outcome is a fact for whoever subscribes; having no subscriber yet is not an error.
             sends.append(
-                self.events.publish(amqp_message(finalized.encode()), finalized.routing_key, mandatory=False)
+                self.events.publish(amqp_message(finalized), FINALIZED_ROUTING_KEY, mandatory=False)
             )
         await confirm_all(sends, within=PUBLISH_TIMEOUT_SECONDS)
 

@@ -57,6 +57,9 @@ class CircuitBreaker:
         return max(0.0, self._opened_at + self.config.cooldown_seconds - self.clock())
 
     def try_acquire(self) -> bool:
+        if self._state is BreakerState.CLOSED:
+            # Nearly every call: no clock to read.
+            return True
         state = self.state
         if state is BreakerState.CLOSED:
             return True
@@ -71,7 +74,7 @@ class CircuitBreaker:
             self._probes_out -= 1
 
     def record(self, success: bool) -> None:
-        state = self.state
+        state = self._state if self._state is BreakerState.CLOSED else self.state
         if state is BreakerState.HALF_OPEN:
             if not success:
                 self._open()

@@ -51,7 +51,7 @@ def check_sendable(claim: Claim, mailing: MailingInfo, now: datetime) -> Verdict
     if mailing.status != "running":
         # Paused (or re-scheduled): the scheduler hands it out again once the mailing runs.
         return Verdict("wait", f"mailing {mailing.status}", not_before=now)
-    if not is_open(mailing.window, claim.timezone, now):
+    if mailing.window is not None and not is_open(mailing.window, claim.timezone, now):
         opening = next_opening(mailing.window, claim.timezone, now)
         if opening >= mailing.end_at:
             return Verdict("expire", NO_OPENING)

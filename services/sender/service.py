@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -147,7 +148,10 @@ class Sender:
         self.max_in_flight = max_in_flight
         self.request_timeout = request_timeout
         # A fixed pool of callers, one per request allowed in flight: cheaper than a task per message.
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        # Jobs wait in a plain deque and idle callers on futures of their own: an asyncio.Queue does
+        # the same with several more calls per message.
+        self._jobs: deque[_Job] = deque()
+        self._idle_callers: deque[asyncio.Future[None]] = deque()
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
         self.calls_in_flight = 0
@@ -161,7 +165,7 @@ class Sender:
     async def close(self, grace_seconds: float) -> None:
         """Give back what was not called, let the calls under way finish (within the grace), then stop."""
         self.stopping = True
-        if self._busy or not self._jobs.empty():
+        if self._busy or self._jobs:
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_seconds)
@@ -183,17 +187,32 @@ class Sender:
             # claim the message while this one might still call.
             give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
             batch = _Batch(len(claims))
-            for claim in claims:
-                self._jobs.put_nowait(_Job(claim, items[claim.message_id], give_up_at, batch))
+            self._jobs.extend(_Job(claim, items[claim.message_id], give_up_at, batch) for claim in claims)
+            self._wake_callers(len(claims))
             await batch.done
             await asyncio.gather(*batch.flushes)
             if batch.error is not None:
                 raise batch.error
         self.metrics.deliveries.labels("done").inc()
 
+    def _wake_callers(self, jobs: int) -> None:
+        idle = self._idle_callers
+        while jobs and idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                jobs -= 1
+
     async def _work(self) -> None:
+        jobs = self._jobs
+        loop = asyncio.get_running_loop()
         while True:
-            job = await self._jobs.get()
+            if not jobs:
+                waiter = loop.create_future()
+                self._idle_callers.append(waiter)
+                await waiter
+                continue
+            job = jobs.popleft()
             self._busy += 1
             try:
                 flush = await self._deliver(job.claim, job.item, job.give_up_at)
@@ -206,7 +225,7 @@ class Sender:
                 job.batch.finish(flush)
             finally:
                 self._busy -= 1
-                if not self._busy and self._jobs.empty():
+                if not self._busy and not jobs:
                     self._idle.set()
 
     async def _wait_for_breaker(self) -> None:
@@ -286,7 +305,7 @@ class Sender:
     ) -> asyncio.Future[None]:
         now = self.clocks.now()
         if result.ok:
-            return self.writer.submit(OutcomeRow(claim.message_id, "sent", sent_at=now), item)
+            return self.writer.submit(OutcomeRow(claim.message_id, "sent", now), item)
         decision = decide_retry(self.policy, claim.attempts, result, now, mailing.end_at, self.rng.random())
         logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
             "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decision.action, decision.reason

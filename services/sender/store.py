@@ -168,4 +168,4 @@ class Store:
                 "not_before": [r.not_before for r in rows],
                 "deltas": [r.attempts_delta for r in rows],
             }
-        return [Written(*row) for row in await self._writes.fetch(statement, params)]
+        return list(map(Written._make, await self._writes.fetch(statement, params)))
