@@ -57,9 +57,7 @@ class AmqpBus:
         ]
         if finalized is not None:
             # An outcome is a fact for whoever subscribes; having no subscriber yet is not an error.
-            sends.append(
-                self.events.publish(amqp_message(finalized), FINALIZED_ROUTING_KEY, mandatory=False)
-            )
+            sends.append(self.events.publish(amqp_message(finalized), FINALIZED_ROUTING_KEY, mandatory=False))
         await confirm_all(sends, within=PUBLISH_TIMEOUT_SECONDS)
 
 

@@ -310,6 +310,8 @@ class Sender:
         logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
             "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decision.action, decision.reason
         )
+        # An attempt that was not the message's fault (a refused token) is given back.
+        delta = 0 if decision.counts else -1
         if decision.action == "retry":
             assert decision.tier is not None and decision.delay is not None
             row = OutcomeRow(
@@ -317,9 +319,11 @@ class Sender:
                 "retrying",
                 last_error=decision.reason,
                 next_attempt_at=now + timedelta(seconds=decision.delay),
+                attempts_delta=delta,
             )
             return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
         if decision.action == "fail":
             row = OutcomeRow(claim.message_id, "failed", last_error=decision.reason)
             return self.writer.submit(row, item, self.topology.parking_key)
-        return self.writer.submit(OutcomeRow(claim.message_id, "expired", last_error=decision.reason), item)
+        row = OutcomeRow(claim.message_id, "expired", last_error=decision.reason, attempts_delta=delta)
+        return self.writer.submit(row, item)

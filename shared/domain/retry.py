@@ -9,7 +9,8 @@ from typing import Literal
 class FailureKind(StrEnum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
-    # 401/403: operators can fix the token, so this must not burn the message at once.
+    # 401/403: the API refuses our token, not the message. Operators can fix the token, so such an
+    # attempt is not counted against the message: it waits (until the mailing ends) instead of failing.
     AUTH = "auth"
 
 
@@ -112,6 +113,8 @@ class RetryDecision:
     tier: int | None = None
     delay: float | None = None
     reason: str = ""
+    # False when the failed attempt was not the message's fault (a refused token): it is given back.
+    counts: bool = True
 
 
 def decide_retry(
@@ -126,7 +129,8 @@ def decide_retry(
         raise ValueError("a successful result needs no retry decision")
     if result.kind is FailureKind.PERMANENT:
         return RetryDecision("fail", reason=result.reason)
-    if attempts_made >= policy.max_attempts:
+    counts = result.kind is not FailureKind.AUTH
+    if counts and attempts_made >= policy.max_attempts:
         return RetryDecision("fail", reason=f"attempts exhausted ({attempts_made}): {result.reason}")
     base = policy.delays[min(max(attempts_made - 1, 0), len(policy.delays) - 1)]
     desired = base * (1 + policy.jitter * (2 * rand - 1))
@@ -135,5 +139,7 @@ def decide_retry(
     tier = next((i for i, delay in enumerate(policy.delays) if delay >= desired), len(policy.delays) - 1)
     delay = policy.delays[tier]
     if now + timedelta(seconds=delay) >= end_at:
-        return RetryDecision("expire", reason=f"mailing ends before next attempt: {result.reason}")
-    return RetryDecision("retry", tier=tier, delay=delay, reason=result.reason)
+        return RetryDecision(
+            "expire", reason=f"mailing ends before next attempt: {result.reason}", counts=counts
+        )
+    return RetryDecision("retry", tier=tier, delay=delay, reason=result.reason, counts=counts)

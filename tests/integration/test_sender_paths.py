@@ -166,6 +166,27 @@ async def test_a_message_whose_attempts_are_exhausted_is_failed_and_parked(
     assert len(parked) == 2
 
 
+async def test_a_refused_token_costs_no_attempt_and_the_messages_wait_for_a_good_one(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    refused = await senders.start(max_attempts=2, probe_token="not-a-valid-token")
+    mailing, _ = await send_new_mailing(db, settings.amqp_url, topology, 2)
+
+    async def refused_twice_the_attempts_allowed() -> bool:
+        # Had these attempts counted, both messages would have failed after two each.
+        return refused.metrics.calls.by_result.get("http_401", 0) >= 2 * 2 * 2
+
+    await eventually(refused_twice_the_attempts_allowed, what="eight refused calls")
+    await senders.stop(refused)
+    rows = (await db.statuses(mailing)).values()
+    assert all(row[0] == "retrying" and row[1] == 0 and row[2] == "http 401" for row in rows), rows
+
+    await senders.start(max_attempts=2)
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+    rows = (await db.statuses(mailing)).values()
+    assert all(row[0] == "sent" and row[1] == 1 for row in rows), rows
+
+
 async def test_a_message_still_failing_when_the_mailing_ends_expires(
     db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
 ) -> None:

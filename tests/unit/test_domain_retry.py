@@ -151,6 +151,20 @@ class TestDecideRetry:
     def test_auth_failure_is_retried_not_burned(self) -> None:
         decision = decide_retry(self.policy, 1, classify_response(401, b""), NOW, FAR_END, 0.5)
         assert decision.action == "retry"
+        assert not decision.counts
+
+    @pytest.mark.parametrize("status", [401, 403])
+    def test_auth_failure_never_exhausts_the_attempts(self, status: int) -> None:
+        refused = classify_response(status, b"")
+        decision = decide_retry(self.policy, self.policy.max_attempts + 5, refused, NOW, FAR_END, 0.5)
+        assert (decision.action, decision.counts) == ("retry", False)
+        transient = decide_retry(self.policy, self.policy.max_attempts, TRANSIENT, NOW, FAR_END, 0.5)
+        assert (transient.action, transient.counts) == ("fail", True)
+
+    def test_auth_failure_still_expires_at_the_mailing_end(self) -> None:
+        refused = classify_response(401, b"")
+        decision = decide_retry(self.policy, 1, refused, NOW, NOW + timedelta(milliseconds=500), 0.5)
+        assert (decision.action, decision.counts) == ("expire", False)
 
     def test_nothing_is_retried_past_the_mailing_end(self) -> None:
         decision = decide_retry(self.policy, 3, TRANSIENT, NOW, NOW + timedelta(seconds=30), 0.5)
