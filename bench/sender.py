@@ -27,9 +27,9 @@ from psycopg import sql
 
 from bench.report import rewrite_section
 from services.probe_stub.token import make_token
-from services.sender.bootstrap import start_sender
+from services.sender.bootstrap import ProviderFactory, start_sender
 from services.sender.metrics import SenderMetrics
-from services.sender.provider import make_session
+from services.sender.provider import ProbeClient, make_session
 from services.sender.settings import SenderSettings
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
@@ -45,7 +45,7 @@ PER_EVENT = 500
 # RabbitMQ's usual sweet spot for a consumer of one message per delivery.
 AMQP_CEILING_PREFETCH = 300
 # Each case is measured this many times, ceilings and sender in turn; the table gives the medians.
-ROUNDS = 5
+ROUNDS = 7
 SECRET = "local-probe-secret"
 # How often the end of a run is looked for; small against the seconds a run takes.
 POLL_SECONDS = 0.01
@@ -74,23 +74,36 @@ class Row:
     def sender(self) -> float:
         return statistics.median(self.senders)
 
+    def ratios(self) -> list[float]:
+        """Each round's sender against that round's own lower ceiling."""
+        return [s / min(h, a) for h, a, s in zip(self.http, self.amqp, self.senders, strict=True)]
+
     @property
-    def target(self) -> tuple[str, float, bool]:
+    def target(self) -> tuple[str, bool]:
+        """The goal as text, and whether it is met.
+
+        At 0 ms the goal is checked round by round: each round's sender against that round's own lower
+        ceiling, and the median of those ratios. The rounds are interleaved so that the host's drift
+        (up to 2x between runs here) hits a round's three figures alike; the ratio of the medians would
+        pair a sender and a ceiling measured minutes apart. Both are printed."""
         if self.latency_ms == 0:
-            goal = 0.7 * min(self.http_ceiling, self.amqp_ceiling)
-            return "70% of the lower ceiling", goal, self.sender >= goal
+            ratio = statistics.median(self.ratios())
+            of_medians = self.sender / min(self.http_ceiling, self.amqp_ceiling)
+            text = f"70% of the lower ceiling: median of the rounds {ratio:.0%}"
+            return f"{text} (ratio of the medians {of_medians:.0%})", ratio >= 0.7
         goal = 0.9 * self.in_flight / (self.latency_ms / 1000)
-        return f"90% of {self.in_flight}/{self.latency_ms / 1000:g} s", goal, self.sender >= goal
+        return f"90% of {self.in_flight}/{self.latency_ms / 1000:g} s = {goal:,.0f}/s", self.sender >= goal
 
     def rounds(self) -> str:
         """Each round's sender against that round's own lower ceiling (or the fixed goal)."""
-        parts = []
-        for http, amqp, sender in zip(self.http, self.amqp, self.senders, strict=True):
-            if self.latency_ms == 0:
-                parts.append(f"{sender:,.0f}/s = {sender / min(http, amqp):.0%} of {min(http, amqp):,.0f}/s")
-            else:
-                parts.append(f"{sender:,.0f}/s")
-        return "; ".join(parts)
+        if self.latency_ms == 0:
+            return "; ".join(
+                f"{sender:,.0f}/s = {ratio:.0%} of {min(http, amqp):,.0f}/s"
+                for http, amqp, sender, ratio in zip(
+                    self.http, self.amqp, self.senders, self.ratios(), strict=True
+                )
+            )
+        return "; ".join(f"{sender:,.0f}/s" for sender in self.senders)
 
 
 def free_port() -> int:
@@ -219,7 +232,14 @@ def sent_so_far(metrics: SenderMetrics) -> float:
     return 0.0
 
 
-async def sender_rate(base: str, token: str, total: int, in_flight: int, namespace: str) -> float:
+async def sender_rate(
+    base: str,
+    token: str,
+    total: int,
+    in_flight: int,
+    namespace: str,
+    make_provider: ProviderFactory = ProbeClient,
+) -> float:
     name, dsn = fresh_database()
     try:
         mailing, first = seed(dsn, total)
@@ -234,7 +254,9 @@ async def sender_rate(base: str, token: str, total: int, in_flight: int, namespa
             probe_token=token,
             max_in_flight=in_flight,
         )
-        app = await start_sender(settings, registry=CollectorRegistry(), serve_ops=False)
+        app = await start_sender(
+            settings, registry=CollectorRegistry(), serve_ops=False, make_provider=make_provider
+        )
         # Throughput, not start-up: the clock starts once the sender consumes. The end is read from
         # the sender's own count of committed `sent` rows, so measuring puts no load on PostgreSQL.
         started = time.perf_counter()
@@ -280,11 +302,10 @@ def table(rows: list[Row]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        what, goal, met = r.target
+        what, met = r.target
         lines.append(
             f"| {r.latency_ms} ms | {r.in_flight} | {r.messages:,} | {r.http_ceiling:,.0f}/s "
-            f"| {r.amqp_ceiling:,.0f}/s | **{r.sender:,.0f}/s** | {what} = {goal:,.0f}/s "
-            f"| {'yes' if met else 'NO'} |"
+            f"| {r.amqp_ceiling:,.0f}/s | **{r.sender:,.0f}/s** | {what} | {'yes' if met else 'NO'} |"
         )
     lines.append("")
     lines += [f"- {r.latency_ms} ms, round by round: {r.rounds()}" for r in rows]
@@ -304,7 +325,8 @@ def write_section(markdown: str) -> None:
         "database is checked once at the end). The seeded tables are vacuumed and checkpointed before each "
         f"sender run. Each case runs {ROUNDS} rounds of HTTP ceiling, AMQP ceiling, sender in turn, so that "
         "the machine's drift (this host varies by +-15% from one second to the next) hits all three alike; "
-        "the table gives the medians.\n\n"
+        "the table gives the medians of each, and the 0 ms target is checked on the median of the rounds' "
+        "own ratios (each round's sender against that round's lower ceiling).\n\n"
         f"Last run ({time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n\n"
     )
@@ -329,7 +351,7 @@ async def main_async(base: str) -> int:
     markdown = table(rows)
     print(markdown)
     write_section(markdown)
-    return 0 if all(r.target[2] for r in rows) else 1
+    return 0 if all(r.target[1] for r in rows) else 1
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.metrics import SenderMetrics
 from services.sender.pacing import Pacer
-from services.sender.provider import ProbeClient, make_session
+from services.sender.provider import AnswerHook, ProbeClient, Provider, make_session
 from services.sender.ratelimit import PostgresTokenBucket, RateLimiter
 from services.sender.service import Clocks, Sender
 from services.sender.settings import SenderSettings
@@ -43,6 +43,9 @@ from shared.readiness import broker_ready, database_ready
 from shared.topology import declare
 
 GC_YOUNG_THRESHOLD = 50_000
+
+# The external API's client: ProbeClient over the shared session; benchmarks put an instant one in.
+ProviderFactory = Callable[[aiohttp.ClientSession, str, AnswerHook], Provider]
 
 
 class AmqpBus:
@@ -118,6 +121,7 @@ async def start_sender(
     registry: CollectorRegistry | None = None,
     serve_ops: bool = True,
     rng: random.Random | None = None,
+    make_provider: ProviderFactory = ProbeClient,
 ) -> SenderApp:
     metrics = SenderMetrics(registry if registry is not None else CollectorRegistry())
     topology = settings.topology()
@@ -173,7 +177,7 @@ async def start_sender(
         metrics.calls.record(label, duration)
         pacer.observe(duration)
 
-    provider = ProbeClient(session, settings.probe_base_url, on_answer)
+    provider = make_provider(session, settings.probe_base_url, on_answer)
     sender = Sender(
         store=store,
         provider=provider,
