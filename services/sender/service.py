@@ -283,7 +283,7 @@ class Sender:
         return True
 
     def _give_back(self, claim: Claim, item: SendItem, route: str) -> asyncio.Future[None]:
-        row = OutcomeRow(claim.message_id, "queued", attempts_delta=-1)
+        row = OutcomeRow(claim.message_id, "queued", attempts=claim.attempts - 1)
         return self.writer.submit(row, item, route)
 
     def _not_sent(self, claim: Claim, item: SendItem, verdict: Verdict) -> asyncio.Future[None]:
@@ -296,7 +296,7 @@ class Sender:
             status,
             last_error=verdict.reason,
             not_before=verdict.not_before,
-            attempts_delta=-1,
+            attempts=claim.attempts - 1,
         )
         return self.writer.submit(row, item)
 
@@ -311,7 +311,7 @@ class Sender:
             "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decision.action, decision.reason
         )
         # An attempt that was not the message's fault (a refused token) is given back.
-        delta = 0 if decision.counts else -1
+        attempts = None if decision.counts else claim.attempts - 1
         if decision.action == "retry":
             assert decision.tier is not None and decision.delay is not None
             row = OutcomeRow(
@@ -319,11 +319,11 @@ class Sender:
                 "retrying",
                 last_error=decision.reason,
                 next_attempt_at=now + timedelta(seconds=decision.delay),
-                attempts_delta=delta,
+                attempts=attempts,
             )
             return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
         if decision.action == "fail":
             row = OutcomeRow(claim.message_id, "failed", last_error=decision.reason)
             return self.writer.submit(row, item, self.topology.parking_key)
-        row = OutcomeRow(claim.message_id, "expired", last_error=decision.reason, attempts_delta=delta)
+        row = OutcomeRow(claim.message_id, "expired", last_error=decision.reason, attempts=attempts)
         return self.writer.submit(row, item)

@@ -43,7 +43,7 @@ _WRITE = f"""
         last_error = COALESCE(u.last_error, m.last_error),
         next_attempt_at = u.next_attempt_at,
         not_before = COALESCE(u.not_before, m.not_before),
-        attempts = m.attempts + u.attempts_delta,
+        attempts = COALESCE(u.attempts, m.attempts),
         -- A message handed back is queued anew: the scheduler's sweep counts from here.
         queued_at = CASE WHEN u.status = 'queued' THEN now() ELSE m.queued_at END,
         lease_until = NULL,
@@ -51,8 +51,8 @@ _WRITE = f"""
     FROM unnest(
         %(ids)b::bigint[], %(statuses)b::text[], %(sent_at)b::timestamptz[],
         %(errors)b::text[], %(next_at)b::timestamptz[], %(not_before)b::timestamptz[],
-        %(deltas)b::int[]
-    ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts_delta)
+        %(attempts)b::int[]
+    ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
     """
@@ -76,7 +76,9 @@ class OutcomeRow(NamedTuple):
     last_error: str | None = None
     next_attempt_at: datetime | None = None
     not_before: datetime | None = None
-    attempts_delta: int = 0
+    # The message's attempts after this write, when it changes (an attempt given back): set, not added,
+    # so a write repeated after a lost reply (the writer retries) leaves the same row.
+    attempts: int | None = None
 
 
 class Written(NamedTuple):
@@ -166,6 +168,6 @@ class Store:
                 "errors": [r.last_error for r in rows],
                 "next_at": [r.next_attempt_at for r in rows],
                 "not_before": [r.not_before for r in rows],
-                "deltas": [r.attempts_delta for r in rows],
+                "attempts": [r.attempts for r in rows],
             }
         return list(map(Written._make, await self._writes.fetch(statement, params)))

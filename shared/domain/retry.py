@@ -90,6 +90,13 @@ def classify_exception(exc: BaseException) -> ProviderResult:
     return ProviderResult(False, FailureKind.TRANSIENT, _short(reason))
 
 
+# A refused token is retried after about this long (rounded up to a tier, the last one at most): its
+# attempts do not grow, so the usual growing delay would keep it at the first tier and cycle a whole
+# backlog through claims and writes every few seconds while the token is broken. Long enough not to,
+# short enough that the messages resume soon after the token is fixed.
+AUTH_RETRY_SECONDS = 120.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
@@ -132,8 +139,11 @@ def decide_retry(
     counts = result.kind is not FailureKind.AUTH
     if counts and attempts_made >= policy.max_attempts:
         return RetryDecision("fail", reason=f"attempts exhausted ({attempts_made}): {result.reason}")
-    base = policy.delays[min(max(attempts_made - 1, 0), len(policy.delays) - 1)]
-    desired = base * (1 + policy.jitter * (2 * rand - 1))
+    if counts:
+        base = policy.delays[min(max(attempts_made - 1, 0), len(policy.delays) - 1)]
+        desired = base * (1 + policy.jitter * (2 * rand - 1))
+    else:
+        desired = AUTH_RETRY_SECONDS
     if result.retry_after is not None:
         desired = max(desired, result.retry_after)
     tier = next((i for i, delay in enumerate(policy.delays) if delay >= desired), len(policy.delays) - 1)

@@ -153,6 +153,14 @@ class TestDecideRetry:
         assert decision.action == "retry"
         assert not decision.counts
 
+    @pytest.mark.parametrize("attempts", [1, 2, 5])
+    def test_auth_failure_waits_about_two_minutes_whatever_the_attempts(self, attempts: int) -> None:
+        # Its attempts never grow, so the delay cannot come from them (it would stay at the first tier).
+        policy = RetryPolicy(delays=(1.0, 5.0, 30.0, 120.0, 600.0))
+        for rand in (0.0, 0.5, 0.999):
+            decision = decide_retry(policy, attempts, classify_response(401, b""), NOW, FAR_END, rand)
+            assert (decision.action, decision.delay) == ("retry", 120.0)
+
     @pytest.mark.parametrize("status", [401, 403])
     def test_auth_failure_never_exhausts_the_attempts(self, status: int) -> None:
         refused = classify_response(status, b"")

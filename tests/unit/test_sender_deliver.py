@@ -19,7 +19,7 @@ from services.sender.service import Clocks, Sender
 from services.sender.store import OutcomeRow
 from services.sender.writer import OutcomeWriter
 from shared.contracts import SendItem
-from shared.domain.retry import ProviderResult, RetryPolicy
+from shared.domain.retry import ProviderResult, RetryPolicy, classify_response
 from shared.topology import Topology
 
 pytestmark = pytest.mark.unit
@@ -36,12 +36,13 @@ class FakeStore:
 
 
 class FakeProvider:
-    def __init__(self) -> None:
+    def __init__(self, answer: ProviderResult = ProviderResult(True, None, "ok")) -> None:
         self.called: list[int] = []
+        self.answer = answer
 
     async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
         self.called.append(claim.message_id)
-        return ProviderResult(True, None, "ok")
+        return self.answer
 
 
 class FakeWriter:
@@ -55,17 +56,15 @@ class FakeWriter:
         return future
 
 
-def message(message_id: int) -> tuple[Claim, SendItem]:
-    claim = Claim(message_id, MAILING.id, message_id, 1, "79001234567", "UTC", False)
+def message(message_id: int, attempts: int = 1) -> tuple[Claim, SendItem]:
+    claim = Claim(message_id, MAILING.id, message_id, attempts, "79001234567", "UTC", False)
     return claim, SendItem(message_id=message_id, mailing_id=MAILING.id, client_id=message_id)
 
 
-async def test_a_message_whose_pacing_wait_meets_a_stop_is_given_back_not_called() -> None:
-    provider, writer = FakeProvider(), FakeWriter()
-    pacer = Pacer(callers=1, monotonic=time.monotonic)
-    pacer.observe(0.2)  # one caller, 200 ms calls: starts at least 160 ms apart
-    topology = Topology("t")
-    sender = Sender(
+def make_sender(
+    provider: FakeProvider, writer: FakeWriter, topology: Topology, pacer: Pacer | None = None
+) -> Sender:
+    return Sender(
         store=FakeStore(),
         provider=provider,
         writer=cast(OutcomeWriter, writer),
@@ -80,6 +79,14 @@ async def test_a_message_whose_pacing_wait_meets_a_stop_is_given_back_not_called
         mailing_recheck_seconds=60.0,
         pacer=pacer,
     )
+
+
+async def test_a_message_whose_pacing_wait_meets_a_stop_is_given_back_not_called() -> None:
+    provider, writer = FakeProvider(), FakeWriter()
+    pacer = Pacer(callers=1, monotonic=time.monotonic)
+    pacer.observe(0.2)  # one caller, 200 ms calls: starts at least 160 ms apart
+    topology = Topology("t")
+    sender = make_sender(provider, writer, topology, pacer)
     give_up_at = time.monotonic() + 30
     await sender._deliver(*message(1), give_up_at)  # takes the first slot: called at once
     second = asyncio.create_task(sender._deliver(*message(2), give_up_at))
@@ -91,5 +98,26 @@ async def test_a_message_whose_pacing_wait_meets_a_stop_is_given_back_not_called
     assert provider.called == [1]
     (sent, _), (given_back, route) = writer.rows
     assert sent.status == "sent"
-    assert (given_back.message_id, given_back.status, given_back.attempts_delta) == (2, "queued", -1)
+    assert (given_back.message_id, given_back.status, given_back.attempts) == (2, "queued", 0)
     assert route == topology.send_key
+
+
+@pytest.mark.parametrize(
+    ("answer", "attempts_written"),
+    [
+        (classify_response(401, b""), 2),  # the token's fault: the claim's attempt is given back
+        (classify_response(403, b""), 2),
+        (classify_response(503, b""), None),  # counted: the claim's count stands
+    ],
+)
+async def test_a_refused_token_gives_the_attempt_back_a_failure_keeps_it(
+    answer: ProviderResult, attempts_written: int | None
+) -> None:
+    writer, topology = FakeWriter(), Topology("t")
+    sender = make_sender(FakeProvider(answer), writer, topology)
+
+    await sender._deliver(*message(1, attempts=3), time.monotonic() + 30)
+
+    ((row, route),) = writer.rows
+    assert (row.status, row.attempts) == ("retrying", attempts_written)
+    assert route in {topology.retry_key(tier) for tier in range(len(topology.retry_delays))}
