@@ -83,7 +83,8 @@ def finalized_body(
     """`MessagesFinalized(outcomes=...).encode()` for outcomes given as (message_id, mailing_id, client_id,
     status, attempts, reason), written directly: the sender publishes one such event per status write,
     thousands of outcomes a second, and building and validating a model for each costs more than the
-    rest of the write. It checks what the model would (tests compare the two) and parses back to it."""
+    rest of the write. It parses back to the model built from the same outcomes (tests compare the two)
+    and is stricter than the model: ids and attempts must be ints, `occurred_at` timezone-aware."""
     if not outcomes:
         raise ValueError("a MessagesFinalized event needs at least one outcome")
     if occurred_at.utcoffset() is None:

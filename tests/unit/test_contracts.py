@@ -54,7 +54,7 @@ def test_the_direct_body_parses_to_the_model_built_from_the_same_outcomes(
         ([("1", 2, 3, "sent", 1, None)], datetime.now(UTC), "Unknown format code"),
     ],
 )
-def test_what_the_model_would_refuse_is_refused(
+def test_what_no_event_may_carry_is_refused(
     rows: list[tuple[int, int, int, str, int, str | None]], at: datetime, problem: str
 ) -> None:
     with pytest.raises(ValueError, match=problem):
