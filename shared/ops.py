@@ -12,6 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.readiness import broker_ready, database_ready
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
@@ -44,6 +46,21 @@ async def start_ops_server(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+async def start_service_ops(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    engine: AsyncEngine,
+    connection: AbstractRobustConnection,
+) -> web.AppRunner:
+    """The ops server of a background service: ready while both PostgreSQL and RabbitMQ are."""
+
+    async def readiness() -> dict[str, bool]:
+        return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
+
+    return await start_ops_server(host, port, registry, readiness)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,7 @@ from shared.broker import Consumer, Publisher, confirm_channel, connect
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
-from shared.ops import release, start_ops_server, stop_on_signals
-from shared.readiness import broker_ready, database_ready
+from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
 
@@ -83,12 +82,8 @@ async def start_reporter(
     )
     ops = None
     if serve_ops:
-
-        async def readiness() -> dict[str, bool]:
-            return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
-
-        ops = await start_ops_server(
-            settings.metrics_host, settings.metrics_port, metrics.registry, readiness
+        ops = await start_service_ops(
+            settings.metrics_host, settings.metrics_port, metrics.registry, engine, connection
         )
     await consumer.start()
     stopping = asyncio.Event()

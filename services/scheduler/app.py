@@ -15,8 +15,7 @@ from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connec
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import release, start_ops_server, stop_on_signals
-from shared.readiness import broker_ready, database_ready
+from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
 
@@ -56,16 +55,15 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
             await scheduler.on_mailing_changed(delivery)
             wake.set()
 
-        async def readiness() -> dict[str, bool]:
-            return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
-
         consumer_channel = await connection.channel()
         await consumer_channel.set_qos(prefetch_count=16)
         queue = await consumer_channel.get_queue(topology.service_queue("scheduler"))
         consumer = Consumer(
             queue, MailingChanged, on_event, parking=Publisher(work), parking_key=topology.parking_key
         )
-        ops = await start_ops_server(settings.metrics_host, settings.metrics_port, registry, readiness)
+        ops = await start_service_ops(
+            settings.metrics_host, settings.metrics_port, registry, engine, connection
+        )
         await consumer.start()
         logger.info(
             "scheduler running: tick {}s, batch {}, {} per event, max outstanding {}, metrics on {}:{}",

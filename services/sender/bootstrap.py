@@ -38,8 +38,7 @@ from shared.broker import (
 from shared.clock import utc_now
 from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
 from shared.db import make_engine
-from shared.ops import release, start_ops_server
-from shared.readiness import broker_ready, database_ready
+from shared.ops import release, start_service_ops
 from shared.topology import declare
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -204,12 +203,8 @@ async def start_sender(
     )
     ops = None
     if serve_ops:
-
-        async def readiness() -> dict[str, bool]:
-            return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
-
-        ops = await start_ops_server(
-            settings.metrics_host, settings.metrics_port, metrics.registry, readiness
+        ops = await start_service_ops(
+            settings.metrics_host, settings.metrics_port, metrics.registry, engine, connection
         )
     # Everything built so far lives as long as the process: keep the collector from walking it again
     # and again, and let it run less often under a load that allocates thousands of objects a second.
