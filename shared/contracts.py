@@ -89,16 +89,21 @@ def finalized_body(
         raise ValueError("a MessagesFinalized event needs at least one outcome")
     if occurred_at.utcoffset() is None:
         raise ValueError("occurred_at must be timezone-aware")
-    at = occurred_at.isoformat()
-    parts = []
+    tail = f'"occurred_at":"{occurred_at.isoformat()}","reason":'
+    parts: list[str] = []
+    append = parts.append
     for message_id, mailing_id, client_id, status, attempts, reason in outcomes:
         if status not in _FINAL_STATUSES:
             raise ValueError(f"not a final status: {status!r}")
-        # The :d format refuses anything but an integer, as the model's int fields would.
-        parts.append(
-            f'{{"message_id":{message_id:d},"mailing_id":{mailing_id:d},"client_id":{client_id:d},'
-            f'"status":"{status}","attempts":{attempts:d},"occurred_at":"{at}",'
-            f'"reason":{"null" if reason is None else json.dumps(reason)}}}'
+        # Plain ints only (not bools, not numeric strings): then printing them is valid JSON. Checked
+        # by type, which is cheaper than an integer format for each field.
+        if not (type(message_id) is type(mailing_id) is type(client_id) is type(attempts) is int):
+            numbers = (message_id, mailing_id, client_id, attempts)
+            raise ValueError(f"ids and attempts must be integers, not {numbers!r}")
+        append(
+            f'{{"message_id":{message_id},"mailing_id":{mailing_id},"client_id":{client_id},'
+            f'"status":"{status}","attempts":{attempts},{tail}'
+            f"{'null' if reason is None else json.dumps(reason)}}}"
         )
     joined = ",".join(parts)
     return f'{{"schema_version":1,"outcomes":[{joined}],"routing_key":"{FINALIZED_ROUTING_KEY}"}}'.encode()

@@ -23,6 +23,17 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
 
 
+# loguru keeps the lowest level any sink takes on its core (private, there since loguru 0.4).
+_CORE = getattr(logger, "_core", None)
+_INFO = 20
+
+
+def info_enabled() -> bool:
+    """Whether any sink takes INFO records: a hot path may then skip building a record nobody writes.
+    If loguru ever stops keeping that level where it does, the answer is yes."""
+    return _CORE is None or bool(_CORE.min_level <= _INFO)
+
+
 def _human_format(record: Any) -> str:
     extra = " ".join(f"{k}={v}" for k, v in record["extra"].items() if k != "service")
     suffix = f" | {extra}" if extra else ""

@@ -74,6 +74,11 @@ class CircuitBreaker:
             self._probes_out -= 1
 
     def record(self, success: bool) -> None:
+        if success and not self._failures and self._state is BreakerState.CLOSED:
+            # Nearly every call: a success in a window without failures changes no count and cannot
+            # open the breaker (the slot it pushes out, if any, was a success too).
+            self._results.append(True)
+            return
         state = self._state if self._state is BreakerState.CLOSED else self.state
         if state is BreakerState.HALF_OPEN:
             if not success:

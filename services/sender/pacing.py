@@ -47,12 +47,15 @@ class Pacer:
         if now - self._window_started >= LATENCY_WINDOW_SECONDS:
             self._previous_min, self._window_min = self._window_min, math.inf
             self._window_started = now
+        # Comparisons rather than min() and max() here and below: this runs for every call, and the
+        # builtins cost more than the rest of it.
         if duration < self._window_min:
             self._window_min = duration
-        interval = min(self._window_min, self._previous_min) / (self.callers * self.gain)
-        if interval < self.interval:
+        lowest = self._window_min if self._window_min < self._previous_min else self._previous_min
+        interval = lowest / (self.callers * self.gain)
+        if interval < self.interval and now + interval < self._next_slot:
             # The provider got faster: slots handed out at the old spacing are pulled in.
-            self._next_slot = min(self._next_slot, now + interval)
+            self._next_slot = now + interval
         self.interval = interval
 
     def reserve(self) -> float:
@@ -60,7 +63,12 @@ class Pacer:
         now = self.monotonic()
         if now - self._window_started >= 2 * LATENCY_WINDOW_SECONDS:
             self._forget()
-        slot = min(max(self._next_slot, now), now + MAX_WAIT_SECONDS)
+        slot = self._next_slot
+        if slot <= now:
+            self._next_slot = now + self.interval
+            return 0.0
+        if slot > now + MAX_WAIT_SECONDS:
+            slot = now + MAX_WAIT_SECONDS
         self._next_slot = slot + self.interval
         wait = slot - now
         return wait if wait >= MIN_WAIT_SECONDS else 0.0

@@ -13,6 +13,7 @@ from yarl import URL
 
 from services.sender.checks import Claim
 from shared.domain.retry import ProviderResult, classify_exception, classify_response
+from shared.logging import info_enabled
 
 TEXT_CACHE_SIZE = 256
 
@@ -87,6 +88,8 @@ class ProbeClient:
         duration = time.perf_counter() - started
         if self.on_answer is not None:
             self.on_answer(result_label(result, status), duration)
+        if not info_enabled():
+            return result
         # Keyword arguments land in the record's extra fields, as bind() would put them, for less.
         logger.info(
             "probe POST /v1/send/{} -> {} ({})",

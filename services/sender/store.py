@@ -58,12 +58,14 @@ _WRITE = f"""
     """
 
 
+# The common case, successes only: two arrays to send instead of seven, and only the ids back (the
+# writer has the rest from the claims).
 _WRITE_SENT = f"""
     UPDATE messages AS m
     SET status = 'sent', sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
     FROM unnest(%(ids)b::bigint[], %(sent_at)b::timestamptz[]) AS u(id, sent_at)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
-    RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
+    RETURNING m.id
     """
 
 
@@ -154,20 +156,19 @@ class Store:
         return {row[0]: _mailing(row) for row in rows}
 
     async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]:
-        statement: str = _WRITE
-        params: dict[str, list[Any]] = {
+        """Write these outcomes; returns the rows written (a message already final is left as it is)."""
+        params = {
             "ids": [r.message_id for r in rows],
+            "statuses": [r.status for r in rows],
             "sent_at": [r.sent_at for r in rows],
+            "errors": [r.last_error for r in rows],
+            "next_at": [r.next_attempt_at for r in rows],
+            "not_before": [r.not_before for r in rows],
+            "attempts": [r.attempts for r in rows],
         }
-        if all(r.status == "sent" for r in rows):
-            # The common case, with two arrays to send instead of seven.
-            statement = _WRITE_SENT
-        else:
-            params |= {
-                "statuses": [r.status for r in rows],
-                "errors": [r.last_error for r in rows],
-                "next_at": [r.next_attempt_at for r in rows],
-                "not_before": [r.not_before for r in rows],
-                "attempts": [r.attempts for r in rows],
-            }
-        return list(map(Written._make, await self._writes.fetch(statement, params)))
+        return list(map(Written._make, await self._writes.fetch(_WRITE, params)))
+
+    async def write_sent(self, ids: list[int], sent_at: list[datetime]) -> set[int]:
+        """Mark these messages sent, each at its time; returns the ids written (not already final)."""
+        rows = await self._writes.fetch(_WRITE_SENT, {"ids": ids, "sent_at": sent_at})
+        return {row[0] for row in rows}

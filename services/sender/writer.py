@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from loguru import logger
 
+from services.sender.checks import Claim
 from services.sender.metrics import SenderMetrics
 from services.sender.store import OutcomeRow, Written
 from shared.contracts import SendItem, SendMessages, finalized_body
@@ -19,10 +20,15 @@ from shared.domain.statuses import FINAL_MESSAGE_STATUSES
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
 _FINAL = frozenset(status.value for status in FINAL_MESSAGE_STATUSES)
+W = TypeVar("W")
+# One `message.finalized` outcome: message_id, mailing_id, client_id, status, attempts, reason.
+Outcome = tuple[int, int, int, str, int, str | None]
 
 
 class OutcomeStore(Protocol):
     async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]: ...
+
+    async def write_sent(self, ids: list[int], sent_at: list[datetime]) -> set[int]: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class OutcomeWriter:
         self.now = now
         self.interval = interval
         self.max_rows = max_rows
+        # The common outcome, a success, is kept as the caller's own claim and the time: no row object
+        # is built per message for it. Every other outcome is a full row.
+        self._sent: list[tuple[Claim, datetime]] = []
         self._batch: list[_Pending] = []
         self._batch_written: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -76,12 +85,22 @@ class OutcomeWriter:
     def submit(self, row: OutcomeRow, item: SendItem, route: str | None = None) -> asyncio.Future[None]:
         """Queue a status write; the future (shared by the whole batch) resolves once it is committed
         and its follow-up copies are confirmed."""
-        if self._batch_written is None:
-            self._batch_written = asyncio.get_running_loop().create_future()
         self._batch.append(_Pending(row, item, route))
-        if len(self._batch) == 1 or len(self._batch) >= self.max_rows:
+        return self._queued()
+
+    def sent(self, claim: Claim, at: datetime) -> asyncio.Future[None]:
+        """Queue `sent` at `at` for a claimed message: `submit` for the outcome of nearly every call."""
+        self._sent.append((claim, at))
+        return self._queued()
+
+    def _queued(self) -> asyncio.Future[None]:
+        future = self._batch_written
+        if future is None:
+            future = self._batch_written = asyncio.get_running_loop().create_future()
             self._wake.set()
-        return self._batch_written
+        elif len(self._sent) + len(self._batch) >= self.max_rows:
+            self._wake.set()
+        return future
 
     async def close(self) -> None:
         """Write what is left and stop."""
@@ -94,54 +113,79 @@ class OutcomeWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._batch) < self.max_rows and not self._closing:
+            if len(self._sent) + len(self._batch) < self.max_rows and not self._closing:
                 await asyncio.sleep(self.interval)
-            while self._batch:
-                batch, future = self._batch, self._batch_written
-                self._batch, self._batch_written = [], None
-                assert future is not None
-                await self._flush(batch, future)
+            while self._batch_written is not None:
+                sent, batch, future = self._sent, self._batch, self._batch_written
+                self._sent, self._batch, self._batch_written = [], [], None
+                await self._flush(sent, batch, future)
             if self._closing:
                 return
 
-    async def _flush(self, batch: list[_Pending], future: asyncio.Future[None]) -> None:
+    async def _flush(
+        self, sent: list[tuple[Claim, datetime]], batch: list[_Pending], future: asyncio.Future[None]
+    ) -> None:
         try:
-            written = await self._write([p.row for p in batch])
-            await self._follow_up(batch, written)
+            outcomes: list[Outcome] = []
+            if sent:
+                outcomes = await self._write_sent(sent)
+            written = await self._write([p.row for p in batch]) if batch else []
+            await self._follow_up(batch, written, outcomes)
         except Exception as exc:
-            logger.exception("status write of {} messages failed", len(batch))
+            logger.exception("status write of {} messages failed", len(sent) + len(batch))
             future.set_exception(exc)
             # Every waiting delivery sees the error; mark it retrieved so asyncio does not warn twice.
             future.exception()
             return
         future.set_result(None)
 
+    async def _write_sent(self, sent: list[tuple[Claim, datetime]]) -> list[Outcome]:
+        """Write the successes; returns the outcomes of those written (not already final)."""
+        ids = [claim.message_id for claim, _ in sent]
+        times = [at for _, at in sent]
+        written = await self._retrying(lambda: self.store.write_sent(ids, times), len(ids))
+        return [
+            (claim.message_id, claim.mailing_id, claim.client_id, "sent", claim.attempts, None)
+            for claim, _ in sent
+            if claim.message_id in written
+        ]
+
     async def _write(self, rows: list[OutcomeRow]) -> list[Written]:
+        return await self._retrying(lambda: self.store.write(rows), len(rows))
+
+    async def _retrying(self, write: Callable[[], Awaitable[W]], rows: int) -> W:
         # Outcomes of calls already made must not be dropped: giving up would let the lease run out and
         # the message be sent again. So keep trying until it works, bounded only while shutting down.
+        # Each write is idempotent (a final status never changes), so repeating one whose reply was
+        # lost is harmless.
         failures = 0
         while True:
             started = time.perf_counter()
             try:
-                written = await self.store.write(rows)
+                written = await write()
             except Exception as exc:
                 failures += 1
                 if self._closing and failures > len(WRITE_RETRY_PAUSES):
                     raise
                 pause = WRITE_RETRY_PAUSES[min(failures, len(WRITE_RETRY_PAUSES)) - 1]
-                logger.warning("status write of {} rows failed ({!r}), retry in {}s", len(rows), exc, pause)
+                logger.warning("status write of {} rows failed ({!r}), retry in {}s", rows, exc, pause)
                 await asyncio.sleep(pause)
                 continue
             self.metrics.flush_seconds.observe(time.perf_counter() - started)
-            self.metrics.flush_rows.inc(len(rows))
+            self.metrics.flush_rows.inc(rows)
             return written
 
-    async def _follow_up(self, batch: list[_Pending], written: list[Written]) -> None:
+    async def _follow_up(
+        self, batch: list[_Pending], written: list[Written], outcomes: list[Outcome]
+    ) -> None:
+        """Count the outcomes written, publish the copies (retry tiers, parking lot, send queue) and the
+        `message.finalized` event; `outcomes` holds the successes already."""
         done = {w.message_id: w for w in written}
         routed: dict[str, list[SendItem]] = defaultdict(list)
         parked: list[WorkCopy] = []
-        outcomes: list[tuple[int, int, int, str, int, str | None]] = []
         by_status: Counter[str] = Counter()
+        if outcomes:
+            by_status["sent"] = len(outcomes)
         at = self.now()
         for pending in batch:
             row = done.get(pending.row.message_id)

@@ -98,6 +98,35 @@ async def test_messages_are_sent_and_their_outcomes_published(
     assert sorted(o.message_id for e in events for o in e.outcomes) == sorted(i.message_id for i in items)
 
 
+async def test_successes_and_failures_written_together_each_get_their_outcome(
+    db: Db, stub: Stub, senders: Senders, settings: CommonSettings, topology: Topology
+) -> None:
+    # Successes and other outcomes go out in statements of their own within one flush (a long flush
+    # interval puts both kinds in each): every message still ends with one outcome, as the database has it.
+    observer = await observe_events(settings.amqp_url, topology, "message.#")
+    await stub.faults(error_rate=0.5)
+    await senders.start(flush_interval_ms=200.0)
+    mailing, items = await send_new_mailing(db, settings.amqp_url, topology, 40, per_event=40)
+
+    async def some_retrying() -> bool:
+        return any(row[0] == "retrying" for row in (await db.statuses(mailing)).values())
+
+    await eventually(some_retrying, what="a failed first attempt")
+    await stub.faults(error_rate=0)
+    await eventually(lambda: all_final(db, mailing), what="every message final")
+
+    rows = await db.statuses(mailing)
+    assert {row[0] for row in rows.values()} == {"sent"}
+    assert any(row[1] > 1 for row in rows.values()), "no message needed a second attempt"
+    events = [decode(MessagesFinalized, b) for b in await drain_queue(settings.amqp_url, observer)]
+    outcomes = {o.message_id: o for e in events for o in e.outcomes}
+    assert sum(len(e.outcomes) for e in events) == len(outcomes) == len(items)
+    clients = {i.message_id: i.client_id for i in items}
+    for message_id, outcome in outcomes.items():
+        assert (outcome.status, outcome.attempts) == (rows[message_id][0], rows[message_id][1])
+        assert (outcome.mailing_id, outcome.client_id) == (mailing, clients[message_id])
+
+
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [

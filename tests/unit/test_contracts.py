@@ -51,7 +51,9 @@ def test_the_direct_body_parses_to_the_model_built_from_the_same_outcomes(
         ([], datetime.now(UTC), "at least one outcome"),
         ([(1, 2, 3, "retrying", 1, None)], datetime.now(UTC), "not a final status"),
         ([(1, 2, 3, "sent", 1, None)], datetime(2026, 1, 1), "timezone-aware"),
-        ([("1", 2, 3, "sent", 1, None)], datetime.now(UTC), "Unknown format code"),
+        ([("1", 2, 3, "sent", 1, None)], datetime.now(UTC), "must be integers"),
+        ([(1, 2, 3, "sent", True, None)], datetime.now(UTC), "must be integers"),
+        ([(1, 2.0, 3, "sent", 1, None)], datetime.now(UTC), "must be integers"),
     ],
 )
 def test_what_no_event_may_carry_is_refused(

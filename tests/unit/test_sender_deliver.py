@@ -55,6 +55,10 @@ class FakeWriter:
         future.set_result(None)
         return future
 
+    def sent(self, claim: Claim, at: datetime) -> asyncio.Future[None]:
+        item = SendItem(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id)
+        return self.submit(OutcomeRow(claim.message_id, "sent", at), item)
+
 
 def message(message_id: int, attempts: int = 1) -> tuple[Claim, SendItem]:
     claim = Claim(message_id, MAILING.id, message_id, attempts, "79001234567", "UTC", False)
