@@ -45,7 +45,7 @@ PER_EVENT = 500
 # RabbitMQ's usual sweet spot for a consumer of one message per delivery.
 AMQP_CEILING_PREFETCH = 300
 # Each case is measured this many times, ceilings and sender in turn; the table gives the medians.
-ROUNDS = 7
+ROUNDS = 9
 SECRET = "local-probe-secret"
 # How often the end of a run is looked for; small against the seconds a run takes.
 POLL_SECONDS = 0.01
@@ -99,6 +99,7 @@ class Row:
         if self.latency_ms == 0:
             return "; ".join(
                 f"{sender:,.0f}/s = {ratio:.0%} of {min(http, amqp):,.0f}/s"
+                f" (HTTP {http:,.0f}, AMQP {amqp:,.0f})"
                 for http, amqp, sender, ratio in zip(
                     self.http, self.amqp, self.senders, self.ratios(), strict=True
                 )

@@ -105,7 +105,7 @@ class ProbeClient:
             result = classify_exception(exc)
         duration = time.perf_counter() - started
         if self.on_answer is not None:
-            self.on_answer(result_label(result, status), duration)
+            self.on_answer("ok" if result.ok else result_label(result, status), duration)
         if not info_enabled():
             return result
         # Keyword arguments land in the record's extra fields, as bind() would put them, for less.
