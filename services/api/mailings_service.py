@@ -147,6 +147,12 @@ async def update_mailing(
     end_at = changes.get("end_at", mailing.end_at)
     if "start_at" in changes or "end_at" in changes:
         _check_period(start_at, end_at, now)
+    if mailing.status == MailingStatus.RUNNING and start_at > now and start_at != mailing.start_at:
+        # Its messages are being planned and sent already; a later start cannot call them back.
+        log.info("start change refused: the mailing is running")
+        raise Conflict(
+            "start_at", "a running mailing cannot start later: pause it to hold its messages, or cancel it"
+        )
     if (
         "text" in changes
         and changes["text"] != mailing.text

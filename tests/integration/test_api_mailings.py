@@ -238,6 +238,25 @@ async def test_a_running_mailing_takes_a_new_filter_and_window(
     assert response.json()["status"] == "running"
 
 
+async def test_a_running_mailing_cannot_start_later_but_may_take_an_earlier_start(
+    api: httpx.AsyncClient, api_settings: ApiSettings
+) -> None:
+    mailing = await create(api, start_at=(datetime.now(UTC) - timedelta(minutes=5)).isoformat())
+    await set_status(api_settings, mailing["id"], "running")
+    url = f"{MAILINGS}/{mailing['id']}"
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    refused = await api.patch(url, json={"start_at": later})
+    assert refused.status_code == 409
+    assert error_fields(refused) == {"start_at"}
+    assert (await api.get(url)).json()["start_at"] == mailing["start_at"]
+
+    earlier = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    moved = await api.patch(url, json={"start_at": earlier.isoformat()})
+    assert moved.status_code == 200, moved.text
+    assert datetime.fromisoformat(moved.json()["start_at"]) == earlier
+    assert moved.json()["status"] == "running"
+
+
 async def test_the_text_may_change_only_while_nothing_was_sent(
     api: httpx.AsyncClient, api_settings: ApiSettings
 ) -> None:
