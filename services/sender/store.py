@@ -37,10 +37,11 @@ _CLAIM = """
 
 _MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")
 
+# Every outcome but a success (see _WRITE_SENT): retrying, failed, expired, cancelled, or back to
+# pending or queued.
 _WRITE = f"""
     UPDATE messages AS m
     SET status = u.status,
-        sent_at = COALESCE(u.sent_at, m.sent_at),
         last_error = COALESCE(u.last_error, m.last_error),
         next_attempt_at = u.next_attempt_at,
         not_before = COALESCE(u.not_before, m.not_before),
@@ -50,16 +51,15 @@ _WRITE = f"""
         lease_until = NULL,
         updated_at = now()
     FROM unnest(
-        %(ids)b::bigint[], %(statuses)b::text[], %(sent_at)b::timestamptz[],
-        %(errors)b::text[], %(next_at)b::timestamptz[], %(not_before)b::timestamptz[],
-        %(attempts)b::int[]
-    ) AS u(id, status, sent_at, last_error, next_attempt_at, not_before, attempts)
+        %(ids)b::bigint[], %(statuses)b::text[], %(errors)b::text[],
+        %(next_at)b::timestamptz[], %(not_before)b::timestamptz[], %(attempts)b::int[]
+    ) AS u(id, status, last_error, next_attempt_at, not_before, attempts)
     WHERE m.id = u.id AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
     """
 
 
-# The common case, successes only: two arrays to send instead of seven, and only the ids back (the
+# The common case, successes only: two arrays to send instead of six, and only the ids back (the
 # writer has the rest from the claims).
 _WRITE_SENT = f"""
     UPDATE messages AS m
@@ -74,11 +74,11 @@ _as_claim = partial(tuple.__new__, Claim)
 
 
 class OutcomeRow(NamedTuple):
-    """One status write. `status` is the current one (queued/retrying) when the call never happened."""
+    """One status write other than `sent` (see `Store.write_sent`). `status` is the current one
+    (queued/retrying) when the call never happened."""
 
     message_id: int
     status: str
-    sent_at: datetime | None = None
     last_error: str | None = None
     next_attempt_at: datetime | None = None
     not_before: datetime | None = None
@@ -167,7 +167,6 @@ class Store:
         params = {
             "ids": [r.message_id for r in rows],
             "statuses": [r.status for r in rows],
-            "sent_at": [r.sent_at for r in rows],
             "errors": [r.last_error for r in rows],
             "next_at": [r.next_attempt_at for r in rows],
             "not_before": [r.not_before for r in rows],

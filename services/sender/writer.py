@@ -195,8 +195,9 @@ class OutcomeWriter:
             status = row.status
             by_status[status] += 1
             if status in _FINAL:
-                reason = row.last_error if status != "sent" else None
-                outcomes.append((row.message_id, row.mailing_id, row.client_id, status, row.attempts, reason))
+                outcomes.append(
+                    (row.message_id, row.mailing_id, row.client_id, status, row.attempts, row.last_error)
+                )
             if pending.route == self.parking_key:
                 command = SendMessages(messages=[pending.item])
                 reason = (row.last_error or "")[:500]

@@ -32,7 +32,11 @@ async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
         rows = [
             OutcomeRow(given_back.message_id, "queued", attempts=given_back.attempts - 1),
             OutcomeRow(
-                refused.message_id, "retrying", None, "http 401", retry_at, None, refused.attempts - 1
+                refused.message_id,
+                "retrying",
+                last_error="http 401",
+                next_attempt_at=retry_at,
+                attempts=refused.attempts - 1,
             ),
         ]
 

@@ -57,7 +57,7 @@ class FakeWriter:
 
     def sent(self, claim: Claim, at: datetime) -> asyncio.Future[None]:
         item = SendItem(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id)
-        return self.submit(OutcomeRow(claim.message_id, "sent", at), item)
+        return self.submit(OutcomeRow(claim.message_id, "sent"), item)
 
 
 def message(message_id: int, attempts: int = 1) -> tuple[Claim, SendItem]:
