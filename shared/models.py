@@ -114,6 +114,8 @@ class Message(Base):
     # A sender holds a message while its request is in flight; a redelivered copy skips it.
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The token of the claim holding the message: writes and releases by any other holder match nothing.
+    claim_token: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -166,6 +168,16 @@ class SenderRateBucket(Base):
     refreshed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class SendProgress(Base):
+    """How far a send queue has been consumed: the entry time of the newest message claimed from it."""
+
+    __tablename__ = "send_progress"
+
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    consumed_through: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = _now()
+
+
 class ReportOutcome(Base):
     """A final status as the reporter heard it (message.finalized); the key drops re-delivered events."""
 
@@ -197,5 +209,8 @@ class ReportRun(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     mail_message_id: Mapped[str | None] = mapped_column(String(255))
+    # The reporter holding the day while it sends, until the lease runs out.
+    holder: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint("status IN ('sending', 'sent')", name="status_known"),)
