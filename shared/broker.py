@@ -98,6 +98,11 @@ class Reject(Exception):
     """A handler raises it for a delivery that can never be processed: it goes to the parking lot."""
 
 
+class Requeue(Exception):
+    """A handler raises it for a delivery it cannot take now (another consumer may): it is requeued
+    after the pause, with a warning instead of a traceback."""
+
+
 T = TypeVar("T", bound=Contract)
 
 
@@ -161,6 +166,10 @@ class Consumer(Generic[C]):
         except asyncio.CancelledError:
             await message.nack(requeue=True)
             raise
+        except Requeue as exc:
+            logger.warning("requeueing a delivery from {}: {}", self.queue.name, exc)
+            await asyncio.sleep(self.requeue_pause)
+            await message.nack(requeue=True)
         except Exception:
             logger.exception("handler failed on {} (delivery {}); requeueing", self.queue.name, count + 1)
             await asyncio.sleep(self.requeue_pause)
@@ -188,16 +197,33 @@ class Consumer(Generic[C]):
             await asyncio.wait(list(self._active), timeout=drain_timeout)
 
 
-async def consumer_count(channel: AbstractChannel, name: str) -> int:
-    """How many consumers the named queue has (passive declare: never creates the queue)."""
-    queue = await channel.declare_queue(name, passive=True)
-    return int(queue.declaration_result.consumer_count or 0)
+# Reading a queue's counts must not hang a service's loop while the broker is away.
+QUEUE_STATUS_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    ready: int
+    consumers: int
+
+
+async def queue_status(channel: AbstractChannel, name: str) -> QueueStatus:
+    """The named queue's ready messages and consumers, by a passive declare on the underlying channel:
+    it never creates the queue, and unlike `declare_queue` it leaves nothing on a robust channel to be
+    declared again after every reconnect."""
+    async with asyncio.timeout(QUEUE_STATUS_TIMEOUT_SECONDS):
+        underlay = await channel.get_underlay_channel()
+        result = await underlay.queue_declare(name, passive=True)
+    return QueueStatus(int(result.message_count or 0), int(result.consumer_count or 0))
 
 
 async def queue_depths(channel: AbstractChannel, names: Sequence[str]) -> dict[str, int]:
-    """Ready-message counts of the named queues (passive declare: never creates a queue)."""
-    depths: dict[str, int] = {}
-    for name in names:
-        queue = await channel.declare_queue(name, passive=True)
-        depths[name] = int(queue.declaration_result.message_count or 0)
-    return depths
+    """Ready-message counts of the named queues."""
+    return {name: (await queue_status(channel, name)).ready for name in names}
+
+
+async def consumed_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """A queue to consume from, known to the robust channel: after the broker comes back the channel
+    declares it again and restores its consumers (a queue got with `get_queue(ensure=False)` is not
+    restored, and its consumer silently stays gone)."""
+    return await channel.declare_queue(name, passive=True)

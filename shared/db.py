@@ -14,6 +14,8 @@ def make_engine(settings: CommonSettings, *, pool_size: int | None = None) -> As
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=5,
         pool_pre_ping=True,
+        pool_timeout=settings.db_deadline_seconds,
+        connect_args=settings.db_connect_args(),
     )
 
 

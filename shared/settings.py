@@ -22,11 +22,35 @@ class CommonSettings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
     db_pool_size: int = Field(default=10, ge=1)
+    # No statement, connect or lock wait runs without a bound: the server cancels a statement after
+    # db_statement_timeout_seconds, and the client gives up a few seconds later (a frozen connection
+    # never answers, not even the server's cancellation).
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_connect_timeout_seconds: int = Field(default=10, ge=1)
     # Delays of the retry tiers (seconds); one RabbitMQ TTL queue per delay.
     retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
 
     def topology(self) -> Topology:
         return Topology(self.amqp_namespace, retry_delays=self.retry_delays_seconds)
+
+    @property
+    def db_deadline_seconds(self) -> float:
+        """How long a client waits for any one statement before it drops the connection."""
+        return self.db_statement_timeout_seconds + 5.0
+
+    def db_connect_args(self) -> dict[str, Any]:
+        """libpq parameters of every connection: timeouts, and TCP keepalives that find a dead peer
+        (a database host that vanished) within about half a minute."""
+        timeout_ms = int(self.db_statement_timeout_seconds * 1000)
+        return {
+            "connect_timeout": self.db_connect_timeout_seconds,
+            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={timeout_ms * 2}",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
 
     @property
     def psycopg_dsn(self) -> str:

@@ -16,7 +16,7 @@ from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.service import Reporter
 from services.reporter.settings import ReporterSettings
-from shared.broker import Consumer, Publisher, confirm_channel, connect
+from shared.broker import Consumer, Publisher, confirm_channel, connect, consumed_queue
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
@@ -72,7 +72,7 @@ async def start_reporter(
     reporter = Reporter(engine, mailer or SmtpMailer(settings), settings, metrics, clock=clock)
     consume_channel = await connection.channel()
     await consume_channel.set_qos(prefetch_count=settings.prefetch)
-    queue = await consume_channel.get_queue(topology.service_queue("reporter"), ensure=False)
+    queue = await consumed_queue(consume_channel, topology.service_queue("reporter"))
     consumer = Consumer(
         queue,
         MessagesFinalized,

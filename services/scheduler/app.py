@@ -11,7 +11,7 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
-from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connect
+from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connect, consumed_queue
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
@@ -57,7 +57,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
 
         consumer_channel = await connection.channel()
         await consumer_channel.set_qos(prefetch_count=16)
-        queue = await consumer_channel.get_queue(topology.service_queue("scheduler"))
+        queue = await consumed_queue(consumer_channel, topology.service_queue("scheduler"))
         consumer = Consumer(
             queue, MailingChanged, on_event, parking=Publisher(work), parking_key=topology.parking_key
         )

@@ -16,7 +16,6 @@ MAILING_ENDED = "mailing ended before the message was sent"
 MAILING_CANCELLED = "mailing cancelled"
 MAILING_DELETED = "mailing deleted"
 CLIENT_DELETED = "client deleted"
-CLIENT_NO_LONGER_MATCHES = "client no longer matches the mailing filter"
 
 
 @dataclass(frozen=True)

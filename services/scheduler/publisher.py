@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
 from aio_pika.abc import AbstractRobustConnection
+from loguru import logger
 
-from shared.broker import Publisher, consumer_count
+from shared.broker import QUEUE_STATUS_TIMEOUT_SECONDS, Publisher, QueueStatus, queue_status
 from shared.contracts import MessagesFinalized, SendMessages
 from shared.topology import Topology
 
@@ -17,7 +19,7 @@ class SchedulerPublisher(Protocol):
 
     async def finalized(self, events: Sequence[MessagesFinalized]) -> None: ...
 
-    async def senders_listening(self) -> bool: ...
+    async def send_queue_status(self) -> QueueStatus | None: ...
 
 
 class AmqpSchedulerPublisher:
@@ -39,14 +41,15 @@ class AmqpSchedulerPublisher:
     async def finalized(self, events: Sequence[MessagesFinalized]) -> None:
         await self.events.publish_many(((event, event.routing_key) for event in events), mandatory=False)
 
-    async def senders_listening(self) -> bool:
+    async def send_queue_status(self) -> QueueStatus | None:
+        """The send queue's ready messages and consumers, or None when the broker cannot tell now."""
         if self.connection is None:
-            return True
+            return None
         try:
-            # A channel of its own each time: a robust channel answers a passive declare of a queue it
-            # declared itself from its cache, with the consumer count of that moment.
-            async with await self.connection.channel() as channel:
-                return await consumer_count(channel, self.topology.send_queue) > 0
-        except Exception:
-            # Unknown: sweep anyway, a duplicate copy is harmless where a lost message is not.
-            return True
+            async with asyncio.timeout(QUEUE_STATUS_TIMEOUT_SECONDS):
+                channel = await self.connection.channel()
+            async with channel:
+                return await queue_status(channel, self.topology.send_queue)
+        except Exception as exc:
+            logger.warning("could not read the send queue's status: {!r}", exc)
+            return None

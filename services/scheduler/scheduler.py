@@ -181,14 +181,14 @@ class Scheduler:
         after = timedelta(seconds=self.settings.requeue_after_seconds)
         total = 0
         running = await self._running(now) if running is None else running
-        if running and not await self.publisher.senders_listening():
-            # With no sender consuming, what is queued still waits in the queue: copying it again every
-            # few minutes would only pile up duplicates until the senders are back.
-            logger.warning("no sender consumes the send queue: the recovery sweep waits")
+        if not running:
+            return 0
+        cutoff = await self._lost_before(now, after)
+        if cutoff is None:
             return 0
         while running and not should_stop():
             async with self.engine.begin() as conn:
-                claimed = await store.claim_stale(conn, running, now, after, self.settings.dispatch_batch)
+                claimed = await store.claim_stale(conn, running, now, cutoff, self.settings.dispatch_batch)
                 if claimed:
                     await self.publisher.send(self._commands(claimed))
             if not claimed:
@@ -206,6 +206,28 @@ class Scheduler:
             if len(claimed) < self.settings.dispatch_batch:
                 break
         return total
+
+    async def _lost_before(self, now: datetime, after: timedelta) -> datetime | None:
+        """A queued message that entered the send queue before the returned instant and is not held by
+        a sender is lost; None when nothing can be called lost now.
+
+        Waiting behind a long queue is not being lost: while the queue holds messages, only a message
+        that newer ones went past (the senders record how far they consumed) counts, with `after` as
+        the margin for publishes that overtook each other. An empty queue holds nobody's turn."""
+        status = await self.publisher.send_queue_status()
+        if status is None:
+            return None
+        if status.consumers == 0:
+            # With no sender consuming, what is queued still waits in the queue: copying it again every
+            # few minutes would only pile up duplicates until the senders are back.
+            logger.warning("no sender consumes the send queue: the recovery sweep waits")
+            return None
+        cutoff = now - after
+        if status.ready == 0:
+            return cutoff
+        async with self.engine.connect() as conn:
+            through = await store.consumed_through(conn, self.settings.topology().send_queue)
+        return None if through is None else min(cutoff, through - after)
 
     async def dispatch(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.planning import (
     CLIENT_DELETED,
-    CLIENT_NO_LONGER_MATCHES,
     MailingPlan,
     TimezonePlan,
     window_of,
 )
+from shared.domain.filters import CLIENT_NO_LONGER_MATCHES
 from shared.domain.windows import NO_OPENING
 from shared.messages import OPEN_SQL
 
@@ -199,7 +199,9 @@ async def insert_messages(
 async def cancel_unmatched(
     conn: AsyncConnection, plan: MailingPlan, now: datetime, changed_since: datetime | None
 ) -> list[Finalized]:
-    """Pending messages whose client was deleted or no longer matches the filter are cancelled."""
+    """Messages not sent yet (pending, queued or retrying) whose client was deleted or no longer matches
+    the filter are cancelled; a copy still in a queue then finds them final. One a sender holds right
+    now is left to it: its check before the call sees the filter too."""
     params: dict[str, Any] = {
         "mid": plan.id,
         "now": now,
@@ -213,7 +215,9 @@ async def cancel_unmatched(
             "UPDATE messages m SET status = 'cancelled', updated_at = :now,"
             " last_error = CASE WHEN c.deleted_at IS NOT NULL THEN :deleted ELSE :unmatched END"
             " FROM clients c"
-            " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+            " WHERE c.id = m.client_id AND m.mailing_id = :mid"
+            " AND m.status IN ('pending', 'queued', 'retrying')"
+            " AND (m.lease_until IS NULL OR m.lease_until < :now)"
             f" AND (c.deleted_at IS NOT NULL OR NOT {where}) {changed}"
             " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
         ),
@@ -318,22 +322,33 @@ async def claim_due(
 
 
 async def claim_stale(
-    conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, after: timedelta, limit: int
+    conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, cutoff: datetime, limit: int
 ) -> list[Claimed]:
+    """Queued or retrying messages that entered the send queue before `cutoff` (a retry re-enters it
+    when its delay ends) and that no sender holds: they are queued anew, to be published again."""
     result = await conn.execute(
         text(
             "WITH stale AS (SELECT id FROM messages"
             " WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN ('queued', 'retrying')"
-            " AND queued_at < :cutoff AND (status = 'queued' OR next_attempt_at < :cutoff)"
+            " AND (CASE WHEN status = 'queued' THEN queued_at ELSE next_attempt_at END) < :cutoff"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
             " UPDATE messages m SET status = 'queued', queued_at = :now, updated_at = :now"
             " FROM stale WHERE m.id = stale.id AND m.status IN ('queued', 'retrying')"
             " RETURNING m.id, m.mailing_id, m.client_id"
         ),
-        {"mids": list(mailing_ids), "now": now, "cutoff": now - after, "limit": limit},
+        {"mids": list(mailing_ids), "now": now, "cutoff": cutoff, "limit": limit},
     )
     return [Claimed(*row) for row in result.all()]
+
+
+async def consumed_through(conn: AsyncConnection, queue: str) -> datetime | None:
+    """When the newest message the senders claimed from `queue` had entered it."""
+    result = await conn.execute(
+        text("SELECT consumed_through FROM send_progress WHERE queue = :q"), {"q": queue}
+    )
+    through = result.scalar_one_or_none()
+    return through if isinstance(through, datetime) else None
 
 
 async def due_backlog(conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime) -> int:

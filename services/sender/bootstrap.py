@@ -33,6 +33,7 @@ from shared.broker import (
     confirm_all,
     confirm_channel,
     connect,
+    consumed_queue,
     queue_depths,
 )
 from shared.clock import utc_now
@@ -132,16 +133,17 @@ async def start_sender(
     work = await publish_channel.get_exchange(topology.work_exchange, ensure=False)
     consume_channel = await connection.channel()
     await consume_channel.set_qos(prefetch_count=settings.prefetch)
-    send_queue = await consume_channel.get_queue(topology.send_queue, ensure=False)
+    send_queue = await consumed_queue(consume_channel, topology.send_queue)
 
     clocks = Clocks(now=utc_now, monotonic=time.monotonic)
-    store = Store(engine, settings.psycopg_dsn)
+    store = Store(engine, settings, topology.send_queue)
     writer = OutcomeWriter(
         store,
         AmqpBus(work, events),
         metrics,
         parking_key=topology.parking_key,
         now=clocks.now,
+        monotonic=clocks.monotonic,
         interval=settings.flush_interval_ms / 1000,
         max_rows=settings.flush_max_rows,
     )
@@ -190,6 +192,7 @@ async def start_sender(
         request_timeout=settings.request_timeout_seconds,
         lease_seconds=settings.lease_seconds,
         mailing_recheck_seconds=settings.mailing_recheck_seconds,
+        fence_after_seconds=settings.fence_after_seconds,
         pacer=pacer,
         limiter=limiter,
         rng=rng,

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
 
+from shared.domain.filters import CLIENT_NO_LONGER_MATCHES, ClientFilter
 from shared.domain.windows import NO_OPENING, DailyWindow, is_open, next_opening
+
+EVERY_CLIENT = ClientFilter()
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class MailingInfo:
     end_at: datetime
     window: DailyWindow | None
     deleted: bool = False
+    # The filter as it is now: a client it no longer matches is not sent to, whatever its message's state.
+    filter: ClientFilter = EVERY_CLIENT
 
 
 class Claim(NamedTuple):
@@ -29,6 +34,10 @@ class Claim(NamedTuple):
     phone: str
     timezone: str
     client_deleted: bool = False
+    tag: str = ""
+    operator_code: str = ""
+    # The claim's token: the status write of this message applies only while it still holds it.
+    token: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ def check_sendable(claim: Claim, mailing: MailingInfo, now: datetime) -> Verdict
         return Verdict("cancel", "mailing cancelled")
     if claim.client_deleted:
         return Verdict("cancel", "client deleted")
+    if not mailing.filter.matches(claim.tag, claim.operator_code):
+        return Verdict("cancel", CLIENT_NO_LONGER_MATCHES)
     if now >= mailing.end_at or mailing.status == "finished":
         return Verdict("expire", "mailing ended before the message could be sent")
     if mailing.status != "running":

@@ -112,6 +112,16 @@ class SenderMetrics:
             "Message rows written by batched status writes",
             registry=registry,
         )
+        self.outcomes_unwritten = Counter(
+            "mailing_sender_outcomes_unwritten_total",
+            "Outcomes not written because the message was final already or its claim had passed on",
+            registry=registry,
+        )
+        self.fenced = Gauge(
+            "mailing_sender_fenced",
+            "1 while the sender makes no calls because its outcomes cannot be recorded",
+            registry=registry,
+        )
         self.deliveries = Counter(
             "mailing_sender_deliveries_total",
             "SendMessages deliveries handled to the end, by result",

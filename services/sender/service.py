@@ -23,13 +23,17 @@ from services.sender.provider import Provider
 from services.sender.ratelimit import RateLimiter
 from services.sender.store import OutcomeRow
 from services.sender.writer import OutcomeWriter
-from shared.broker import Delivery
+from shared.broker import Delivery, Requeue
 from shared.contracts import SendItem, SendMessages
 from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide_retry
 from shared.topology import Topology
 
 BREAKER_POLL_SECONDS = 0.05
 RECHECK_AFTER_WAIT_SECONDS = 0.05
+
+
+class Fenced(Requeue):
+    """The sender makes no calls for now: its outcomes cannot be recorded."""
 
 
 class ClaimStore(Protocol):
@@ -126,6 +130,7 @@ class Sender:
         request_timeout: float,
         lease_seconds: float,
         mailing_recheck_seconds: float,
+        fence_after_seconds: float,
         pacer: Pacer | None = None,
         limiter: RateLimiter | None = None,
         rng: random.Random | None = None,
@@ -139,6 +144,7 @@ class Sender:
         self.policy = policy
         self.clocks = clocks
         self.lease_seconds = lease_seconds
+        self.fence_after_seconds = fence_after_seconds
         self.pacer = pacer
         self.limiter = limiter
         self.rng = rng or random.Random()
@@ -155,6 +161,7 @@ class Sender:
         self.calls_in_flight = 0
         self._idle = asyncio.Event()
         self.stopping = False
+        self.fenced = False
 
     def stop(self) -> None:
         """Messages not yet called go back to the send queue instead of waiting for a caller."""
@@ -178,6 +185,9 @@ class Sender:
                 asyncio.create_task(self._work(), name=f"caller-{i}") for i in range(self.max_in_flight)
             ]
         await self._wait_for_breaker()
+        if self._fenced():
+            # Another sender whose outcomes can be recorded takes the delivery (the consumer requeues it).
+            raise Fenced(f"outcomes unrecorded for {self.writer.unwritten_for():.1f}s")
         items = {item.message_id: item for item in delivery.body.messages}
         claims = await self.store.claim(list(items), self.lease_seconds)
         if claims:
@@ -192,6 +202,23 @@ class Sender:
             if batch.error is not None:
                 raise batch.error
         self.metrics.deliveries.labels("done").inc()
+
+    def _fenced(self) -> bool:
+        """True while outcomes wait longer than `fence_after_seconds` for their commit. A call made then
+        might never be recorded: its lease would run out, another sender would claim the message and
+        send it again. So no call starts until the writer catches up."""
+        fenced = self.writer.unwritten_for() > self.fence_after_seconds
+        if fenced is not self.fenced:
+            self.fenced = fenced
+            self.metrics.fenced.set(int(fenced))
+            if fenced:
+                logger.error(
+                    "fenced: outcomes not recorded for {:.1f}s; no calls until the database takes them",
+                    self.writer.unwritten_for(),
+                )
+            else:
+                logger.warning("fence lifted: outcomes are recorded again")
+        return fenced
 
     def _wake_callers(self, jobs: int) -> None:
         idle = self._idle_callers
@@ -264,6 +291,9 @@ class Sender:
         if left <= 0:
             self.breaker.release()
             return self._not_sent(claim, item, check_sendable(claim, mailing, mailing.end_at))
+        if self._fenced():
+            self.breaker.release()
+            return self._give_back(claim, item, self.topology.send_key)
         timeout = left if left < self.request_timeout else None
         self.calls_in_flight += 1
         try:
@@ -281,7 +311,7 @@ class Sender:
         return True
 
     def _give_back(self, claim: Claim, item: SendItem, route: str) -> asyncio.Future[None]:
-        row = OutcomeRow(claim.message_id, "queued", attempts=claim.attempts - 1)
+        row = OutcomeRow(claim.message_id, claim.token, "queued", attempts=claim.attempts - 1)
         return self.writer.submit(row, item, route)
 
     def _not_sent(self, claim: Claim, item: SendItem, verdict: Verdict) -> asyncio.Future[None]:
@@ -291,6 +321,7 @@ class Sender:
         )
         row = OutcomeRow(
             claim.message_id,
+            claim.token,
             status,
             last_error=verdict.reason,
             not_before=verdict.not_before,
@@ -314,6 +345,7 @@ class Sender:
             assert decision.tier is not None and decision.delay is not None
             row = OutcomeRow(
                 claim.message_id,
+                claim.token,
                 "retrying",
                 last_error=decision.reason,
                 next_attempt_at=now + timedelta(seconds=decision.delay),
@@ -321,7 +353,9 @@ class Sender:
             )
             return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
         if decision.action == "fail":
-            row = OutcomeRow(claim.message_id, "failed", last_error=decision.reason)
+            row = OutcomeRow(claim.message_id, claim.token, "failed", last_error=decision.reason)
             return self.writer.submit(row, item, self.topology.parking_key)
-        row = OutcomeRow(claim.message_id, "expired", last_error=decision.reason, attempts=attempts)
+        row = OutcomeRow(
+            claim.message_id, claim.token, "expired", last_error=decision.reason, attempts=attempts
+        )
         return self.writer.submit(row, item)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import model_validator
+
 from shared.domain.retry import RetryPolicy
 from shared.settings import CommonSettings, service_setting
 
@@ -25,6 +27,9 @@ class SenderSettings(CommonSettings):
     # SendMessages deliveries held at once; each may carry hundreds of messages.
     prefetch: int = _setting(8, "prefetch", ge=1)
     lease_seconds: float = _setting(60.0, "lease_seconds", gt=0)
+    # No call starts while outcomes have waited this long for their commit (database down or frozen):
+    # well inside the lease, so that a message is never called by two senders at once.
+    fence_after_seconds: float = _setting(3.0, "fence_after_seconds", gt=0)
     max_attempts: int = _setting(8, "max_attempts", ge=1)
     retry_jitter: float = _setting(0.1, "retry_jitter", ge=0, lt=1)
     flush_interval_ms: float = _setting(50.0, "flush_interval_ms", gt=0)
@@ -42,6 +47,15 @@ class SenderSettings(CommonSettings):
     queue_depth_interval_seconds: float = _setting(5.0, "queue_depth_interval_seconds", gt=0)
     metrics_host: str = _setting("0.0.0.0", "metrics_host")
     metrics_port: int = _setting(9102, "metrics_port", ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _fence_inside_lease(self) -> SenderSettings:
+        if self.fence_after_seconds + self.request_timeout_seconds >= self.lease_seconds / 2:
+            raise ValueError(
+                "MAILING_SENDER_FENCE_AFTER_SECONDS + MAILING_SENDER_REQUEST_TIMEOUT_SECONDS must be under"
+                " half of MAILING_SENDER_LEASE_SECONDS"
+            )
+        return self
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

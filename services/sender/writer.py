@@ -28,7 +28,7 @@ Outcome = tuple[int, int, int, str, int, str | None]
 class OutcomeStore(Protocol):
     async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]: ...
 
-    async def write_sent(self, ids: list[int], sent_at: list[datetime]) -> set[int]: ...
+    async def write_sent(self, ids: list[int], sent_at: list[datetime], tokens: list[int]) -> set[int]: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class OutcomeWriter:
         *,
         parking_key: str,
         now: Callable[[], datetime],
+        monotonic: Callable[[], float],
         interval: float,
         max_rows: int,
     ) -> None:
@@ -68,6 +69,7 @@ class OutcomeWriter:
         self.metrics = metrics
         self.parking_key = parking_key
         self.now = now
+        self.monotonic = monotonic
         self.interval = interval
         self.max_rows = max_rows
         # The common outcome, a success, is kept as the caller's own claim and the time: no row object
@@ -75,6 +77,9 @@ class OutcomeWriter:
         self._sent: list[tuple[Claim, datetime]] = []
         self._batch: list[_Pending] = []
         self._batch_written: asyncio.Future[None] | None = None
+        # When the oldest outcome not yet committed was handed over (monotonic), None when all are.
+        self._pending_since: float | None = None
+        self._flushing_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -93,10 +98,17 @@ class OutcomeWriter:
         self._sent.append((claim, at))
         return self._queued()
 
+    def unwritten_for(self) -> float:
+        """Seconds the oldest outcome handed over has waited for its commit (0 when none waits):
+        the sender stops calling once outcomes cannot be recorded (see Sender's fence)."""
+        since = self._flushing_since if self._flushing_since is not None else self._pending_since
+        return 0.0 if since is None else self.monotonic() - since
+
     def _queued(self) -> asyncio.Future[None]:
         future = self._batch_written
         if future is None:
             future = self._batch_written = asyncio.get_running_loop().create_future()
+            self._pending_since = self.monotonic()
             self._wake.set()
         elif len(self._sent) + len(self._batch) >= self.max_rows:
             self._wake.set()
@@ -117,8 +129,12 @@ class OutcomeWriter:
                 await asyncio.sleep(self.interval)
             while self._batch_written is not None:
                 sent, batch, future = self._sent, self._batch, self._batch_written
-                self._sent, self._batch, self._batch_written = [], [], None
-                await self._flush(sent, batch, future)
+                self._flushing_since = self._pending_since
+                self._sent, self._batch, self._batch_written, self._pending_since = [], [], None, None
+                try:
+                    await self._flush(sent, batch, future)
+                finally:
+                    self._flushing_since = None
             if self._closing:
                 return
 
@@ -130,7 +146,16 @@ class OutcomeWriter:
             if sent:
                 outcomes = await self._write_sent(sent)
             written = await self._write([p.row for p in batch]) if batch else []
-            await self._follow_up(batch, written, outcomes)
+            lost = len(sent) + len(batch) - len(outcomes) - len(written)
+            if lost:
+                self.metrics.outcomes_unwritten.inc(lost)
+                logger.warning(
+                    "{} outcomes not written: the message was final already or its claim had passed on",
+                    lost,
+                )
+            copies, finalized = self._follow_up(batch, written, outcomes)
+            if copies or finalized is not None:
+                await self._retrying(lambda: self.bus.publish(copies, finalized), "publish", len(copies))
         except Exception as exc:
             logger.exception("status write of {} messages failed", len(sent) + len(batch))
             future.set_exception(exc)
@@ -143,7 +168,8 @@ class OutcomeWriter:
         """Write the successes; returns the outcomes of those written (not already final)."""
         ids = [claim.message_id for claim, _ in sent]
         times = [at for _, at in sent]
-        written = await self._retrying(lambda: self.store.write_sent(ids, times), len(ids))
+        tokens = [claim.token for claim, _ in sent]
+        written = await self._retrying(lambda: self.store.write_sent(ids, times, tokens), "write", len(ids))
         return [
             (claim.message_id, claim.mailing_id, claim.client_id, "sent", claim.attempts, None)
             for claim, _ in sent
@@ -151,35 +177,38 @@ class OutcomeWriter:
         ]
 
     async def _write(self, rows: list[OutcomeRow]) -> list[Written]:
-        return await self._retrying(lambda: self.store.write(rows), len(rows))
+        return await self._retrying(lambda: self.store.write(rows), "write", len(rows))
 
-    async def _retrying(self, write: Callable[[], Awaitable[W]], rows: int) -> W:
+    async def _retrying(self, step: Callable[[], Awaitable[W]], what: str, rows: int) -> W:
         # Outcomes of calls already made must not be dropped: giving up would let the lease run out and
         # the message be sent again. So keep trying until it works, bounded only while shutting down.
         # Each write is idempotent (a final status never changes), so repeating one whose reply was
-        # lost is harmless.
+        # lost is harmless; so is publishing a copy twice (the claim drops the redundant one). The
+        # copies are published only after the write, and the write is never repeated for them: a
+        # repeat would find the rows final and publish no `message.finalized`.
         failures = 0
         while True:
             started = time.perf_counter()
             try:
-                written = await write()
+                done = await step()
             except Exception as exc:
                 failures += 1
                 if self._closing and failures > len(WRITE_RETRY_PAUSES):
                     raise
                 pause = WRITE_RETRY_PAUSES[min(failures, len(WRITE_RETRY_PAUSES)) - 1]
-                logger.warning("status write of {} rows failed ({!r}), retry in {}s", rows, exc, pause)
+                logger.warning("{} of {} outcomes failed ({!r}), retry in {}s", what, rows, exc, pause)
                 await asyncio.sleep(pause)
                 continue
-            self.metrics.flush_seconds.observe(time.perf_counter() - started)
-            self.metrics.flush_rows.inc(rows)
-            return written
+            if what == "write":
+                self.metrics.flush_seconds.observe(time.perf_counter() - started)
+                self.metrics.flush_rows.inc(rows)
+            return done
 
-    async def _follow_up(
+    def _follow_up(
         self, batch: list[_Pending], written: list[Written], outcomes: list[Outcome]
-    ) -> None:
-        """Count the outcomes written, publish the copies (retry tiers, parking lot, send queue) and the
-        `message.finalized` event; `outcomes` holds the successes already."""
+    ) -> tuple[list[WorkCopy], bytes | None]:
+        """Count the outcomes written; returns the copies to publish (retry tiers, parking lot, send
+        queue) and the `message.finalized` event; `outcomes` holds the successes already."""
         done = {w.message_id: w for w in written}
         routed: dict[str, list[SendItem]] = defaultdict(list)
         parked: list[WorkCopy] = []
@@ -207,6 +236,4 @@ class OutcomeWriter:
         for label, count in by_status.items():
             self.metrics.outcomes.labels(label).inc(count)
         copies = [WorkCopy(SendMessages(messages=items), key) for key, items in routed.items()] + parked
-        finalized = finalized_body(outcomes, at) if outcomes else None
-        if copies or finalized is not None:
-            await self.bus.publish(copies, finalized)
+        return copies, finalized_body(outcomes, at) if outcomes else None

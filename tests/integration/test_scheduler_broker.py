@@ -159,12 +159,13 @@ async def test_two_scheduler_processes_dispatch_every_message_once(
     assert len(set(ids)) == total
 
 
-async def test_the_scheduler_sees_whether_any_sender_consumes_the_send_queue(topology: Topology) -> None:
+async def test_the_scheduler_sees_how_many_senders_consume_the_send_queue(topology: Topology) -> None:
     connection = await connect(AMQP_URL)
     async with connection:
         events, work = await exchanges(await confirm_channel(connection), topology)
         publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
-        assert not await publisher.senders_listening()
+        status = await publisher.send_queue_status()
+        assert status is not None and status.consumers == 0
         channel = await connection.channel()
         queue = await channel.get_queue(topology.send_queue)
 
@@ -172,5 +173,6 @@ async def test_the_scheduler_sees_whether_any_sender_consumes_the_send_queue(top
             return None
 
         tag = await queue.consume(ignore)
-        assert await publisher.senders_listening()
+        status = await publisher.send_queue_status()
+        assert status is not None and status.consumers == 1
         await queue.cancel(tag)

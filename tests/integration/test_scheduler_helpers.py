@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
+from shared.broker import QueueStatus
 from shared.contracts import MessagesFinalized, SendMessages, decode
 
 _phones = count(70000000000)
@@ -26,6 +27,8 @@ class RecordingPublisher:
         self.commands: list[SendMessages] = []
         self.events: list[MessagesFinalized] = []
         self.listening = True
+        # Messages still waiting in the send queue, as the broker would count them.
+        self.ready = 0
 
     async def send(self, commands: Sequence[SendMessages]) -> None:
         self.commands.extend(commands)
@@ -33,8 +36,8 @@ class RecordingPublisher:
     async def finalized(self, events: Sequence[MessagesFinalized]) -> None:
         self.events.extend(events)
 
-    async def senders_listening(self) -> bool:
-        return self.listening
+    async def send_queue_status(self) -> QueueStatus | None:
+        return QueueStatus(ready=self.ready, consumers=int(self.listening))
 
     @property
     def sent_ids(self) -> list[int]:

@@ -23,16 +23,17 @@ async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
     mailing = await db.mailing()
     items = await db.queued_messages(mailing, 2)
     engine = make_engine(settings)
-    store = Store(engine, settings.psycopg_dsn)
+    store = Store(engine, settings, settings.topology().send_queue)
     try:
         claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
         given_back, refused = (claims[i.message_id] for i in items)
         assert given_back.attempts == refused.attempts == 1
         retry_at = datetime.now(UTC) + timedelta(minutes=2)
         rows = [
-            OutcomeRow(given_back.message_id, "queued", attempts=given_back.attempts - 1),
+            OutcomeRow(given_back.message_id, given_back.token, "queued", attempts=given_back.attempts - 1),
             OutcomeRow(
                 refused.message_id,
+                refused.token,
                 "retrying",
                 last_error="http 401",
                 next_attempt_at=retry_at,

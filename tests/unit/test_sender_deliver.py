@@ -57,7 +57,10 @@ class FakeWriter:
 
     def sent(self, claim: Claim, at: datetime) -> asyncio.Future[None]:
         item = SendItem(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id)
-        return self.submit(OutcomeRow(claim.message_id, "sent"), item)
+        return self.submit(OutcomeRow(claim.message_id, claim.token, "sent"), item)
+
+    def unwritten_for(self) -> float:
+        return 0.0
 
 
 def message(message_id: int, attempts: int = 1) -> tuple[Claim, SendItem]:
@@ -81,6 +84,7 @@ def make_sender(
         request_timeout=5.0,
         lease_seconds=60.0,
         mailing_recheck_seconds=60.0,
+        fence_after_seconds=3.0,
         pacer=pacer,
     )
 
