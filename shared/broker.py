@@ -98,11 +98,6 @@ class Reject(Exception):
     """A handler raises it for a delivery that can never be processed: it goes to the parking lot."""
 
 
-class Requeue(Exception):
-    """A handler raises it for a delivery it cannot take now (another consumer may): it is requeued
-    after the pause, with a warning instead of a traceback."""
-
-
 T = TypeVar("T", bound=Contract)
 
 
@@ -148,6 +143,10 @@ class Consumer(Generic[C]):
             self._active.add(task)
         try:
             await self._process(message)
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            # The channel closed (broker restart) while the handler ran: the broker delivers the message
+            # again on the new channel, and the handlers are idempotent.
+            logger.warning("a delivery from {} outlived its channel; it comes again", self.queue.name)
         finally:
             if task is not None:
                 self._active.discard(task)
@@ -166,10 +165,6 @@ class Consumer(Generic[C]):
         except asyncio.CancelledError:
             await message.nack(requeue=True)
             raise
-        except Requeue as exc:
-            logger.warning("requeueing a delivery from {}: {}", self.queue.name, exc)
-            await asyncio.sleep(self.requeue_pause)
-            await message.nack(requeue=True)
         except Exception:
             logger.exception("handler failed on {} (delivery {}); requeueing", self.queue.name, count + 1)
             await asyncio.sleep(self.requeue_pause)

@@ -17,6 +17,6 @@ class SchedulerSettings(CommonSettings):
     messages_per_event: int = _setting(500, "messages_per_event", ge=1)
     # Outstanding = queued or retrying; 0 means no cap.
     max_outstanding: int = _setting(50000, "max_outstanding", ge=0)
-    requeue_after_seconds: float = _setting(120.0, "requeue_after_seconds", gt=0)
+    requeue_after_seconds: float = _setting(60.0, "requeue_after_seconds", gt=0)
     # A client write whose transaction started this long before an expansion may commit after it.
     client_change_margin_seconds: float = _setting(10.0, "client_change_margin_seconds", ge=0)

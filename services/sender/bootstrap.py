@@ -104,7 +104,8 @@ async def _watch_queue_depths(
     while True:
         try:
             if channel is None or channel.is_closed:
-                channel = await connection.channel()
+                async with asyncio.timeout(settings.queue_depth_interval_seconds):
+                    channel = await connection.channel()
             for name, depth in (await queue_depths(channel, names)).items():
                 metrics.retry_depth.labels(name).set(depth)
         except asyncio.CancelledError:

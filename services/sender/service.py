@@ -23,17 +23,14 @@ from services.sender.provider import Provider
 from services.sender.ratelimit import RateLimiter
 from services.sender.store import OutcomeRow
 from services.sender.writer import OutcomeWriter
-from shared.broker import Delivery, Requeue
+from shared.broker import Delivery
 from shared.contracts import SendItem, SendMessages
 from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide_retry
 from shared.topology import Topology
 
 BREAKER_POLL_SECONDS = 0.05
+FENCE_POLL_SECONDS = 0.25
 RECHECK_AFTER_WAIT_SECONDS = 0.05
-
-
-class Fenced(Requeue):
-    """The sender makes no calls for now: its outcomes cannot be recorded."""
 
 
 class ClaimStore(Protocol):
@@ -185,9 +182,7 @@ class Sender:
                 asyncio.create_task(self._work(), name=f"caller-{i}") for i in range(self.max_in_flight)
             ]
         await self._wait_for_breaker()
-        if self._fenced():
-            # Another sender whose outcomes can be recorded takes the delivery (the consumer requeues it).
-            raise Fenced(f"outcomes unrecorded for {self.writer.unwritten_for():.1f}s")
+        await self._wait_for_fence()
         items = {item.message_id: item for item in delivery.body.messages}
         claims = await self.store.claim(list(items), self.lease_seconds)
         if claims:
@@ -252,6 +247,13 @@ class Sender:
                 self._busy -= 1
                 if not self._busy and not jobs:
                     self._idle.set()
+
+    async def _wait_for_fence(self) -> None:
+        # Holding the delivery, not requeueing it: each requeue counts towards the queue's delivery limit,
+        # which would park a healthy delivery. Should the fence last, the scheduler's sweep copies its
+        # messages to another sender, and this one's claim finds them final.
+        while self._fenced() and not self.stopping:  # noqa: ASYNC110
+            await asyncio.sleep(FENCE_POLL_SECONDS)
 
     async def _wait_for_breaker(self) -> None:
         # The breaker runs on a clock, so there is nothing to signal: poll until its cool-down ends.

@@ -80,6 +80,7 @@ class OutcomeWriter:
         # When the oldest outcome not yet committed was handed over (monotonic), None when all are.
         self._pending_since: float | None = None
         self._flushing_since: float | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -115,11 +116,12 @@ class OutcomeWriter:
         return future
 
     async def close(self) -> None:
-        """Write what is left and stop."""
+        """Write what is left, publish its copies, and stop."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
+        await asyncio.gather(*self._publishing, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -131,16 +133,15 @@ class OutcomeWriter:
                 sent, batch, future = self._sent, self._batch, self._batch_written
                 self._flushing_since = self._pending_since
                 self._sent, self._batch, self._batch_written, self._pending_since = [], [], None, None
-                try:
-                    await self._flush(sent, batch, future)
-                finally:
-                    self._flushing_since = None
+                await self._flush(sent, batch, future)
             if self._closing:
                 return
 
     async def _flush(
         self, sent: list[tuple[Claim, datetime]], batch: list[_Pending], future: asyncio.Future[None]
     ) -> None:
+        """Write the outcomes, then publish their copies in the background: the next batch's write does
+        not wait for the broker (which may be restarting) and the fence looks at writes alone."""
         try:
             outcomes: list[Outcome] = []
             if sent:
@@ -154,13 +155,27 @@ class OutcomeWriter:
                     lost,
                 )
             copies, finalized = self._follow_up(batch, written, outcomes)
-            if copies or finalized is not None:
-                await self._retrying(lambda: self.bus.publish(copies, finalized), "publish", len(copies))
         except Exception as exc:
             logger.exception("status write of {} messages failed", len(sent) + len(batch))
-            future.set_exception(exc)
-            # Every waiting delivery sees the error; mark it retrieved so asyncio does not warn twice.
-            future.exception()
+            _fail(future, exc)
+            return
+        finally:
+            self._flushing_since = None
+        if not copies and finalized is None:
+            future.set_result(None)
+            return
+        task = asyncio.create_task(self._publish(copies, finalized, future))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(
+        self, copies: list[WorkCopy], finalized: bytes | None, future: asyncio.Future[None]
+    ) -> None:
+        try:
+            await self._retrying(lambda: self.bus.publish(copies, finalized), "publish", len(copies))
+        except Exception as exc:
+            logger.exception("publishing the copies of {} outcomes failed", len(copies))
+            _fail(future, exc)
             return
         future.set_result(None)
 
@@ -237,3 +252,9 @@ class OutcomeWriter:
             self.metrics.outcomes.labels(label).inc(count)
         copies = [WorkCopy(SendMessages(messages=items), key) for key, items in routed.items()] + parked
         return copies, finalized_body(outcomes, at) if outcomes else None
+
+
+def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    future.set_exception(exc)
+    # Every waiting delivery sees the error; mark it retrieved so asyncio does not warn twice.
+    future.exception()
