@@ -31,6 +31,11 @@ class ReporterMetrics:
             "Attempts to send a daily report that failed (retried later, with growing pauses)",
             registry=registry,
         )
+        self.leases_lost = Counter(
+            "mailing_reporter_leases_lost",
+            "Sends whose outcome could not be recorded because the day's lease had gone to another reporter",
+            registry=registry,
+        )
         self.last_sent_day = Gauge(
             "mailing_reporter_last_sent_day_timestamp_seconds",
             "Start (local midnight, as a Unix time) of the newest day whose report was sent",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.reporter import store
 from services.reporter.mailer import Mailer
@@ -20,7 +24,16 @@ from shared.broker import Delivery
 from shared.clock import Clock, utc_now
 from shared.contracts import MessageOutcome, MessagesFinalized
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
 RETRY_BACKOFF_MAX_SECONDS = 3600.0
+
+
+def new_holder() -> str:
+    """This process's name on the days it leases: readable in report_runs, and unique even for two
+    reporters of one process."""
+    return f"{socket.gethostname()[:70]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Reporter:
@@ -32,12 +45,15 @@ class Reporter:
         metrics: ReporterMetrics,
         *,
         clock: Clock = utc_now,
+        holder: str | None = None,
     ) -> None:
         self.engine = engine
         self.mailer = mailer
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        self.holder = holder or new_holder()
+        self._ticking = asyncio.Lock()
 
     async def on_finalized(self, delivery: Delivery[MessagesFinalized]) -> None:
         """Store the outcomes; the consumer acks only after this returns, i.e. after the commit."""
@@ -54,62 +70,62 @@ class Reporter:
             logger.info("skipped {} outcomes already recorded", len(outcomes) - len(inserted))
 
     async def tick(self, stop: asyncio.Event | None = None) -> list[date]:
-        """Send every due report not yet sent, oldest first; returns the days sent. Does nothing while
-        another reporter holds the lock; stops at the first failure so days never go out of order, and
-        between two days once `stop` is set."""
+        """Send every due report not yet sent, oldest first; returns the days sent. Stops at a day that
+        another reporter holds and at the first failure, so days never go out of order, and between two
+        days once `stop` is set. Does nothing while a tick of this reporter is still running."""
         sent: list[date] = []
-        async with self.engine.connect() as conn:
-            if not await store.try_lock(conn):
-                logger.debug("another reporter is sending; skipping this tick")
-                return sent
-            try:
-                last = await store.last_sent_day(conn)
-                if last is not None:
-                    self._set_last_sent(last)
-                else:
-                    # Nothing sent yet: a first report that failed is still owed, whatever day it is now.
-                    unsent = await store.oldest_unsent_day(conn)
-                    last = None if unsent is None else unsent - timedelta(days=1)
-                zone, send_at = self.settings.zone, self.settings.send_at
-                for day in due_days(
-                    self.clock(), zone, send_at, last, max_days=self.settings.max_missed_days
-                ):
-                    if stop is not None and stop.is_set():
-                        break
-                    if not await self._retry_due(conn, day) or not await self._send_day(conn, day):
-                        break
-                    sent.append(day)
-            finally:
-                await store.unlock(conn)
+        if self._ticking.locked():
+            return sent
+        async with self._ticking:
+            last = await store.last_sent_day(self.engine)
+            if last is not None:
+                self._set_last_sent(last)
+            else:
+                # Nothing sent yet: a first report that failed is still owed, whatever day it is now.
+                unsent = await store.oldest_unsent_day(self.engine)
+                last = None if unsent is None else unsent - timedelta(days=1)
+            zone, send_at = self.settings.zone, self.settings.send_at
+            for day in due_days(self.clock(), zone, send_at, last, max_days=self.settings.max_missed_days):
+                if stop is not None and stop.is_set():
+                    break
+                if not await self._retry_due(day) or not await self._send_day(day):
+                    break
+                sent.append(day)
         return sent
 
-    async def _retry_due(self, conn: AsyncConnection, day: date) -> bool:
+    async def _retry_due(self, day: date) -> bool:
         """After a failed attempt, wait before the next: the tick doubled for each failure, at most
         RETRY_BACKOFF_MAX_SECONDS, so a refusing SMTP server is neither hammered nor forgotten."""
-        failed = await store.failed_attempt(conn, day)
+        failed = await store.failed_attempt(self.engine, day)
         if failed is None:
             return True
         attempts, last_began = failed
         pause = min(self.settings.tick_seconds * 2 ** (attempts - 1), RETRY_BACKOFF_MAX_SECONDS)
         return self.clock() >= last_began + timedelta(seconds=pause)
 
-    async def _send_day(self, conn: AsyncConnection, day: date) -> bool:
-        log = logger.bind(report_day=day.isoformat())
-        run = await store.begin_run(conn, day, self.clock())
-        if run is None:
+    async def _send_day(self, day: date) -> bool:
+        log = logger.bind(report_day=day.isoformat(), holder=self.holder)
+        lease = self.settings.lease_seconds
+        loop = asyncio.get_running_loop()
+        # Read before the claim, so the local deadline falls before the one the database keeps.
+        claimed_at = loop.time()
+        claim = await store.claim_run(self.engine, day, self.holder, lease, self.clock())
+        if claim is store.Refused.SENT:
             return True
-        attempts, last_error = run
-        if attempts and last_error is None:
+        if claim is store.Refused.HELD:
+            log.info("another reporter holds the day's report under a lease; leaving it to them")
+            return False
+        if claim.attempts and claim.last_error is None:
             # An attempt began and never recorded how it ended: it may have handed the mail over.
             log.warning("an earlier attempt may have reached the SMTP server; sending again with the same id")
         start, end = day_bounds(day, self.settings.zone)
-        backfilled = await store.backfill_outcomes(conn, start, end)
+        backfilled = await store.backfill_outcomes(self.engine, start, end)
         if backfilled:
             self.metrics.outcomes_backfilled.inc(backfilled)
             log.info(
                 "{} final messages of the day had no outcome event; taken from the messages table", backfilled
             )
-        figures = await store.day_figures(conn, start, end)
+        figures = await store.day_figures(self.engine, start, end)
         report = DailyReport(day, self.settings.timezone, figures)
         mail_message_id = report_message_id(day, self.settings.message_id_domain)
         message = render(
@@ -118,20 +134,37 @@ class Reporter:
             recipients=self.settings.mail_to,
             domain=self.settings.message_id_domain,
         )
+        # No connection is held from here to the outcome's write: a dropped one cannot free the day.
+        deadline = asyncio.timeout_at(claimed_at + lease)
         try:
-            await self.mailer.send(message)
+            async with deadline:
+                await self.mailer.send(message)
         except Exception as exc:
-            await store.fail_run(conn, day, f"{type(exc).__name__}: {exc}")
+            error = f"sending took longer than the lease ({lease} s)" if deadline.expired() else str(exc)
+            error = f"{type(exc).__name__}: {error}"
             self.metrics.report_failures.inc()
-            log.warning("sending the report failed (attempt {}), retrying later: {}", attempts + 1, exc)
+            log.warning(
+                "sending the report failed (attempt {}), retrying later: {}", claim.attempts + 1, error
+            )
+            if not await store.fail_run(self.engine, day, self.holder, error):
+                self._lease_lost(log)
             return False
-        await store.finish_run(conn, day, self.clock(), mail_message_id)
         self.metrics.reports_sent.inc()
+        if not await store.finish_run(self.engine, day, self.holder, self.clock(), mail_message_id):
+            self._lease_lost(log)
+            return False
         self._set_last_sent(day)
         for m in figures:
             log.bind(mailing_id=m.mailing_id).info("mailing included in the daily report: {}", dict(m.day))
         log.info("daily report sent to {}: {}", ", ".join(self.settings.mail_to), message["Subject"])
         return True
+
+    def _lease_lost(self, log: Logger) -> None:
+        self.metrics.leases_lost.inc()
+        log.error(
+            "the lease on this day's report went to another reporter during the send, which was not"
+            " recorded: the other reporter may send the day again, with the same Message-ID"
+        )
 
     def _set_last_sent(self, day: date) -> None:
         self.metrics.last_sent_day.set(local_midnight(day, self.settings.zone).timestamp())

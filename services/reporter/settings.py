@@ -32,6 +32,10 @@ class ReporterSettings(CommonSettings):
     # Implicit TLS from the first byte (port 465), as opposed to STARTTLS.
     smtp_tls: bool = _setting(False, "smtp_tls")
     smtp_timeout_seconds: float = _setting(30.0, "smtp_timeout_seconds", gt=0)
+    # How long a reporter holds a day it sends. The SMTP timeout bounds each step of a send, not the
+    # whole of it; a send still under way when the lease ends is abandoned, since another reporter may
+    # then take the day over.
+    lease_seconds: float = _setting(300.0, "lease_seconds", gt=0)
     mail_from: str = _setting("mailing-reporter@localhost", "mail_from")
     mail_to: tuple[str, ...] = _setting(("operators@localhost",), "mail_to", min_length=1)
     # Right-hand side of the report's Message-ID, <mailing-report-YYYY-MM-DD@domain>.
@@ -49,6 +53,8 @@ class ReporterSettings(CommonSettings):
             raise ValueError("choose one of smtp_tls (implicit TLS, port 465) and smtp_starttls")
         if self.smtp_password.get_secret_value() and not self.smtp_username:
             raise ValueError("smtp_password is set but smtp_username is empty")
+        if self.lease_seconds <= self.smtp_timeout_seconds:
+            raise ValueError("lease_seconds must exceed smtp_timeout_seconds: a send must fit in its lease")
         return self
 
     @property

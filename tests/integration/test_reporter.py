@@ -6,7 +6,7 @@ import asyncio
 import email
 import email.policy
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -27,6 +27,7 @@ from services.reporter.service import Reporter
 from services.reporter.settings import ReporterSettings
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import MessageOutcome, MessagesFinalized
+from shared.db import make_engine
 from shared.topology import Topology, exchanges
 
 from ..conftest import AMQP_URL, TEST_RETRY_DELAYS
@@ -341,30 +342,25 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
         await engine.dispose()
 
 
-async def test_a_database_error_in_a_tick_leaves_the_lock_free_for_the_next_tick(
+async def test_a_database_error_after_the_claim_leaves_the_day_to_its_holder_for_the_next_tick(
     reporter_settings: ReporterSettings, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_async_engine(reporter_settings.database_url, pool_size=1, max_overflow=0)
     try:
         reporter = make_reporter(engine, reporter_settings)
 
-        async def broken(conn: Any, start: datetime, end: datetime) -> int:
-            await conn.execute(text("SELECT * FROM no_such_table"))  # leaves the transaction failed
+        async def broken(engine: AsyncEngine, start: datetime, end: datetime) -> int:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT * FROM no_such_table"))
             return 0
 
         monkeypatch.setattr(store, "backfill_outcomes", broken)
         with pytest.raises(ProgrammingError):
             await reporter.tick()
         monkeypatch.undo()
-        # The same pooled connection, and another reporter on its own: both may take the lock again.
+        # Another reporter waits for the lease; the holder itself, on the same pooled connection, goes on.
+        assert await make_reporter(engine, reporter_settings).tick() == []
         assert await reporter.tick() == [YESTERDAY]
-        other = create_async_engine(reporter_settings.database_url)
-        try:
-            async with other.connect() as conn:
-                assert await store.try_lock(conn)
-                await store.unlock(conn)
-        finally:
-            await other.dispose()
     finally:
         await engine.dispose()
     assert len(smtp.inbox.messages) == 1
@@ -437,3 +433,183 @@ async def test_a_first_report_that_failed_is_still_sent_days_later(
     sent = await make_reporter(engine, reporter_settings).tick()
     assert sent == [date(2026, 11, 23), date(2026, 11, 24), YESTERDAY]
     assert len(smtp.inbox.messages) == 3
+
+
+class FakeMailer:
+    """Hands every message to `outbox`; `during_send` runs while a send is under way."""
+
+    def __init__(
+        self, outbox: list[EmailMessage], during_send: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
+        self.outbox = outbox
+        self.during_send = during_send
+
+    async def send(self, message: EmailMessage) -> None:
+        if self.during_send is not None:
+            await self.during_send()
+        self.outbox.append(message)
+
+
+def fake_reporter(
+    engine: AsyncEngine, settings: ReporterSettings, mailer: FakeMailer, holder: str | None = None
+) -> Reporter:
+    metrics = ReporterMetrics(CollectorRegistry())
+    return Reporter(engine, mailer, settings, metrics, clock=lambda: NOW, holder=holder)
+
+
+async def lease_of(engine: AsyncEngine, day: date) -> tuple[str, int, str | None, str | None, bool]:
+    """status, attempts, holder, mail_message_id, and whether a lease is still running."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT status, attempts, holder, mail_message_id, coalesce(lease_until > now(), false)"
+                    " FROM report_runs WHERE day = :d"
+                ),
+                {"d": day},
+            )
+        ).one()
+        return (row[0], row[1], row[2], row[3], row[4])
+
+
+async def hold(engine: AsyncEngine, day: date, holder: str, lease: str) -> None:
+    """`holder` began the day once and holds it until now() + `lease` (an interval, may be negative)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO report_runs (day, status, attempts, started_at, holder, lease_until)"
+                " VALUES (:d, 'sending', 1, :at, :h, now() + CAST(:l AS interval))"
+                " ON CONFLICT (day) DO UPDATE SET holder = :h, lease_until = now() + CAST(:l AS interval)"
+            ),
+            {"d": day, "at": NOW, "h": holder, "l": lease},
+        )
+
+
+YESTERDAYS_ID = "<mailing-report-2026-11-25@test.local>"
+
+
+async def test_while_one_reporter_is_sending_the_day_another_leaves_it_alone(
+    reporter_settings: ReporterSettings,
+) -> None:
+    outbox: list[EmailMessage] = []
+    send_may_end = asyncio.Event()
+    mailer = FakeMailer(outbox, during_send=send_may_end.wait)
+    engines = [make_engine(reporter_settings) for _ in range(2)]
+    try:
+        reporters = [fake_reporter(e, reporter_settings, mailer) for e in engines]
+        ticks = [asyncio.create_task(r.tick()) for r in reporters]
+        done, _ = await asyncio.wait(ticks, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        assert [t.result() for t in done] == [[]]
+        send_may_end.set()
+        results = await asyncio.gather(*ticks)
+        assert sorted(results) == [[], [YESTERDAY]]
+        assert (await runs(engines[0]))[YESTERDAY] == ("sent", 1, None)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert [m["Message-ID"] for m in outbox] == [YESTERDAYS_ID]
+
+
+async def test_a_dropped_reporter_session_during_the_smtp_send_does_not_free_the_day(
+    reporter_settings: ReporterSettings,
+) -> None:
+    outbox: list[EmailMessage] = []
+    first_engine, second_engine, admin = (make_engine(reporter_settings) for _ in range(3))
+    second = fake_reporter(second_engine, reporter_settings, FakeMailer(outbox))
+    seen_during_send: list[tuple[int, int, list[date]]] = []
+
+    async def drop_every_session_and_let_the_other_reporter_tick() -> None:
+        async with admin.connect() as conn:
+            in_transaction = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%'"
+                )
+            )
+            dropped = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        seen_during_send.append((int(in_transaction or 0), int(dropped or 0), await second.tick()))
+
+    first = fake_reporter(
+        first_engine,
+        reporter_settings,
+        FakeMailer(outbox, during_send=drop_every_session_and_let_the_other_reporter_tick),
+    )
+    try:
+        assert await first.tick() == [YESTERDAY]
+        [(in_transaction, dropped, second_sent)] = seen_during_send
+        assert in_transaction == 0
+        assert dropped >= 1
+        assert second_sent == []
+        assert await lease_of(admin, YESTERDAY) == ("sent", 1, first.holder, YESTERDAYS_ID, False)
+    finally:
+        for engine in (first_engine, second_engine, admin):
+            await engine.dispose()
+    assert [m["Message-ID"] for m in outbox] == [YESTERDAYS_ID]
+
+
+async def test_a_day_held_under_a_running_lease_is_left_to_its_holder_and_later_days_wait(
+    reporter_settings: ReporterSettings, engine: AsyncEngine
+) -> None:
+    await mark_sent(engine, date(2026, 11, 23))
+    await hold(engine, date(2026, 11, 24), "elsewhere:7:cafe", "5 minutes")
+    outbox: list[EmailMessage] = []
+    assert await fake_reporter(engine, reporter_settings, FakeMailer(outbox)).tick() == []
+    assert outbox == []
+    assert await lease_of(engine, date(2026, 11, 24)) == ("sending", 1, "elsewhere:7:cafe", None, True)
+    assert YESTERDAY not in await runs(engine)
+
+
+async def test_a_day_whose_holder_died_is_taken_over_with_the_same_message_id_once_the_lease_ran_out(
+    reporter_settings: ReporterSettings, engine: AsyncEngine
+) -> None:
+    await hold(engine, YESTERDAY, "crashed:7:dead", "-1 second")
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    outbox: list[EmailMessage] = []
+    reporter = fake_reporter(engine, reporter_settings, FakeMailer(outbox))
+    try:
+        assert await reporter.tick() == [YESTERDAY]
+    finally:
+        logger.remove(sink)
+    assert await lease_of(engine, YESTERDAY) == ("sent", 2, reporter.holder, YESTERDAYS_ID, False)
+    assert [m["Message-ID"] for m in outbox] == [YESTERDAYS_ID]
+    assert any("may have reached the SMTP server" in w for w in warnings)
+
+
+async def test_a_send_whose_lease_went_to_another_reporter_is_not_recorded_over_theirs(
+    reporter_settings: ReporterSettings, engine: AsyncEngine
+) -> None:
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(str(m)), level="ERROR")
+
+    async def lease_runs_out_and_is_taken() -> None:
+        await hold(engine, YESTERDAY, "elsewhere:7:cafe", "5 minutes")
+
+    outbox: list[EmailMessage] = []
+    reporter = fake_reporter(engine, reporter_settings, FakeMailer(outbox, lease_runs_out_and_is_taken))
+    try:
+        assert await reporter.tick() == []
+    finally:
+        logger.remove(sink)
+    assert await lease_of(engine, YESTERDAY) == ("sending", 1, "elsewhere:7:cafe", None, True)
+    assert reporter.metrics.leases_lost._value.get() == 1
+    assert any("went to another reporter" in e for e in errors)
+
+
+async def test_a_send_that_outlasts_its_lease_is_abandoned_as_a_failure_and_frees_the_day(
+    reporter_settings: ReporterSettings, engine: AsyncEngine
+) -> None:
+    settings = reporter_settings.model_copy(update={"lease_seconds": 0.5, "smtp_timeout_seconds": 0.2})
+    never = asyncio.Event()
+    reporter = fake_reporter(engine, settings, FakeMailer([], during_send=never.wait))
+    assert await asyncio.wait_for(reporter.tick(), timeout=15) == []
+    status, attempts, error = (await runs(engine))[YESTERDAY]
+    assert (status, attempts) == ("sending", 1)
+    assert error is not None and error.startswith("TimeoutError: sending took longer than the lease")
+    assert (await lease_of(engine, YESTERDAY))[4] is False
+    assert reporter.metrics.report_failures._value.get() == 1
