@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.contracts import C, Contract, decode
+from shared.topology import PARKED_TTL_SECONDS
 
 # A robust channel waits for a lost broker to come back; a publisher must not wait that long.
 PUBLISH_TIMEOUT_SECONDS = 30.0
@@ -48,7 +49,11 @@ async def confirm_channel(connection: AbstractRobustConnection) -> AbstractChann
 
 
 def amqp_message(
-    body: bytes, *, message_id: str | None = None, headers: dict[str, Any] | None = None
+    body: bytes,
+    *,
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    expiration: float | None = None,
 ) -> aio_pika.Message:
     return aio_pika.Message(
         body,
@@ -56,6 +61,26 @@ def amqp_message(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
         headers=headers,
+        expiration=expiration,
+    )
+
+
+def parked_message(
+    body: bytes,
+    reason: str,
+    *,
+    ttl_seconds: float,
+    headers: dict[str, Any] | None = None,
+    content_type: str | None = "application/json",
+) -> aio_pika.Message:
+    """A copy for the parking lot: why it was parked in `x-parked-reason`, and an expiry, so the lot
+    empties itself of what nobody looked at (the database keeps every failed message)."""
+    return aio_pika.Message(
+        body,
+        content_type=content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={**(headers or {}), "x-parked-reason": reason[:500]},
+        expiration=ttl_seconds,
     )
 
 
@@ -124,12 +149,14 @@ class Consumer(Generic[C]):
         parking: Publisher,
         parking_key: str,
         requeue_pause: float = 1.0,
+        parked_ttl_seconds: float = PARKED_TTL_SECONDS,
     ) -> None:
         self.queue = queue
         self.contract = contract
         self.handler = handler
         self.parking = parking
         self.parking_key = parking_key
+        self.parked_ttl_seconds = parked_ttl_seconds
         self.requeue_pause = requeue_pause
         self._tag: str | None = None
         self._active: set[asyncio.Task[None]] = set()
@@ -170,11 +197,12 @@ class Consumer(Generic[C]):
 
     async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("parking a delivery from {}: {}", self.queue.name, reason)
-        parked = aio_pika.Message(
+        parked = parked_message(
             message.body,
+            reason,
+            ttl_seconds=self.parked_ttl_seconds,
+            headers={**message.headers, "x-parked-from": self.queue.name},
             content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={**message.headers, "x-parked-reason": reason[:500], "x-parked-from": self.queue.name},
         )
         await self.parking.exchange.publish(parked, self.parking_key)
         await message.ack()
