@@ -20,10 +20,12 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.contracts import C, Contract, decode
+from shared.topology import PARKED_TTL_SECONDS
 
 # A robust channel waits for a lost broker to come back; a publisher must not wait that long.
 PUBLISH_TIMEOUT_SECONDS = 30.0
 CONNECT_ERRORS = (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError)
+OUTAGE_PAUSES = (0.5, 1.0, 2.0, 5.0)
 
 
 async def connect(url: str, *, give_up_after: float = 60.0) -> AbstractRobustConnection:
@@ -48,7 +50,11 @@ async def confirm_channel(connection: AbstractRobustConnection) -> AbstractChann
 
 
 def amqp_message(
-    body: bytes, *, message_id: str | None = None, headers: dict[str, Any] | None = None
+    body: bytes,
+    *,
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    expiration: float | None = None,
 ) -> aio_pika.Message:
     return aio_pika.Message(
         body,
@@ -56,6 +62,26 @@ def amqp_message(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
         headers=headers,
+        expiration=expiration,
+    )
+
+
+def parked_message(
+    body: bytes,
+    reason: str,
+    *,
+    ttl_seconds: float,
+    headers: dict[str, Any] | None = None,
+    content_type: str | None = "application/json",
+) -> aio_pika.Message:
+    """A copy for the parking lot: why it was parked in `x-parked-reason`, and an expiry, so the lot
+    empties itself of what nobody looked at (the database keeps every failed message)."""
+    return aio_pika.Message(
+        body,
+        content_type=content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={**(headers or {}), "x-parked-reason": reason[:500]},
+        expiration=ttl_seconds,
     )
 
 
@@ -124,13 +150,19 @@ class Consumer(Generic[C]):
         parking: Publisher,
         parking_key: str,
         requeue_pause: float = 1.0,
+        parked_ttl_seconds: float = PARKED_TTL_SECONDS,
+        transient: tuple[type[BaseException], ...] = (),
+        outage_patience_seconds: float = 300.0,
     ) -> None:
         self.queue = queue
         self.contract = contract
         self.handler = handler
         self.parking = parking
         self.parking_key = parking_key
+        self.parked_ttl_seconds = parked_ttl_seconds
         self.requeue_pause = requeue_pause
+        self.transient = transient
+        self.outage_patience_seconds = outage_patience_seconds
         self._tag: str | None = None
         self._active: set[asyncio.Task[None]] = set()
 
@@ -159,7 +191,7 @@ class Consumer(Generic[C]):
             await self._park(message, f"unreadable body: {exc}")
             return
         try:
-            await self.handler(Delivery(body, bool(message.redelivered), count))
+            await self._handle_riding_out_outages(Delivery(body, bool(message.redelivered), count))
         except Reject as exc:
             await self._park(message, str(exc))
         except asyncio.CancelledError:
@@ -172,13 +204,32 @@ class Consumer(Generic[C]):
         else:
             await message.ack()
 
+    async def _handle_riding_out_outages(self, delivery: Delivery[C]) -> None:
+        # A dependency that is down (the database restarting) is waited for with the delivery in hand:
+        # each requeue would count towards the queue's delivery limit and park a healthy delivery.
+        pauses = iter(OUTAGE_PAUSES)
+        deadline = asyncio.get_running_loop().time() + self.outage_patience_seconds
+        while True:
+            try:
+                await self.handler(delivery)
+                return
+            except self.transient as exc:
+                pause = next(pauses, OUTAGE_PAUSES[-1])
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                logger.warning(
+                    "handler on {} met an outage ({!r}); trying again in {}s", self.queue.name, exc, pause
+                )
+                await asyncio.sleep(pause)
+
     async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("parking a delivery from {}: {}", self.queue.name, reason)
-        parked = aio_pika.Message(
+        parked = parked_message(
             message.body,
+            reason,
+            ttl_seconds=self.parked_ttl_seconds,
+            headers={**message.headers, "x-parked-from": self.queue.name},
             content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={**message.headers, "x-parked-reason": reason[:500], "x-parked-from": self.queue.name},
         )
         await self.parking.exchange.publish(parked, self.parking_key)
         await message.ack()

@@ -3,9 +3,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.settings import CommonSettings
+
+# What a database that is restarting, unreachable or frozen raises: worth waiting out, not a bug.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    TimeoutError,
+    OSError,
+)
 
 
 def make_engine(settings: CommonSettings, *, pool_size: int | None = None) -> AsyncEngine:

@@ -9,6 +9,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+# How long a parked copy stays in the parking lot: long enough to look at after a weekend.
+PARKED_TTL_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,9 @@ class Topology:
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     # A delivery that crashes its consumer this many times is dead-lettered to the parking lot.
     delivery_limit: int = 10
+    # The parking lot is bounded by a per-message expiry on each parked copy, not by a queue argument:
+    # installations already have the queue, and RabbitMQ refuses a redeclare with other arguments.
+    parked_ttl_seconds: float = PARKED_TTL_SECONDS
 
     @property
     def events_exchange(self) -> str:
@@ -36,6 +41,12 @@ class Topology:
     @property
     def parking_queue(self) -> str:
         return f"{self.namespace}.parking"
+
+    def expiration(self, routing_key: str) -> float | None:
+        """The per-message TTL (seconds) of a copy published to the work exchange with this key: parked
+        copies expire, nothing else does. One constant TTL keeps expiry in FIFO order, so no copy waits
+        behind a longer-lived one at the head of the queue."""
+        return self.parked_ttl_seconds if routing_key == self.parking_key else None
 
     def retry_key(self, tier: int) -> str:
         return f"retry.{int(self.retry_delays[tier] * 1000)}ms"

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from loguru import logger
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, delete, func, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound
@@ -23,11 +23,14 @@ from shared.domain.statuses import (
 )
 from shared.domain.windows import DailyWindow
 from shared.messages import cancel_open_messages
-from shared.models import Mailing, Message
+from shared.models import Client, Mailing, Message, ReportOutcome
 from shared.outbox import mailing_event
 
 CANCELLED_REASON = "mailing cancelled"
 DELETED_REASON = "mailing deleted"
+REQUEUED_PREFIX = "requeued by an operator after: "
+# The parked view lists this many reasons at most, the most frequent first.
+PARKED_REASONS_SHOWN = 20
 
 
 class MailingChanges(TypedDict, total=False):
@@ -37,6 +40,12 @@ class MailingChanges(TypedDict, total=False):
     filter_tags: list[str]
     filter_operator_codes: list[str]
     window: DailyWindow | None
+
+
+@dataclass(frozen=True)
+class ParkedSummary:
+    count: int
+    reasons: list[tuple[str, int]]
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,70 @@ async def delete_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
     cancelled = await _cancel_open_messages(session, mailing_id, DELETED_REASON, now)
     _record(session, "deleted", mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing deleted; {} messages not yet sent cancelled", cancelled)
+
+
+async def parked_summary(session: AsyncSession, mailing_id: int) -> ParkedSummary:
+    """The mailing's parked (`failed`) messages: how many, and the most frequent reasons with their counts,
+    in one GROUP BY; the window sum counts every reason, those past the shown ones included."""
+    await get_mailing(session, mailing_id)
+    reason = func.coalesce(Message.last_error, "")
+    count = func.count()
+    rows = (
+        await session.execute(
+            select(reason, count, func.sum(count).over())
+            .where(Message.mailing_id == mailing_id, Message.status == MessageStatus.FAILED.value)
+            .group_by(reason)
+            .order_by(count.desc(), reason)
+            .limit(PARKED_REASONS_SHOWN)
+        )
+    ).all()
+    total = int(rows[0][2]) if rows else 0
+    return ParkedSummary(total, [(str(r), int(n)) for r, n, _ in rows])
+
+
+async def requeue_parked(session: AsyncSession, mailing_id: int, now: datetime, by: str) -> int:
+    """Send a running mailing's parked messages back for delivery: each `failed` message of a live client
+    becomes `pending`, due now, with its attempts reset; the scheduler dispatches it. The one way a final
+    status changes. Their outcomes are dropped from the reporter's record in the same statement, so the
+    message's next final status is the one the daily report counts."""
+    mailing = await _locked(session, mailing_id)
+    log = logger.bind(mailing_id=mailing_id)
+    if mailing.status != MailingStatus.RUNNING:
+        log.info("requeue of parked messages refused: mailing is {}", mailing.status)
+        raise Conflict(
+            "status",
+            f"only a running mailing's parked messages can be requeued, this one is {mailing.status}",
+        )
+    requeued = (
+        update(Message)
+        .where(
+            Message.mailing_id == mailing_id,
+            Message.status == MessageStatus.FAILED.value,
+            Message.client_id == Client.id,
+            Client.deleted_at.is_(None),
+        )
+        .values(
+            status=MessageStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=None,
+            not_before=now,
+            lease_until=None,
+            claim_token=None,
+            last_error=REQUEUED_PREFIX + func.coalesce(Message.last_error, ""),
+            updated_at=now,
+        )
+        .returning(Message.id)
+        .cte("requeued")
+    )
+    forgotten = delete(ReportOutcome).where(ReportOutcome.message_id.in_(select(requeued.c.id)))
+    count = await session.scalar(
+        select(func.count()).select_from(requeued).add_cte(forgotten.cte("forgotten"))
+    )
+    requeued_count = int(count or 0)
+    if requeued_count:
+        _record(session, "updated", mailing, now)
+    log.info("{} parked messages requeued by {}", requeued_count, by)
+    return requeued_count
 
 
 def live_mailings(status: MailingStatus | None) -> ColumnElement[bool]:

@@ -19,7 +19,7 @@ from services.reporter.settings import ReporterSettings
 from shared.broker import Consumer, Publisher, confirm_channel, connect, consumed_queue
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
-from shared.db import make_engine
+from shared.db import TRANSIENT_DB_ERRORS, make_engine
 from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
@@ -79,6 +79,8 @@ async def start_reporter(
         reporter.on_finalized,
         parking=Publisher(work),
         parking_key=topology.parking_key,
+        parked_ttl_seconds=topology.parked_ttl_seconds,
+        transient=TRANSIENT_DB_ERRORS,
     )
     ops = None
     if serve_ops:

@@ -14,7 +14,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connect, consumed_queue
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
-from shared.db import make_engine
+from shared.db import TRANSIENT_DB_ERRORS, make_engine
 from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
@@ -59,7 +59,13 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
         await consumer_channel.set_qos(prefetch_count=16)
         queue = await consumed_queue(consumer_channel, topology.service_queue("scheduler"))
         consumer = Consumer(
-            queue, MailingChanged, on_event, parking=Publisher(work), parking_key=topology.parking_key
+            queue,
+            MailingChanged,
+            on_event,
+            parking=Publisher(work),
+            parking_key=topology.parking_key,
+            parked_ttl_seconds=topology.parked_ttl_seconds,
+            transient=TRANSIENT_DB_ERRORS,
         )
         ops = await start_service_ops(
             settings.metrics_host, settings.metrics_port, registry, engine, connection

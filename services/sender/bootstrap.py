@@ -38,9 +38,9 @@ from shared.broker import (
 )
 from shared.clock import utc_now
 from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
-from shared.db import make_engine
+from shared.db import TRANSIENT_DB_ERRORS, make_engine
 from shared.ops import release, start_service_ops
-from shared.topology import declare
+from shared.topology import Topology, declare
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -49,13 +49,19 @@ ProviderFactory = Callable[[aiohttp.ClientSession, str, AnswerHook], Provider]
 
 
 class AmqpBus:
-    def __init__(self, work: AbstractExchange, events: AbstractExchange) -> None:
+    def __init__(self, work: AbstractExchange, events: AbstractExchange, topology: Topology) -> None:
         self.work = work
         self.events = events
+        self.topology = topology
 
     async def publish(self, copies: Sequence[WorkCopy], finalized: bytes | None) -> None:
         sends = [
-            self.work.publish(amqp_message(c.command.encode(), headers=c.headers), c.routing_key)
+            self.work.publish(
+                amqp_message(
+                    c.command.encode(), headers=c.headers, expiration=self.topology.expiration(c.routing_key)
+                ),
+                c.routing_key,
+            )
             for c in copies
         ]
         if finalized is not None:
@@ -140,7 +146,7 @@ async def start_sender(
     store = Store(engine, settings, topology.send_queue)
     writer = OutcomeWriter(
         store,
-        AmqpBus(work, events),
+        AmqpBus(work, events, topology),
         metrics,
         parking_key=topology.parking_key,
         now=clocks.now,
@@ -203,7 +209,13 @@ async def start_sender(
     metrics.pacing_interval.set_function(lambda: pacer.interval)
     writer.start()
     consumer = Consumer(
-        send_queue, SendMessages, sender.handle, parking=Publisher(work), parking_key=topology.parking_key
+        send_queue,
+        SendMessages,
+        sender.handle,
+        parking=Publisher(work),
+        parking_key=topology.parking_key,
+        parked_ttl_seconds=topology.parked_ttl_seconds,
+        transient=TRANSIENT_DB_ERRORS,
     )
     ops = None
     if serve_ops:

@@ -188,6 +188,24 @@ def mailing_out(row: Mailing) -> MailingOut:
     )
 
 
+class ParkedReasonOut(BaseModel):
+    reason: str = Field(description="The message's `last_error`", examples=["http 400"])
+    count: int = Field(ge=0, examples=[12])
+
+
+class ParkedOut(BaseModel):
+    mailing_id: int = Field(examples=[42])
+    count: int = Field(ge=0, description="Every parked (`failed`) message of the mailing", examples=[17])
+    reasons: list[ParkedReasonOut] = Field(
+        description=f"The {service.PARKED_REASONS_SHOWN} most frequent reasons at most, most frequent first"
+    )
+
+
+class RequeuedOut(BaseModel):
+    mailing_id: int = Field(examples=[42])
+    requeued: int = Field(ge=0, description="Messages sent back for delivery", examples=[17])
+
+
 def _wake_relay(request: Request) -> None:
     request.app.state.relay.wake()
 
@@ -330,3 +348,31 @@ async def cancel_mailing(
     await session.commit()
     _wake_relay(request)
     return mailing_out(mailing)
+
+
+@router.get("/{mailing_id}/parked", responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID})
+async def parked_messages(mailing_id: int, session: SessionDep, _: PrincipalDep) -> ParkedOut:
+    """The mailing's parked messages: those that can never be sent as they are (`failed`: the provider
+    refused them with 400, or their attempts ran out). How many, and why, grouped by reason."""
+    summary = await service.parked_summary(session, mailing_id)
+    return ParkedOut(
+        mailing_id=mailing_id,
+        count=summary.count,
+        reasons=[ParkedReasonOut(reason=r, count=n) for r, n in summary.reasons],
+    )
+
+
+@router.post("/{mailing_id}/parked/requeue", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
+async def requeue_parked_messages(
+    mailing_id: int, request: Request, session: SessionDep, principal: PrincipalDep
+) -> RequeuedOut:
+    """Send a running mailing's parked messages back for delivery (409 naming `status` for any other
+    status): every `failed` message of a client not deleted becomes `pending` with its attempts reset to
+    0 and is sent again as soon as the client's window allows. `last_error` keeps the earlier reason after
+    `requeued by an operator after: `. This is the one way a final status changes."""
+    requeued = await service.requeue_parked(
+        session, mailing_id, utc_now(), by=f"API key {principal.key_id} ({principal.name})"
+    )
+    await session.commit()
+    _wake_relay(request)
+    return RequeuedOut(mailing_id=mailing_id, requeued=requeued)
