@@ -265,7 +265,9 @@ class Sender:
         started = monotonic()
         if self.stopping or started >= give_up_at:
             return self._give_back(claim, item, self.topology.send_key)
-        mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
+        mailing = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
+        if mailing is None:
+            return self._give_back(claim, item, self.topology.retry_key(0))
         now, checked = self.clocks.now(), monotonic()
         verdict = check_sendable(claim, mailing, now)
         if verdict.action != "send":
@@ -282,8 +284,11 @@ class Sender:
             self.breaker.release()
             return self._give_back(claim, item, self.topology.retry_key(0))
         if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
-            mailing = self.cache.fresh(claim.mailing_id) or await self.cache.get(claim.mailing_id)
-            now, checked = self.clocks.now(), monotonic()
+            rechecked = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
+            if rechecked is None:
+                self.breaker.release()
+                return self._give_back(claim, item, self.topology.retry_key(0))
+            mailing, now, checked = rechecked, self.clocks.now(), monotonic()
             verdict = check_sendable(claim, mailing, now)
             if verdict.action != "send":
                 self.breaker.release()
@@ -304,6 +309,17 @@ class Sender:
             self.calls_in_flight -= 1
         self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
         return self._after_call(claim, item, mailing, result)
+
+    async def _read_mailing(self, claim: Claim) -> MailingInfo | None:
+        """The mailing's state from the database, or None when it cannot be read now (the message is
+        then given back, not called on a state nobody checked)."""
+        try:
+            return await self.cache.get(claim.mailing_id)
+        except Exception as exc:
+            logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id).warning(
+                "could not read the mailing ({!r}); giving the message back", exc
+            )
+            return None
 
     async def _acquire_breaker(self, give_up_at: float) -> bool:
         while not self.breaker.try_acquire():
