@@ -97,39 +97,70 @@ class Scheduler:
     async def process_mailing(self, mailing_id: int, now: datetime) -> bool:
         """Bring one mailing up to date with `now`; False when another scheduler holds it right now."""
         log = logger.bind(mailing_id=mailing_id)
+        ending: tuple[str, str, str | None] | None = None
         async with self.engine.begin() as conn:
             if not await store.try_lock_mailing(conn, mailing_id):
                 return False
             row = await store.load_mailing(conn, mailing_id)
             if row is None:
                 return True
+            status = row.status
             finalized: list[store.Finalized] = []
             if row.deleted or row.status == MailingStatus.CANCELLED:
-                reason = MAILING_DELETED if row.deleted else MAILING_CANCELLED
-                finalized += await store.finalize_unfinished(conn, mailing_id, "cancelled", reason, now)
+                ending = ("cancelled", MAILING_DELETED if row.deleted else MAILING_CANCELLED, None)
                 if row.deleted and await store.set_mailing_status(conn, mailing_id, "cancelled", ACTIVE):
                     log.info("mailing deleted: status {} -> cancelled", row.status)
             elif row.status in ACTIVE and row.plan.start_at <= now:
                 ended = now >= row.plan.end_at
                 if row.expanded_at is None or not ended:
                     finalized += await self._expand(conn, row, now)
-                status = row.status
                 if status == SCHEDULED and await store.set_mailing_status(
                     conn, mailing_id, RUNNING, (SCHEDULED,)
                 ):
                     log.info("mailing started: status scheduled -> running")
                     status = RUNNING
                 if ended:
-                    finalized += await store.finalize_unfinished(
-                        conn, mailing_id, "expired", MAILING_ENDED, now
-                    )
-                done_from = (RUNNING, PAUSED) if ended else (RUNNING,)
-                if await store.finish_if_done(conn, mailing_id, done_from):
+                    ending = ("expired", MAILING_ENDED, status)
+                elif await store.finish_if_done(conn, mailing_id, (RUNNING,)):
                     log.info("mailing finished: status {} -> finished", status)
             if finalized:
                 await self._publish_finalized(finalized, now)
         self._count_finalized(finalized, log)
+        if ending is not None:
+            await self._end_open_messages(mailing_id, *ending, now, log)
         return True
+
+    async def _end_open_messages(
+        self,
+        mailing_id: int,
+        status: str,
+        reason: str,
+        finish_from: str | None,
+        now: datetime,
+        log: Logger,
+    ) -> None:
+        """Ends a mailing's open messages a chunk a transaction, each chunk's events confirmed before its
+        commit: a mailing of millions never sits in memory, and a crash midway leaves the rest open for
+        the next tick. With `finish_from` (the mailing's status) the mailing is finished after the last."""
+        limit = self.settings.dispatch_batch
+        while True:
+            async with self.engine.begin() as conn:
+                # The lock went with the previous chunk's commit; without it another scheduler carries on.
+                if not await store.try_lock_mailing(conn, mailing_id):
+                    return
+                chunk = await store.finalize_unfinished(conn, mailing_id, status, reason, now, limit)
+                if chunk:
+                    await self._publish_finalized(chunk, now)
+                last = len(chunk) < limit
+                if (
+                    last
+                    and finish_from is not None
+                    and await store.finish_if_done(conn, mailing_id, (RUNNING, PAUSED))
+                ):
+                    log.info("mailing finished: status {} -> finished", finish_from)
+            self._count_finalized(chunk, log)
+            if last:
+                return
 
     async def _expand(
         self, conn: AsyncConnection, row: store.MailingRow, now: datetime

@@ -248,17 +248,22 @@ async def replan_pending(
 
 
 async def finalize_unfinished(
-    conn: AsyncConnection, mailing_id: int, status: str, reason: str, now: datetime
+    conn: AsyncConnection, mailing_id: int, status: str, reason: str, now: datetime, limit: int
 ) -> list[Finalized]:
-    """Ends every non-final message of a mailing; a message a sender holds right now is left to it."""
+    """Ends up to `limit` non-final messages of a mailing; a message a sender holds right now is left to it.
+
+    Called chunk by chunk until it returns fewer than `limit`, so no caller holds a whole mailing."""
     result = await conn.execute(
         text(
-            "UPDATE messages SET status = :status, last_error = :reason, updated_at = :now"
+            "WITH chunk AS (SELECT id FROM messages"
             f" WHERE mailing_id = :mid AND status IN {OPEN_SQL}"
             " AND (lease_until IS NULL OR lease_until < :now)"
-            " RETURNING id, client_id, status, attempts, last_error"
+            " LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            " UPDATE messages m SET status = :status, last_error = :reason, updated_at = :now"
+            f" FROM chunk WHERE m.id = chunk.id AND m.status IN {OPEN_SQL}"
+            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
         ),
-        {"mid": mailing_id, "status": status, "reason": reason, "now": now},
+        {"mid": mailing_id, "status": status, "reason": reason, "now": now, "limit": limit},
     )
     return _finalized(result.all(), mailing_id)
 
