@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.auth import ensure_bootstrap_key
-from services.api.errors import install_error_handlers
+from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
@@ -88,15 +88,20 @@ def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
         started = time.perf_counter()
         with logger.contextualize(request_id=request_id):
             try:
                 response = await call_next(request)
-            except Exception:
-                logger.exception("unhandled error on {} {}", request.method, request.url.path)
-                response = JSONResponse(
-                    {"detail": "internal error", "request_id": request_id}, status_code=500
-                )
+            except Exception as exc:
+                if database_unavailable(exc):
+                    # Raised outside the route's handlers, e.g. by the session closing after the route.
+                    response = database_unavailable_answer(request, exc)
+                else:
+                    logger.exception("unhandled error on {} {}", request.method, request.url.path)
+                    response = JSONResponse(
+                        {"detail": "internal error", "request_id": request_id}, status_code=500
+                    )
             elapsed = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", "unmatched")
             metrics.requests.labels(request.method, route, str(response.status_code)).inc()
