@@ -181,20 +181,25 @@ class Scheduler:
         if full and row.expanded_at is not None and zones.timezones:
             moved, replan_expired = await store.replan_pending(conn, plan, zones, now)
             finalized += replan_expired
-        planned = 0
+        planned = expired_on_insert = 0
         if zones.timezones:
             result = await store.insert_messages(conn, plan, zones, now, changed_since)
-            planned = result.planned
-            finalized += result.expired
+            planned, expired_on_insert = result.planned, result.expired
+        if expired_on_insert:
+            # Can be every client of the mailing: published and logged a chunk at a time, never held.
+            log = logger.bind(mailing_id=plan.id)
+            async for chunk in store.expired_on_insert(conn, plan.id, now, self.settings.dispatch_batch):
+                await self._publish_finalized(chunk, now)
+                self._count_finalized(chunk, log)
         await store.mark_expanded(conn, plan.id, plan.signature)
         self.metrics.expansion_duration.observe(time.perf_counter() - started)
         self.metrics.planned.inc(planned)
-        if full or planned or finalized or moved:
+        if full or planned or finalized or moved or expired_on_insert:
             logger.bind(mailing_id=plan.id).info(
                 "{} expansion: {} planned, {} expired, {} cancelled, {} re-planned over {} timezones",
                 "full" if full else "incremental",
                 planned,
-                sum(1 for f in finalized if f.status == "expired"),
+                expired_on_insert + sum(1 for f in finalized if f.status == "expired"),
                 sum(1 for f in finalized if f.status == "cancelled"),
                 moved,
                 len(zones.timezones),

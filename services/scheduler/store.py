@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,7 +53,7 @@ class Claimed:
 @dataclass(frozen=True)
 class ExpansionResult:
     planned: int
-    expired: list[Finalized]
+    expired: int
 
 
 def _filter_sql(plan: MailingPlan, params: dict[str, Any]) -> str:
@@ -182,18 +182,29 @@ async def insert_messages(
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"
                 " SELECT count(*) FILTER (WHERE status = 'pending') AS planned,"
-                " COALESCE(array_agg(id) FILTER (WHERE status = 'expired'), '{}') AS expired_ids,"
-                " COALESCE(array_agg(client_id) FILTER (WHERE status = 'expired'), '{}') AS expired_clients"
+                " count(*) FILTER (WHERE status = 'expired') AS expired"
                 " FROM ins"
             ),
             params,
         )
     ).one()
-    expired = [
-        Finalized(mid, plan.id, cid, "expired", 0, NO_OPENING)
-        for mid, cid in zip(row.expired_ids, row.expired_clients, strict=True)
-    ]
-    return ExpansionResult(int(row.planned), expired)
+    return ExpansionResult(int(row.planned), int(row.expired))
+
+
+async def expired_on_insert(
+    conn: AsyncConnection, mailing_id: int, now: datetime, chunk: int
+) -> AsyncIterator[list[Finalized]]:
+    """The messages `insert_messages` at `now` inserted already expired, `chunk` at a time from a
+    server-side cursor: a mailing whose window never opens before its end can be all of its clients."""
+    result = await conn.stream(
+        text(
+            "SELECT id, client_id, status, attempts, last_error FROM messages"
+            " WHERE mailing_id = :mid AND status = 'expired' AND last_error = :reason AND created_at = :now"
+        ),
+        {"mid": mailing_id, "reason": NO_OPENING, "now": now},
+    )
+    async for rows in result.partitions(chunk):
+        yield _finalized(rows, mailing_id)
 
 
 async def cancel_unmatched(

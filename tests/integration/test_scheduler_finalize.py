@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,7 +17,7 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.scheduler import Scheduler
 from shared.contracts import MessagesFinalized, SendMessages
 
-from .test_scheduler_helpers import mailing_status, scheduler_settings
+from .test_scheduler_helpers import add_mailing, mailing_status, scheduler_settings
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +140,18 @@ async def test_ending_a_mailing_holds_a_chunk_in_memory_not_the_mailing(
     # one chunk of everything (the old single statement), and under a bound 30,000 rows would break.
     assert chunked_peak * 10 < whole_peak, (chunked_peak, whole_peak)
     assert chunked_peak < 8 * 1024 * 1024, chunked_peak
+
+
+async def test_clients_without_an_opening_before_the_end_are_expired_and_published_chunk_by_chunk(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    start = datetime(2030, 1, 7, 6, 0, tzinfo=UTC)
+    # The clients are in UTC: a 09:00-15:00 window never opens between 06:00 and 08:00.
+    mailing_id = await add_mailing(engine, start, start + timedelta(hours=2), window=(time(9), time(15)))
+
+    publisher, _ = await end_measured(engine, database_url, mailing_id, start, CHUNK)
+
+    assert await statuses_of(engine, mailing_id) == {"expired": MESSAGES}
+    assert publisher.batches == [CHUNK] * (MESSAGES // CHUNK)
+    assert publisher.outcomes == MESSAGES
+    assert publisher.statuses == {"expired"}
