@@ -177,29 +177,28 @@ class Scheduler:
         if row.expanded_at is not None:
             finalized += await store.cancel_unmatched(conn, plan, now, changed_since)
         zones = plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now)
-        moved = 0
+        moved = planned = expired = 0
         if full and row.expanded_at is not None and zones.timezones:
-            moved, replan_expired = await store.replan_pending(conn, plan, zones, now)
-            finalized += replan_expired
-        planned = expired_on_insert = 0
+            moved, expired = await store.replan_pending(conn, plan, zones, now)
         if zones.timezones:
             result = await store.insert_messages(conn, plan, zones, now, changed_since)
-            planned, expired_on_insert = result.planned, result.expired
-        if expired_on_insert:
+            planned, expired = result.planned, expired + result.expired
+        if expired:
             # Can be every client of the mailing: published and logged a chunk at a time, never held.
             log = logger.bind(mailing_id=plan.id)
-            async for chunk in store.expired_on_insert(conn, plan.id, now, self.settings.dispatch_batch):
+            batch = self.settings.dispatch_batch
+            async for chunk in store.expired_without_opening(conn, plan.id, now, batch):
                 await self._publish_finalized(chunk, now)
                 self._count_finalized(chunk, log)
         await store.mark_expanded(conn, plan.id, plan.signature)
         self.metrics.expansion_duration.observe(time.perf_counter() - started)
         self.metrics.planned.inc(planned)
-        if full or planned or finalized or moved or expired_on_insert:
+        if full or planned or finalized or moved or expired:
             logger.bind(mailing_id=plan.id).info(
                 "{} expansion: {} planned, {} expired, {} cancelled, {} re-planned over {} timezones",
                 "full" if full else "incremental",
                 planned,
-                expired_on_insert + sum(1 for f in finalized if f.status == "expired"),
+                expired,
                 sum(1 for f in finalized if f.status == "cancelled"),
                 moved,
                 len(zones.timezones),

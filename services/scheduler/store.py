@@ -191,15 +191,16 @@ async def insert_messages(
     return ExpansionResult(int(row.planned), int(row.expired))
 
 
-async def expired_on_insert(
+async def expired_without_opening(
     conn: AsyncConnection, mailing_id: int, now: datetime, chunk: int
 ) -> AsyncIterator[list[Finalized]]:
-    """The messages `insert_messages` at `now` inserted already expired, `chunk` at a time from a
-    server-side cursor: a mailing whose window never opens before its end can be all of its clients."""
+    """The messages `insert_messages` or `replan_pending` at `now` expired for want of an opening,
+    `chunk` at a time from a server-side cursor: a window that never opens before the end can expire
+    every client of the mailing."""
     result = await conn.stream(
         text(
             "SELECT id, client_id, status, attempts, last_error FROM messages"
-            " WHERE mailing_id = :mid AND status = 'expired' AND last_error = :reason AND created_at = :now"
+            " WHERE mailing_id = :mid AND status = 'expired' AND last_error = :reason AND updated_at = :now"
         ),
         {"mid": mailing_id, "reason": NO_OPENING, "now": now},
     )
@@ -235,27 +236,37 @@ async def cancel_unmatched(
 
 async def replan_pending(
     conn: AsyncConnection, plan: MailingPlan, zones: TimezonePlan, now: datetime
-) -> tuple[int, list[Finalized]]:
-    """Moves pending messages to the current window and period; returns (moved, expired)."""
-    result = await conn.execute(
-        text(
-            "UPDATE messages m SET updated_at = :now,"
-            " not_before = COALESCE(p.nb, m.not_before),"
-            " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
-            " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
-            " FROM clients c"
-            " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
-            " ON p.tz = c.timezone"
-            " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
-            # A due message that may still be sent now keeps its place in the queue.
-            " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
-            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
-        ),
-        {"mid": plan.id, "tzs": zones.timezones, "nbs": zones.not_befores, "reason": NO_OPENING, "now": now},
-    )
-    rows = result.all()
-    expired = _finalized([r for r in rows if r.status == "expired"], plan.id)
-    return len(rows) - len(expired), expired
+) -> tuple[int, int]:
+    """Moves pending messages to the current window and period; returns how many moved and how many
+    expired (counted in SQL: read the expired ones with `expired_without_opening`)."""
+    row = (
+        await conn.execute(
+            text(
+                "WITH moved AS ("
+                " UPDATE messages m SET updated_at = :now,"
+                " not_before = COALESCE(p.nb, m.not_before),"
+                " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
+                " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
+                " FROM clients c"
+                " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
+                " ON p.tz = c.timezone"
+                " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+                # A due message that may still be sent now keeps its place in the queue.
+                " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
+                " RETURNING m.status)"
+                " SELECT count(*) FILTER (WHERE status = 'pending') AS moved,"
+                " count(*) FILTER (WHERE status = 'expired') AS expired FROM moved"
+            ),
+            {
+                "mid": plan.id,
+                "tzs": zones.timezones,
+                "nbs": zones.not_befores,
+                "reason": NO_OPENING,
+                "now": now,
+            },
+        )
+    ).one()
+    return int(row.moved), int(row.expired)
 
 
 async def finalize_unfinished(

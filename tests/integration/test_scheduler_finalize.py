@@ -17,7 +17,7 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.scheduler import Scheduler
 from shared.contracts import MessagesFinalized, SendMessages
 
-from .test_scheduler_helpers import add_mailing, mailing_status, scheduler_settings
+from .test_scheduler_helpers import add_mailing, mailing_status, scheduler_settings, set_mailing
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +155,19 @@ async def test_clients_without_an_opening_before_the_end_are_expired_and_publish
     assert publisher.batches == [CHUNK] * (MESSAGES // CHUNK)
     assert publisher.outcomes == MESSAGES
     assert publisher.statuses == {"expired"}
+
+
+async def test_a_window_change_that_leaves_no_opening_expires_pending_messages_chunk_by_chunk(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    start = datetime(2030, 1, 7, 6, 0, tzinfo=UTC)
+    mailing_id = await add_mailing(engine, start, start + timedelta(hours=2), window=(time(6), time(12)))
+    await end_measured(engine, database_url, mailing_id, start, CHUNK)
+    assert await statuses_of(engine, mailing_id) == {"pending": MESSAGES}
+    await set_mailing(engine, mailing_id, "window_start = :ws", ws=time(9))
+
+    publisher, _ = await end_measured(engine, database_url, mailing_id, start + timedelta(minutes=1), CHUNK)
+
+    assert await statuses_of(engine, mailing_id) == {"expired": MESSAGES}
+    assert publisher.batches == [CHUNK] * (MESSAGES // CHUNK)
+    assert publisher.outcomes == MESSAGES
