@@ -133,6 +133,30 @@ async def test_while_the_database_is_down_writes_answer_503_with_retry_after_and
     assert len(outage_warnings) == 1, warnings
 
 
+async def test_an_api_started_while_the_database_is_down_answers_503_and_works_once_it_is_up(
+    outage_settings: ApiSettings, postgres: PrivatePostgres
+) -> None:
+    postgres.stop()
+    async with serving(outage_settings) as (_, api):
+        alive = await api.get("/healthz")
+        during = await api.post(CLIENTS, json=client_body(1))
+        postgres.start()
+        answers: list[int] = []
+
+        async def created() -> bool:
+            # The bootstrap key is stored in the background once the database answers; until then 401.
+            answers.append((await api.post(CLIENTS, json=client_body(1))).status_code)
+            return answers[-1] == 201
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await created():
+            assert asyncio.get_running_loop().time() < deadline, answers
+            await asyncio.sleep(0.05)
+    assert alive.status_code == 200
+    assert during.status_code == 503
+    assert set(answers) <= {401, 201}
+
+
 async def test_after_a_database_restart_the_first_request_is_answered_normally(
     outage_settings: ApiSettings, postgres: PrivatePostgres
 ) -> None:
