@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,10 +14,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.api.auth import ensure_bootstrap_key
-from services.api.errors import install_error_handlers
+from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
@@ -32,6 +34,10 @@ Every endpoint except `/healthz`, `/readyz`, `/metrics`, `/docs/` and `/openapi.
 Errors: `422` names each bad field in `detail[].loc`, `404` an unknown id, `409` a conflict such as a
 duplicate phone.
 """
+
+BOOTSTRAP_WAIT_SECONDS = 5.0
+BOOTSTRAP_FIRST_PAUSE_SECONDS = 0.5
+BOOTSTRAP_MAX_PAUSE_SECONDS = 10.0
 
 TAGS = [
     {"name": "clients", "description": "The client directory."},
@@ -50,8 +56,16 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
         engine: AsyncEngine = make_engine(settings)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
-        if settings.bootstrap_api_key is not None:
-            await ensure_bootstrap_key(app.state.sessions, settings.bootstrap_api_key.get_secret_value())
+        bootstrap = (
+            asyncio.create_task(_store_bootstrap_key(app.state.sessions, settings), name="bootstrap-key")
+            if settings.bootstrap_api_key is not None
+            else None
+        )
+        if bootstrap is not None:
+            # Normally done at once; with the database down the API starts anyway and answers 503.
+            await asyncio.wait({bootstrap}, timeout=BOOTSTRAP_WAIT_SECONDS)
+            if bootstrap.done():
+                bootstrap.result()
         relay = OutboxRelay(settings, app.state.sessions, metrics)
         app.state.relay = relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if settings.relay_enabled else None
@@ -62,6 +76,10 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
             relay.stop()
             if relay_task is not None:
                 await relay_task
+            if bootstrap is not None and not bootstrap.done():
+                bootstrap.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bootstrap
             await engine.dispose()
 
     app = FastAPI(
@@ -84,19 +102,44 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     return app
 
 
+async def _store_bootstrap_key(sessions: async_sessionmaker[AsyncSession], settings: ApiSettings) -> None:
+    """Stores the bootstrap key, retrying with growing pauses while the database is unreachable."""
+    assert settings.bootstrap_api_key is not None
+    pause = BOOTSTRAP_FIRST_PAUSE_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            await ensure_bootstrap_key(sessions, settings.bootstrap_api_key.get_secret_value())
+            if attempt > 1:
+                logger.info("bootstrap key stored at attempt {}", attempt)
+            return
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            (logger.warning if attempt == 1 else logger.debug)(
+                "database unavailable at start, the bootstrap key is not stored yet: {!r}", exc
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, BOOTSTRAP_MAX_PAUSE_SECONDS)
+
+
 def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
         started = time.perf_counter()
         with logger.contextualize(request_id=request_id):
             try:
                 response = await call_next(request)
-            except Exception:
-                logger.exception("unhandled error on {} {}", request.method, request.url.path)
-                response = JSONResponse(
-                    {"detail": "internal error", "request_id": request_id}, status_code=500
-                )
+            except Exception as exc:
+                if database_unavailable(exc):
+                    # Raised outside the route's handlers, e.g. by the session closing after the route.
+                    response = database_unavailable_answer(request, exc)
+                else:
+                    logger.exception("unhandled error on {} {}", request.method, request.url.path)
+                    response = JSONResponse(
+                        {"detail": "internal error", "request_id": request_id}, status_code=500
+                    )
             elapsed = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", "unmatched")
             metrics.requests.labels(request.method, route, str(response.status_code)).inc()

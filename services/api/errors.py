@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from loguru import logger
+from sqlalchemy import exc as sa_exc
 
 from shared.domain.errors import DomainValidationError
+
+# Long enough for a restart or a failover to finish, short enough that a client does not idle after it.
+DATABASE_RETRY_AFTER_SECONDS = 5
+DATABASE_WARNING_EVERY_SECONDS = 30.0
 
 
 class NotFound(Exception):
@@ -24,7 +33,73 @@ def field_error(field: str, message: str, kind: str = "value_error") -> dict[str
     return {"loc": ["body", field], "msg": message, "type": kind}
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or did not answer in time: worth trying again, not a bug.
+
+    psycopg's OperationalError covers a refused or dropped connection, a server shutting down, a
+    statement timeout (QueryCanceled) and lock or serialization conflicts, all of which pass."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc.orig, psycopg.OperationalError | psycopg.InterfaceError
+        )
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | ConnectionError)
+
+
+class OutageLog:
+    """One warning when the database goes away and then at most one every
+    DATABASE_WARNING_EVERY_SECONDS: an outage fails every request, and a traceback for each would bury
+    the logs. Each request still has its own access line with the 503."""
+
+    def __init__(self) -> None:
+        self._last_warning: float | None = None
+        self._quiet = 0
+
+    def note(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < DATABASE_WARNING_EVERY_SECONDS:
+            self._quiet += 1
+            return
+        logger.warning(
+            "database unavailable, answering 503 ({} more since the last warning): {}",
+            self._quiet,
+            _first_line(exc),
+        )
+        self._last_warning, self._quiet = now, 0
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+def database_unavailable_answer(request: Request, exc: BaseException) -> JSONResponse:
+    outages: OutageLog = request.app.state.database_outages
+    outages.note(exc)
+    return JSONResponse(
+        status_code=503,
+        content={
+            "detail": "the database is unavailable, try again shortly",
+            "request_id": getattr(request.state, "request_id", None),
+        },
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.state.database_outages = OutageLog()
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            # An integrity or programming error is a bug or a conflict: the 500 path logs its traceback.
+            raise exc
+        return database_unavailable_answer(request, exc)
+
     @app.exception_handler(DomainValidationError)
     async def domain_invalid(_: Request, exc: DomainValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [field_error(exc.field, exc.message)]})

@@ -22,7 +22,7 @@ from shared.domain.statuses import (
     can_transition_mailing,
 )
 from shared.domain.windows import DailyWindow
-from shared.messages import cancel_open_messages
+from shared.messages import count_cancelled_open_messages
 from shared.models import Client, Mailing, Message, ReportOutcome
 from shared.outbox import mailing_event
 
@@ -189,8 +189,10 @@ async def update_mailing(
 
 
 async def _cancel_open_messages(session: AsyncSession, mailing_id: int, reason: str, now: datetime) -> int:
-    result = await session.execute(cancel_open_messages(Message.mailing_id == mailing_id, reason, now))
-    return len(result.all())
+    cancelled = await session.scalar(
+        count_cancelled_open_messages(Message.mailing_id == mailing_id, reason, now)
+    )
+    return cancelled or 0
 
 
 def _move(mailing: Mailing, target: MailingStatus, now: datetime) -> None:

@@ -11,6 +11,7 @@ from loguru import logger
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.api.errors import database_unavailable
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
 from shared.broker import Publisher, confirm_channel, connect
@@ -31,15 +32,25 @@ MAX_PAUSE_SECONDS = 5.0
 
 class OutboxRelay:
     def __init__(
-        self, settings: ApiSettings, sessions: async_sessionmaker[AsyncSession], metrics: ApiMetrics
+        self,
+        settings: ApiSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        metrics: ApiMetrics,
+        *,
+        max_pause: float = MAX_PAUSE_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self.settings = settings
+        self.max_pause = max_pause
+        self.connect_timeout = connect_timeout
         self.sessions = sessions
         self.metrics = metrics
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._pause = settings.relay_poll_seconds
+        self._failures = 0
 
     @property
     def connection(self) -> AbstractRobustConnection | None:
@@ -47,6 +58,16 @@ class OutboxRelay:
         if self._connection is None or not self._connection.connected.is_set():
             return None
         return self._connection
+
+    @property
+    def pause(self) -> float:
+        """Seconds the relay waits before its next pass: the poll interval, growing while passes fail."""
+        return self._pause
+
+    @property
+    def failures(self) -> int:
+        """Passes failed in a row (0 while the relay works)."""
+        return self._failures
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows, so they leave at once instead of at the next poll."""
@@ -57,23 +78,44 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        pause = self.settings.relay_poll_seconds
         while not self._stop.is_set():
             try:
                 exchange = await self._exchange()
                 if exchange is None:
                     break
                 published = await self.relay_once(exchange)
-                pause = self.settings.relay_poll_seconds
+                self._recovered()
                 if published:
                     continue
             except Exception as exc:
-                self.metrics.outbox_failures.inc()
-                logger.warning("outbox relay pass failed, will retry: {!r}", exc)
-                await self._drop_connection()
-                pause = min(pause * 2, MAX_PAUSE_SECONDS)
-            await self._sleep(pause)
+                await self._failed(exc)
+            await self._sleep(self._pause)
         await self._drop_connection()
+
+    async def _failed(self, exc: Exception) -> None:
+        self.metrics.outbox_failures.inc()
+        self._failures += 1
+        self._pause = min(self._pause * 2, self.max_pause)
+        database = database_unavailable(exc)
+        # One warning an outage: a pass fails every few seconds until the broker or database is back.
+        if self._failures == 1:
+            logger.warning(
+                "outbox relay pass failed ({}), retrying with growing pauses up to {} s: {!r}",
+                "database" if database else "broker",
+                self.max_pause,
+                exc,
+            )
+        else:
+            logger.debug("outbox relay pass {} failed: {!r}", self._failures, exc)
+        if not database:
+            # A database outage leaves the broker connection as good as it was.
+            await self._drop_connection()
+
+    def _recovered(self) -> None:
+        if self._failures:
+            logger.info("outbox relay works again after {} failed passes", self._failures)
+        self._failures = 0
+        self._pause = self.settings.relay_poll_seconds
 
     async def relay_once(self, exchange: AbstractExchange) -> int:
         async with unit_of_work(self.sessions) as session:
@@ -119,8 +161,8 @@ class OutboxRelay:
         return await self._channel.get_exchange(self.settings.topology().events_exchange, ensure=False)
 
     async def _connect(self) -> None:
-        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-            connection = await connect(self.settings.amqp_url, give_up_after=CONNECT_TIMEOUT_SECONDS / 2)
+        async with asyncio.timeout(self.connect_timeout):
+            connection = await connect(self.settings.amqp_url, give_up_after=self.connect_timeout / 2)
             try:
                 channel = await confirm_channel(connection)
                 await declare(channel, self.settings.topology())

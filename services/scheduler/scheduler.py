@@ -34,6 +34,7 @@ from shared.contracts import (
     SendMessages,
 )
 from shared.domain.statuses import MailingStatus
+from shared.domain.windows import NO_OPENING
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -97,43 +98,68 @@ class Scheduler:
     async def process_mailing(self, mailing_id: int, now: datetime) -> bool:
         """Bring one mailing up to date with `now`; False when another scheduler holds it right now."""
         log = logger.bind(mailing_id=mailing_id)
+        ending: tuple[str, str, str | None] | None = None
         async with self.engine.begin() as conn:
             if not await store.try_lock_mailing(conn, mailing_id):
                 return False
             row = await store.load_mailing(conn, mailing_id)
             if row is None:
                 return True
-            finalized: list[store.Finalized] = []
+            status = row.status
             if row.deleted or row.status == MailingStatus.CANCELLED:
-                reason = MAILING_DELETED if row.deleted else MAILING_CANCELLED
-                finalized += await store.finalize_unfinished(conn, mailing_id, "cancelled", reason, now)
+                ending = ("cancelled", MAILING_DELETED if row.deleted else MAILING_CANCELLED, None)
                 if row.deleted and await store.set_mailing_status(conn, mailing_id, "cancelled", ACTIVE):
                     log.info("mailing deleted: status {} -> cancelled", row.status)
             elif row.status in ACTIVE and row.plan.start_at <= now:
                 ended = now >= row.plan.end_at
                 if row.expanded_at is None or not ended:
-                    finalized += await self._expand(conn, row, now)
-                status = row.status
+                    await self._expand(conn, row, now)
                 if status == SCHEDULED and await store.set_mailing_status(
                     conn, mailing_id, RUNNING, (SCHEDULED,)
                 ):
                     log.info("mailing started: status scheduled -> running")
                     status = RUNNING
                 if ended:
-                    finalized += await store.finalize_unfinished(
-                        conn, mailing_id, "expired", MAILING_ENDED, now
-                    )
-                done_from = (RUNNING, PAUSED) if ended else (RUNNING,)
-                if await store.finish_if_done(conn, mailing_id, done_from):
+                    ending = ("expired", MAILING_ENDED, status)
+                elif await store.finish_if_done(conn, mailing_id, (RUNNING,)):
                     log.info("mailing finished: status {} -> finished", status)
-            if finalized:
-                await self._publish_finalized(finalized, now)
-        self._count_finalized(finalized, log)
+        if ending is not None:
+            await self._end_open_messages(mailing_id, *ending, now, log)
         return True
 
-    async def _expand(
-        self, conn: AsyncConnection, row: store.MailingRow, now: datetime
-    ) -> list[store.Finalized]:
+    async def _end_open_messages(
+        self,
+        mailing_id: int,
+        status: str,
+        reason: str,
+        finish_from: str | None,
+        now: datetime,
+        log: Logger,
+    ) -> None:
+        """Ends a mailing's open messages a chunk a transaction, each chunk's events confirmed before its
+        commit: a mailing of millions never sits in memory, and a crash midway leaves the rest open for
+        the next tick. With `finish_from` (the mailing's status) the mailing is finished after the last."""
+        limit = self.settings.dispatch_batch
+        while True:
+            async with self.engine.begin() as conn:
+                # The lock went with the previous chunk's commit; without it another scheduler carries on.
+                if not await store.try_lock_mailing(conn, mailing_id):
+                    return
+                chunk = await store.finalize_unfinished(conn, mailing_id, status, reason, now, limit)
+                if chunk:
+                    await self._publish_finalized(chunk, now)
+                last = len(chunk) < limit
+                if (
+                    last
+                    and finish_from is not None
+                    and await store.finish_if_done(conn, mailing_id, (RUNNING, PAUSED))
+                ):
+                    log.info("mailing finished: status {} -> finished", finish_from)
+            self._count_finalized(chunk, log)
+            if last:
+                return
+
+    async def _expand(self, conn: AsyncConnection, row: store.MailingRow, now: datetime) -> None:
         plan = row.plan
         started = time.perf_counter()
         full = row.expanded_at is None or row.expansion_signature != plan.signature
@@ -142,33 +168,39 @@ class Scheduler:
             if full or row.expanded_at is None
             else row.expanded_at - timedelta(seconds=self.settings.client_change_margin_seconds)
         )
-        finalized: list[store.Finalized] = []
+        cancelled = 0
         if row.expanded_at is not None:
-            finalized += await store.cancel_unmatched(conn, plan, now, changed_since)
+            cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
         zones = plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now)
-        moved = 0
+        moved = planned = expired = 0
         if full and row.expanded_at is not None and zones.timezones:
-            moved, replan_expired = await store.replan_pending(conn, plan, zones, now)
-            finalized += replan_expired
-        planned = 0
+            moved, expired = await store.replan_pending(conn, plan, zones, now)
         if zones.timezones:
             result = await store.insert_messages(conn, plan, zones, now, changed_since)
-            planned = result.planned
-            finalized += result.expired
+            planned, expired = result.planned, expired + result.expired
+        # Either can be every client of the mailing: published and logged a chunk at a time, never held.
+        ended: list[tuple[str, Sequence[str]]] = [("cancelled", store.UNMATCHED_REASONS)] if cancelled else []
+        ended += [("expired", (NO_OPENING,))] if expired else []
+        log = logger.bind(mailing_id=plan.id)
+        for status, reasons in ended:
+            async for chunk in store.finalized_at(
+                conn, plan.id, status, reasons, now, self.settings.dispatch_batch
+            ):
+                await self._publish_finalized(chunk, now)
+                self._count_finalized(chunk, log)
         await store.mark_expanded(conn, plan.id, plan.signature)
         self.metrics.expansion_duration.observe(time.perf_counter() - started)
         self.metrics.planned.inc(planned)
-        if full or planned or finalized or moved:
-            logger.bind(mailing_id=plan.id).info(
+        if full or planned or cancelled or moved or expired:
+            log.info(
                 "{} expansion: {} planned, {} expired, {} cancelled, {} re-planned over {} timezones",
                 "full" if full else "incremental",
                 planned,
-                sum(1 for f in finalized if f.status == "expired"),
-                sum(1 for f in finalized if f.status == "cancelled"),
+                expired,
+                cancelled,
                 moved,
                 len(zones.timezones),
             )
-        return finalized
 
     async def sweep(
         self,

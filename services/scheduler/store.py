@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,7 +53,7 @@ class Claimed:
 @dataclass(frozen=True)
 class ExpansionResult:
     planned: int
-    expired: list[Finalized]
+    expired: int
 
 
 def _filter_sql(plan: MailingPlan, params: dict[str, Any]) -> str:
@@ -182,23 +182,36 @@ async def insert_messages(
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"
                 " SELECT count(*) FILTER (WHERE status = 'pending') AS planned,"
-                " COALESCE(array_agg(id) FILTER (WHERE status = 'expired'), '{}') AS expired_ids,"
-                " COALESCE(array_agg(client_id) FILTER (WHERE status = 'expired'), '{}') AS expired_clients"
+                " count(*) FILTER (WHERE status = 'expired') AS expired"
                 " FROM ins"
             ),
             params,
         )
     ).one()
-    expired = [
-        Finalized(mid, plan.id, cid, "expired", 0, NO_OPENING)
-        for mid, cid in zip(row.expired_ids, row.expired_clients, strict=True)
-    ]
-    return ExpansionResult(int(row.planned), expired)
+    return ExpansionResult(int(row.planned), int(row.expired))
+
+
+async def finalized_at(
+    conn: AsyncConnection, mailing_id: int, status: str, reasons: Sequence[str], now: datetime, chunk: int
+) -> AsyncIterator[list[Finalized]]:
+    """The messages this transaction's set-wise statements at `now` made `status` for one of `reasons`,
+    `chunk` at a time from a server-side cursor: a window that never opens before the end can expire
+    every client of the mailing, a narrowed filter can cancel most of them."""
+    result = await conn.stream(
+        text(
+            "SELECT id, client_id, status, attempts, last_error FROM messages"
+            " WHERE mailing_id = :mid AND status = :status AND last_error = ANY(CAST(:reasons AS text[]))"
+            " AND updated_at = :now"
+        ),
+        {"mid": mailing_id, "status": status, "reasons": list(reasons), "now": now},
+    )
+    async for rows in result.partitions(chunk):
+        yield _finalized(rows, mailing_id)
 
 
 async def cancel_unmatched(
     conn: AsyncConnection, plan: MailingPlan, now: datetime, changed_since: datetime | None
-) -> list[Finalized]:
+) -> int:
     """Messages not sent yet (pending, queued or retrying) whose client was deleted or no longer matches
     the filter are cancelled; a copy still in a queue then finds them final. One a sender holds right
     now is left to it: its check before the call sees the filter too."""
@@ -212,57 +225,78 @@ async def cancel_unmatched(
     changed = _changed_sql(changed_since, params)
     result = await conn.execute(
         text(
-            "UPDATE messages m SET status = 'cancelled', updated_at = :now,"
+            "WITH cancelled AS ("
+            " UPDATE messages m SET status = 'cancelled', updated_at = :now,"
             " last_error = CASE WHEN c.deleted_at IS NOT NULL THEN :deleted ELSE :unmatched END"
             " FROM clients c"
             " WHERE c.id = m.client_id AND m.mailing_id = :mid"
             " AND m.status IN ('pending', 'queued', 'retrying')"
             " AND (m.lease_until IS NULL OR m.lease_until < :now)"
             f" AND (c.deleted_at IS NOT NULL OR NOT {where}) {changed}"
-            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
+            " RETURNING 1)"
+            " SELECT count(*) FROM cancelled"
         ),
         params,
     )
-    return _finalized(result.all(), plan.id)
+    return int(result.scalar_one())
+
+
+# Why `cancel_unmatched` cancels a message, for reading its rows back with `finalized_at`.
+UNMATCHED_REASONS = (CLIENT_DELETED, CLIENT_NO_LONGER_MATCHES)
 
 
 async def replan_pending(
     conn: AsyncConnection, plan: MailingPlan, zones: TimezonePlan, now: datetime
-) -> tuple[int, list[Finalized]]:
-    """Moves pending messages to the current window and period; returns (moved, expired)."""
-    result = await conn.execute(
-        text(
-            "UPDATE messages m SET updated_at = :now,"
-            " not_before = COALESCE(p.nb, m.not_before),"
-            " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
-            " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
-            " FROM clients c"
-            " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
-            " ON p.tz = c.timezone"
-            " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
-            # A due message that may still be sent now keeps its place in the queue.
-            " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
-            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
-        ),
-        {"mid": plan.id, "tzs": zones.timezones, "nbs": zones.not_befores, "reason": NO_OPENING, "now": now},
-    )
-    rows = result.all()
-    expired = _finalized([r for r in rows if r.status == "expired"], plan.id)
-    return len(rows) - len(expired), expired
+) -> tuple[int, int]:
+    """Moves pending messages to the current window and period; returns how many moved and how many
+    expired (counted in SQL: read the expired ones with `finalized_at`)."""
+    row = (
+        await conn.execute(
+            text(
+                "WITH moved AS ("
+                " UPDATE messages m SET updated_at = :now,"
+                " not_before = COALESCE(p.nb, m.not_before),"
+                " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
+                " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
+                " FROM clients c"
+                " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
+                " ON p.tz = c.timezone"
+                " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+                # A due message that may still be sent now keeps its place in the queue.
+                " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
+                " RETURNING m.status)"
+                " SELECT count(*) FILTER (WHERE status = 'pending') AS moved,"
+                " count(*) FILTER (WHERE status = 'expired') AS expired FROM moved"
+            ),
+            {
+                "mid": plan.id,
+                "tzs": zones.timezones,
+                "nbs": zones.not_befores,
+                "reason": NO_OPENING,
+                "now": now,
+            },
+        )
+    ).one()
+    return int(row.moved), int(row.expired)
 
 
 async def finalize_unfinished(
-    conn: AsyncConnection, mailing_id: int, status: str, reason: str, now: datetime
+    conn: AsyncConnection, mailing_id: int, status: str, reason: str, now: datetime, limit: int
 ) -> list[Finalized]:
-    """Ends every non-final message of a mailing; a message a sender holds right now is left to it."""
+    """Ends up to `limit` non-final messages of a mailing; a message a sender holds right now is left to it.
+
+    Called chunk by chunk until it returns fewer than `limit`, so no caller holds a whole mailing."""
     result = await conn.execute(
         text(
-            "UPDATE messages SET status = :status, last_error = :reason, updated_at = :now"
+            "WITH chunk AS (SELECT id FROM messages"
             f" WHERE mailing_id = :mid AND status IN {OPEN_SQL}"
             " AND (lease_until IS NULL OR lease_until < :now)"
-            " RETURNING id, client_id, status, attempts, last_error"
+            " LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            " UPDATE messages m SET status = :status, last_error = :reason, updated_at = :now"
+            f" FROM chunk WHERE m.id = chunk.id AND m.status IN {OPEN_SQL}"
+            " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
         ),
-        {"mid": mailing_id, "status": status, "reason": reason, "now": now},
+        {"mid": mailing_id, "status": status, "reason": reason, "now": now, "limit": limit},
     )
     return _finalized(result.all(), mailing_id)
 
