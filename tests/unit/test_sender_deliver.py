@@ -48,6 +48,8 @@ class FakeProvider:
 class FakeWriter:
     def __init__(self) -> None:
         self.rows: list[tuple[OutcomeRow, str | None]] = []
+        # How long the oldest outcome has waited for its commit: the database's health as the sender sees it.
+        self.unwritten = 0.0
 
     def submit(self, row: OutcomeRow, item: SendItem, route: str | None = None) -> asyncio.Future[None]:
         self.rows.append((row, route))
@@ -60,7 +62,7 @@ class FakeWriter:
         return self.submit(OutcomeRow(claim.message_id, claim.token, "sent"), item)
 
     def unwritten_for(self) -> float:
-        return 0.0
+        return self.unwritten
 
 
 def message(message_id: int, attempts: int = 1) -> tuple[Claim, SendItem]:
@@ -129,3 +131,21 @@ async def test_a_refused_token_gives_the_attempt_back_a_failure_keeps_it(
     ((row, route),) = writer.rows
     assert (row.status, row.attempts) == ("retrying", attempts_written)
     assert route in {topology.retry_key(tier) for tier in range(len(topology.retry_delays))}
+
+
+async def test_a_sender_whose_outcomes_cannot_be_recorded_makes_no_call_until_they_are() -> None:
+    provider, writer, topology = FakeProvider(), FakeWriter(), Topology("t")
+    sender = make_sender(provider, writer, topology)
+    writer.unwritten = 3.5  # past the fence (3 s): the database has taken nothing for that long
+
+    await sender._deliver(*message(1), time.monotonic() + 30)
+
+    assert provider.called == []
+    ((row, route),) = writer.rows
+    assert (row.status, row.attempts, route) == ("queued", 0, topology.send_key)
+    assert sender.metrics.fenced._value.get() == 1
+
+    writer.unwritten = 0.0
+    await sender._deliver(*message(2), time.monotonic() + 30)
+    assert provider.called == [2]
+    assert sender.metrics.fenced._value.get() == 0

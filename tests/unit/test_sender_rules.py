@@ -9,6 +9,7 @@ from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, check_sendable
 from services.sender.pacing import LATENCY_WINDOW_SECONDS, MAX_WAIT_SECONDS, MIN_WAIT_SECONDS, Pacer
 from services.sender.ratelimit import RateLimiter
+from shared.domain.filters import CLIENT_NO_LONGER_MATCHES, ClientFilter
 from shared.domain.windows import NO_OPENING, DailyWindow
 
 pytestmark = pytest.mark.unit
@@ -133,6 +134,21 @@ def test_a_message_of_a_cancelled_or_deleted_mailing_is_cancelled() -> None:
         id=2, text="hi", status="running", end_at=NOW + timedelta(hours=1), window=None, deleted=True
     )
     assert check_sendable(claim(), deleted, NOW).action == "cancel"
+
+
+def test_a_message_of_a_client_a_narrowed_filter_left_out_is_cancelled_before_the_call() -> None:
+    narrowed = MailingInfo(
+        id=2,
+        text="hi",
+        status="running",
+        end_at=NOW + timedelta(hours=1),
+        window=None,
+        filter=ClientFilter(operator_codes=frozenset({"900"})),
+    )
+    left_out = claim()._replace(operator_code="901")
+    verdict = check_sendable(left_out, narrowed, NOW)
+    assert (verdict.action, verdict.reason) == ("cancel", CLIENT_NO_LONGER_MATCHES)
+    assert check_sendable(left_out._replace(operator_code="900"), narrowed, NOW).action == "send"
 
 
 def test_a_message_past_the_mailing_end_expires() -> None:

@@ -1,0 +1,149 @@
+"""Each fix of the delivery guarantees on its own, against real PostgreSQL: fenced claims, copies that come
+too early, the consumption watermark, a frozen connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.sender.store import OutcomeRow, Store
+from shared.db import make_engine
+from shared.settings import CommonSettings
+
+from ..faults import FreezingProxy
+from .test_sender_support import Db
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def engine(settings: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine, settings: CommonSettings) -> AsyncIterator[Store]:
+    store = Store(engine, settings, settings.topology().send_queue)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def db(settings: CommonSettings) -> Db:
+    return Db(settings.psycopg_dsn)
+
+
+async def expire_leases(db: Db, mailing_id: int) -> None:
+    """What the passing of a whole lease does, without waiting for it."""
+    await db.execute(
+        "UPDATE messages SET lease_until = now() - interval '1 second' WHERE mailing_id = %s", (mailing_id,)
+    )
+
+
+async def test_a_stale_claim_can_neither_overwrite_nor_release_the_claim_that_took_over(
+    db: Db, store: Store
+) -> None:
+    mailing = await db.mailing()
+    sent, given_back = await db.queued_messages(mailing, 2)
+    ids = [sent.message_id, given_back.message_id]
+    stale = {c.message_id: c for c in await store.claim(ids, 60.0)}
+    await expire_leases(db, mailing)
+    current = {c.message_id: c for c in await store.claim(ids, 60.0)}
+    assert {c.token for c in stale.values()}.isdisjoint({c.token for c in current.values()})
+
+    stale_sent = stale[sent.message_id]
+    assert await store.write_sent([sent.message_id], [datetime.now(UTC)], [stale_sent.token]) == set()
+    stale_back = stale[given_back.message_id]
+    assert (
+        await store.write([OutcomeRow(given_back.message_id, stale_back.token, "queued", attempts=0)]) == []
+    )
+
+    rows = await db.statuses(mailing)
+    assert all(row[0] == "queued" and row[1] == 2 and row[5] is not None for row in rows.values()), rows
+    holder = current[sent.message_id]
+    assert await store.write_sent([sent.message_id], [datetime.now(UTC)], [holder.token]) == {sent.message_id}
+    assert (await db.statuses(mailing))[sent.message_id][0] == "sent"
+
+
+async def test_a_copy_that_comes_before_its_retry_delay_ends_is_dropped_without_spending_an_attempt(
+    db: Db, store: Store
+) -> None:
+    mailing = await db.mailing()
+    (item,) = await db.queued_messages(mailing, 1)
+    await db.execute(
+        "UPDATE messages SET status = 'retrying', attempts = 1, next_attempt_at = now() + interval '1 minute'"
+        " WHERE id = %s",
+        (item.message_id,),
+    )
+    assert await store.claim([item.message_id], 60.0) == []
+    assert (await db.statuses(mailing))[item.message_id][:2] == ("retrying", 1)
+
+    await db.execute("UPDATE messages SET next_attempt_at = now() WHERE id = %s", (item.message_id,))
+    (claim,) = await store.claim([item.message_id], 60.0)
+    assert claim.attempts == 2
+
+
+async def test_a_claim_records_how_far_the_send_queue_was_consumed(
+    db: Db, store: Store, settings: CommonSettings
+) -> None:
+    mailing = await db.mailing()
+    older, newer = await db.queued_messages(mailing, 2)
+    queued_at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    for n, item in enumerate((older, newer)):
+        await db.execute(
+            "UPDATE messages SET queued_at = %s WHERE id = %s",
+            (queued_at + timedelta(minutes=n), item.message_id),
+        )
+    queue = settings.topology().send_queue
+
+    async def consumed_through() -> datetime:
+        rows = await db.execute("SELECT consumed_through FROM send_progress WHERE queue = %s", (queue,))
+        value: datetime = rows[0][0]
+        return value
+
+    await store.claim([newer.message_id], 60.0)
+    assert await consumed_through() == queued_at + timedelta(minutes=1)
+    await store.claim([older.message_id], 60.0)
+    assert await consumed_through() == queued_at + timedelta(minutes=1), "the watermark never goes back"
+
+
+async def test_a_frozen_database_connection_fails_the_statement_within_its_deadline(
+    database_url: str, amqp_namespace: str, db: Db
+) -> None:
+    mailing = await db.mailing()
+    (item,) = await db.queued_messages(mailing, 1)
+    async with FreezingProxy("127.0.0.1", 5432) as proxy:
+        settings = CommonSettings(
+            database_url=database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
+            amqp_namespace=amqp_namespace,
+            db_statement_timeout_seconds=0.5,
+            db_connect_timeout_seconds=2,
+            _env_file=None,
+        )
+        engine = make_engine(settings)
+        store = Store(engine, settings, "frozen.send")
+        try:
+            assert [c.message_id for c in await store.claim([item.message_id], 60.0)] == [item.message_id]
+            # Both of the store's connections are open (a write under another token changes nothing).
+            assert await store.write_sent([item.message_id], [datetime.now(UTC)], [0]) == set()
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await store.write_sent([item.message_id], [datetime.now(UTC)], [0])
+            # The client's deadline (statement timeout + 5 s), then psycopg's own cancel request and its
+            # wait for the server (5 s each) before it drops the connection.
+            assert time.monotonic() - started < settings.db_deadline_seconds + 12
+            proxy.thaw()
+            await expire_leases(db, mailing)
+            (claim,) = await asyncio.wait_for(store.claim([item.message_id], 60.0), 15)
+            assert claim.attempts == 2
+        finally:
+            await store.close()
+            await engine.dispose()
