@@ -17,7 +17,7 @@ from aio_pika.abc import (
 )
 from loguru import logger
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, stop_never, wait_exponential
 
 from shared.contracts import C, Contract, decode
 from shared.topology import PARKED_TTL_SECONDS
@@ -28,12 +28,14 @@ CONNECT_ERRORS = (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionEr
 OUTAGE_PAUSES = (0.5, 1.0, 2.0, 5.0)
 
 
-async def connect(url: str, *, give_up_after: float = 60.0) -> AbstractRobustConnection:
-    """A robust connection; waits (with growing pauses) for a broker that is still starting."""
+async def connect(url: str, *, give_up_after: float | None = None) -> AbstractRobustConnection:
+    """A robust connection; waits (with growing pauses, at most 5 s) for a broker that is still starting
+    or restarting, for ever unless `give_up_after` says otherwise: a service started while the broker
+    is away waits for it instead of exiting into a restart loop."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(CONNECT_ERRORS),
         wait=wait_exponential(multiplier=0.2, max=5),
-        stop=stop_after_delay(give_up_after),
+        stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
         reraise=True,
     ):
         with attempt:
