@@ -3,11 +3,12 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-unit lint format migrate bench demo up down preflight check-deploy
+.PHONY: install browser run test test-unit lint format migrate bench demo up down preflight check-deploy
 
 install: ## virtual environment and packages from the lock file
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
+	npm ci --no-audit --no-fund
 
 preflight: install
 	@$(RUN) python -m shared.preflight
@@ -18,8 +19,12 @@ migrate: preflight ## create the database if missing and apply every migration
 run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in)
 	$(RUN) honcho start -f Procfile
 
-test: preflight ## every test: unit, integration, end-to-end
+test: preflight browser ## every test: unit, integration, end-to-end, browser
 	$(RUN) pytest
+
+browser: ## Debian's chromium for the browser tests (installed when missing and running as root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y chromium; } \
+		|| echo "chromium is missing: install it (apt-get install chromium) to run the browser tests"
 
 test-unit: install
 	$(RUN) pytest -m unit

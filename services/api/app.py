@@ -15,7 +15,10 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.middleware.sessions import SessionMiddleware
 
+from services.api.admin import install_admin
+from services.api.admin.settings import AdminSettings
 from services.api.auth import ensure_bootstrap_key
 from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
 from services.api.metrics import ApiMetrics
@@ -99,6 +102,12 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     from services.api.routers import include_routers
 
     include_routers(app)
+    admin_settings = AdminSettings()
+    install_admin(app, admin_settings)
+    # Stand-in for the login work of issue 10: the admin UI's signed session cookie.
+    app.add_middleware(
+        SessionMiddleware, secret_key=admin_settings.session_secret.get_secret_value(), same_site="lax"
+    )
     return app
 
 

@@ -3,12 +3,13 @@ transaction. The caller commits and then wakes the outbox relay."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from loguru import logger
-from sqlalchemy import ColumnElement, Select, and_, delete, func, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound
@@ -330,47 +331,40 @@ async def list_mailings(
     return list(rows), total or 0
 
 
-def _count_columns() -> list[ColumnElement[int]]:
-    return [
-        func.count().filter(Message.status == status.value).label(status.value) for status in MessageStatus
-    ]
+def _no_counts() -> StatusCounts:
+    return StatusCounts(total=0, counts={s.value: 0 for s in MessageStatus})
 
 
-def stats_query(status: MailingStatus | None) -> Select[Any]:
-    """Each live mailing with its message counts: one query, counted per mailing through the
-    (mailing_id, status) index, so a page of mailings never aggregates the whole messages table."""
-    counts = (
-        select(func.count().label("total"), *_count_columns())
-        .where(Message.mailing_id == Mailing.id)
-        .correlate(Mailing)
-        .lateral("counts")
-    )
-    columns = [counts.c.total, *(counts.c[s.value] for s in MessageStatus)]
-    return (
-        select(Mailing, *columns).outerjoin(counts, true()).where(live_mailings(status)).order_by(Mailing.id)
-    )
-
-
-def _counts_of(row: tuple[object, ...]) -> StatusCounts:
-    total, *by_status = row
-    return StatusCounts(
-        total=int(total or 0),  # type: ignore[call-overload]
-        counts={s.value: int(n or 0) for s, n in zip(MessageStatus, by_status, strict=True)},  # type: ignore[call-overload]
-    )
+async def status_counts(session: AsyncSession, mailing_ids: Sequence[int]) -> dict[int, StatusCounts]:
+    """Each mailing's messages in total and by status: the one place every view asks for counts, so
+    where they come from (today a GROUP BY over the (mailing_id, status) index) can change in one place."""
+    found: dict[int, dict[str, int]] = {i: {} for i in mailing_ids}
+    if mailing_ids:
+        rows = await session.execute(
+            select(Message.mailing_id, Message.status, func.count())
+            .where(Message.mailing_id.in_(list(mailing_ids)))
+            .group_by(Message.mailing_id, Message.status)
+        )
+        for mailing_id, status, n in rows:
+            found[int(mailing_id)][str(status)] = int(n)
+    return {
+        i: StatusCounts(
+            total=sum(by_status.values()), counts={s.value: by_status.get(s.value, 0) for s in MessageStatus}
+        )
+        if by_status
+        else _no_counts()
+        for i, by_status in found.items()
+    }
 
 
 async def mailing_stats_page(
     session: AsyncSession, status: MailingStatus | None, limit: int, offset: int
 ) -> tuple[list[tuple[Mailing, StatusCounts]], int]:
-    total = await session.scalar(select(func.count()).select_from(Mailing).where(live_mailings(status)))
-    rows = (await session.execute(stats_query(status).limit(limit).offset(offset))).all()
-    page: list[tuple[Mailing, StatusCounts]] = [(row[0], _counts_of(tuple(row[1:]))) for row in rows]
-    return page, total or 0
+    mailings, total = await list_mailings(session, status, limit, offset)
+    counts = await status_counts(session, [m.id for m in mailings])
+    return [(m, counts[m.id]) for m in mailings], total
 
 
 async def mailing_stats(session: AsyncSession, mailing_id: int) -> tuple[Mailing, StatusCounts]:
     mailing = await get_mailing(session, mailing_id)
-    row = (
-        await session.execute(select(func.count(), *_count_columns()).where(Message.mailing_id == mailing_id))
-    ).one()
-    return mailing, _counts_of(tuple(row))
+    return mailing, (await status_counts(session, [mailing_id]))[mailing_id]

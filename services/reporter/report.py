@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import date
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -13,36 +12,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from shared.clock import utc_now
+from shared.reports import ALL_STATUSES, FINAL_STATUSES, DailyReport, MailingFigures
 
-FINAL_STATUSES = ("sent", "failed", "expired", "cancelled")
-ALL_STATUSES = ("pending", "queued", "retrying", *FINAL_STATUSES)
-TEXT_PREVIEW = 60
-
-
-@dataclass(frozen=True)
-class MailingFigures:
-    mailing_id: int
-    text: str | None
-    day: Mapping[str, int]
-    totals: Mapping[str, int]
-
-    @property
-    def preview(self) -> str:
-        if self.text is None:
-            return "(mailing not found)"
-        flat = " ".join(self.text.split())
-        return flat if len(flat) <= TEXT_PREVIEW else flat[: TEXT_PREVIEW - 1] + "…"
-
-
-@dataclass(frozen=True)
-class DailyReport:
-    day: date
-    timezone: str
-    mailings: Sequence[MailingFigures]
-
-    @property
-    def totals(self) -> dict[str, int]:
-        return {s: sum(m.day.get(s, 0) for m in self.mailings) for s in FINAL_STATUSES}
+__all__ = ["DailyReport", "MailingFigures", "render", "report_message_id", "subject"]
 
 
 def report_message_id(day: date, domain: str) -> str:

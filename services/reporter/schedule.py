@@ -5,15 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from shared.reports import day_bounds, local_midnight
 
-def local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The UTC instant local day `day` begins (a midnight skipped by DST resolves to the first hour after)."""
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
-
-
-def day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """[start, end) of local day `day` in UTC; 23 or 25 hours long on a DST change."""
-    return local_midnight(day, zone), local_midnight(day + timedelta(days=1), zone)
+__all__ = ["day_bounds", "due_days", "local_midnight", "report_due_at"]
 
 
 def report_due_at(day: date, zone: ZoneInfo, send_at: time) -> datetime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -10,12 +9,13 @@ from enum import StrEnum
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.reporter.report import MailingFigures
+from shared import reports
 from shared.contracts import MessageOutcome
 from shared.messages import FINAL_SQL
 from shared.models import ReportOutcome
+from shared.reports import MailingFigures
 
 # Rows per INSERT: 6 parameters each, well under PostgreSQL's 65,535 parameters a statement.
 INSERT_CHUNK = 5_000
@@ -179,33 +179,4 @@ async def backfill_outcomes(engine: AsyncEngine, start: datetime, end: datetime)
 async def day_figures(engine: AsyncEngine, start: datetime, end: datetime) -> list[MailingFigures]:
     """Per mailing with outcomes in [start, end): counts by final status that day, and its totals now."""
     async with engine.connect() as conn:
-        return await _day_figures(conn, start, end)
-
-
-async def _day_figures(conn: AsyncConnection, start: datetime, end: datetime) -> list[MailingFigures]:
-    day: dict[int, dict[str, int]] = defaultdict(dict)
-    rows = await conn.execute(
-        text(
-            "SELECT mailing_id, status, count(*) FROM report_outcomes"
-            " WHERE occurred_at >= :s AND occurred_at < :e GROUP BY mailing_id, status"
-        ),
-        {"s": start, "e": end},
-    )
-    for mailing_id, status, n in rows:
-        day[int(mailing_id)][str(status)] = int(n)
-    ids = sorted(day)
-    totals: dict[int, dict[str, int]] = defaultdict(dict)
-    texts: dict[int, str] = {}
-    if ids:
-        rows = await conn.execute(
-            text(
-                "SELECT mailing_id, status, count(*) FROM messages"
-                " WHERE mailing_id = ANY(:ids) GROUP BY mailing_id, status"
-            ),
-            {"ids": ids},
-        )
-        for mailing_id, status, n in rows:
-            totals[int(mailing_id)][str(status)] = int(n)
-        result = await conn.execute(text("SELECT id, text FROM mailings WHERE id = ANY(:ids)"), {"ids": ids})
-        texts = {int(i): str(t) for i, t in result}
-    return [MailingFigures(i, texts.get(i), day[i], totals[i]) for i in ids]
+        return await reports.day_figures(conn, start, end)

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
 
-from services.api.auth import hash_key, new_key
+from services.api import api_keys_service
+from services.api.auth import Principal
 from services.api.deps import AdminDep, SessionDep
-from services.api.errors import NotFound
-from services.api.schemas import MAX_ID
 from shared.models import ApiKey
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
@@ -44,12 +42,14 @@ def _out(row: ApiKey) -> ApiKeyOut:
     )
 
 
+def _by(principal: Principal) -> str:
+    return f"API key {principal.key_id} ({principal.name})"
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_api_key(body: ApiKeyCreate, session: SessionDep, _: AdminDep) -> ApiKeyCreated:
+async def create_api_key(body: ApiKeyCreate, session: SessionDep, principal: AdminDep) -> ApiKeyCreated:
     """Create an API key. The key is returned once; only its hash is stored."""
-    key = new_key()
-    row = ApiKey(name=body.name, role=body.role, key_hash=hash_key(key), prefix=key[:8])
-    session.add(row)
+    row, key = await api_keys_service.create_key(session, body.name, body.role, _by(principal))
     await session.commit()
     return ApiKeyCreated(**_out(row).model_dump(), key=key)
 
@@ -57,21 +57,11 @@ async def create_api_key(body: ApiKeyCreate, session: SessionDep, _: AdminDep) -
 @router.get("")
 async def list_api_keys(session: SessionDep, _: AdminDep) -> list[ApiKeyOut]:
     """Every API key, revoked ones included (never the keys themselves)."""
-    rows = (await session.scalars(select(ApiKey).order_by(ApiKey.id))).all()
-    return [_out(r) for r in rows]
+    return [_out(r) for r in await api_keys_service.list_keys(session)]
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_api_key(key_id: int, session: SessionDep, _: AdminDep) -> None:
+async def revoke_api_key(key_id: int, session: SessionDep, principal: AdminDep) -> None:
     """Revoke an API key: it stops working at once."""
-    if not 1 <= key_id <= MAX_ID:
-        raise NotFound("api key", key_id)
-    result = await session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(UTC))
-        .returning(ApiKey.id)
-    )
-    if result.scalar_one_or_none() is None:
-        raise NotFound("api key", key_id)
+    await api_keys_service.revoke_key(session, key_id, _by(principal))
     await session.commit()

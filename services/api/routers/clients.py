@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from services.api import clients_service
 from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv, validate_tag_text
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
 from services.api.errors import Conflict, NotFound
@@ -240,20 +241,19 @@ async def list_clients(
     phone_prefix: Annotated[
         str | None, Query(pattern="^[0-9]{1,11}$", description="Only phones starting with these digits")
     ] = None,
+    timezone: Annotated[
+        str | None, Query(max_length=64, description="Only clients in this IANA timezone")
+    ] = None,
 ) -> Page[ClientOut]:
-    """List live clients by id, filtered by tag, operator code and phone prefix (all optional)."""
-    conditions: list[ColumnElement[bool]] = [Client.deleted_at.is_(None)]
-    if tag is not None:
-        conditions.append(Client.tag == _query_tag(tag))
-    if operator_code is not None:
-        conditions.append(Client.operator_code == operator_code)
-    if phone_prefix is not None:
-        conditions.append(Client.phone.startswith(phone_prefix, autoescape=True))
-    total = await session.scalar(select(func.count()).select_from(Client).where(*conditions))
-    rows = await session.scalars(
-        select(Client).where(*conditions).order_by(Client.id).limit(page.limit).offset(page.offset)
+    """List live clients by id, filtered by tag, operator code, timezone and phone prefix (all optional)."""
+    conditions = clients_service.live_clients(
+        tag=None if tag is None else _query_tag(tag),
+        operator_code=operator_code,
+        timezone=timezone,
+        phone_prefix=phone_prefix,
     )
-    return Page(items=[_out(r) for r in rows], total=total or 0, limit=page.limit, offset=page.offset)
+    rows, total = await clients_service.list_clients(session, conditions, page.limit, page.offset)
+    return Page(items=[_out(r) for r in rows], total=total, limit=page.limit, offset=page.offset)
 
 
 def _log_imported(clients: list[ImportedClient]) -> None:

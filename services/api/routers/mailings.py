@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from services.api import clients_service
 from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep
 from services.api.pagination import PaginationDep
@@ -253,6 +254,26 @@ async def create_mailing(
     _wake_relay(request)
     response.headers["Location"] = f"{request.url.path}/{mailing.id}"
     return mailing_out(mailing)
+
+
+class MailingPreview(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"filter": _CREATE_EXAMPLE["filter"]}]}
+    )
+
+    filter: MailingFilter = Field(default_factory=MailingFilter)
+
+
+class MailingPreviewOut(BaseModel):
+    matching_clients: int = Field(ge=0, description="Live clients the filter matches now", examples=[1234])
+
+
+@router.post("/preview", responses={**UNAUTHORIZED, **INVALID})
+async def preview_mailing(body: MailingPreview, session: SessionDep, _: PrincipalDep) -> MailingPreviewOut:
+    """How many clients a mailing's filter matches now, before the mailing is saved (the same filter and
+    rules as `POST /mailings`; clients added or changed later still join a running mailing)."""
+    count = await clients_service.count_matching(session, body.filter.tags, body.filter.operator_codes)
+    return MailingPreviewOut(matching_clients=count)
 
 
 @router.get("", responses={**UNAUTHORIZED, **INVALID})

@@ -1,0 +1,163 @@
+"""Every admin page in a real Chromium, on a laptop and a phone: it renders and works, its screenshot is
+kept in var/screenshots/, and axe-core finds no serious or critical accessibility violation."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, sync_playwright
+
+from tests.admin_session import SESSION_SECRET, session_cookie
+from tests.integration.conftest import ADMIN_HEADERS, ROOT, LiveApi
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+SCREENSHOTS = ROOT / "var" / "screenshots"
+VIEWPORTS: dict[str, ViewportSize] = {
+    "laptop": {"width": 1366, "height": 900},
+    "phone": {"width": 390, "height": 844},
+}
+
+
+@pytest.fixture
+def ui_server(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> LiveApi:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    monkeypatch.setenv("MAILING_ADMIN_SESSION_SECRET", SESSION_SECRET)
+    live: LiveApi = request.getfixturevalue("live_api")
+    return live
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def seed(live: LiveApi) -> dict[str, Any]:
+    """30 clients, a mailing with messages in every status (as the scheduler and sender would leave them)
+    and a second mailing."""
+    with httpx.Client(base_url=live.base_url, headers=ADMIN_HEADERS, timeout=10) as api:
+        rows = "".join(f"7916{n:07d},,{'vip' if n % 2 else 'regular'},Europe/Moscow\n" for n in range(30))
+        imported = api.post(
+            "/api/v1/clients/import", files={"file": ("c.csv", "phone,operator_code,tag,timezone\n" + rows)}
+        )
+        assert imported.status_code == 200, imported.text
+        start = datetime.now(UTC) + timedelta(hours=1)
+        body = {
+            "text": "Spring sale: -20% on everything until Sunday",
+            "start_at": start.isoformat(),
+            "end_at": (start + timedelta(days=2)).isoformat(),
+            "filter": {"tags": ["vip"], "operator_codes": ["916"]},
+            "window": {"start": "09:00", "end": "21:00"},
+        }
+        mailing = api.post("/api/v1/mailings", json=body).json()
+        statuses = ["sent"] * 9 + ["failed", "retrying", "pending", "queued", "expired", "cancelled"]
+        with psycopg.connect(live.settings.psycopg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO messages"
+                " (mailing_id, client_id, status, not_before, attempts, sent_at, last_error)"
+                " SELECT %s, c.id, s.status, now(), CASE WHEN s.status = 'failed' THEN 3 ELSE 1 END,"
+                "   CASE WHEN s.status = 'sent' THEN now() - make_interval(mins => s.n::int * 3) END,"
+                "   CASE WHEN s.status = 'failed' THEN 'http 400' END"
+                " FROM unnest(%s::text[]) WITH ORDINALITY AS s(status, n)"
+                " JOIN clients c ON c.id = s.n",
+                (mailing["id"], statuses),
+            )
+        api.post("/api/v1/mailings", json={**body, "text": "Weekend reminder", "filter": {}})
+        return {"mailing_id": mailing["id"]}
+
+
+def check(page: Page, name: str, viewport: str) -> None:
+    page.wait_for_load_state("networkidle")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{viewport}-{name}.png"), full_page=True)
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    bad = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not bad, f"{viewport} {name}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("viewport", sorted(VIEWPORTS))
+def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Browser, viewport: str) -> None:
+    mailing = seed(ui_server)["mailing_id"]
+    base = ui_server.base_url
+    context = browser.new_context(viewport=VIEWPORTS[viewport])
+    context.add_cookies([{"name": "session", "value": session_cookie("admin"), "url": base}])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    page.goto(f"{base}/admin/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    assert page.locator("text=Spring sale").first.is_visible()
+    check(page, "dashboard", viewport)
+
+    page.goto(f"{base}/admin/mailings/{mailing}")
+    page.locator("#messages details summary").first.click()
+    check(page, "mailing", viewport)
+    page.select_option("#m-status", "failed")
+    page.wait_for_selector("#messages tbody >> text=http 400", state="attached")
+
+    page.goto(f"{base}/admin/mailings/new")
+    page.fill("#f-tags", "vip")
+    page.fill("#f-operator_codes", "916")
+    page.wait_for_selector("#matching >> text=15")
+    page.click("form[action='/admin/mailings/new'] button[type=submit]")
+    assert page.locator("#e-text").is_visible()
+    check(page, "mailing-form", viewport)
+
+    page.goto(f"{base}/admin/mailings/{mailing}/pause")
+    check(page, "confirm", viewport)
+
+    page.goto(f"{base}/admin/clients?tag=vip")
+    check(page, "clients", viewport)
+    page.goto(f"{base}/admin/clients/new")
+    check(page, "client-form", viewport)
+
+    page.goto(f"{base}/admin/clients/import")
+    bad_csv: FilePayload = {
+        "name": "bad.csv",
+        "mimeType": "text/csv",
+        "buffer": b"phone,timezone\n8900,UTC\n",
+    }
+    page.set_input_files("#f-file", files=[bad_csv])
+    page.click("form[action='/admin/clients/import'] button[type=submit]")
+    page.wait_for_selector("text=Rejected rows")
+    check(page, "import", viewport)
+
+    page.goto(f"{base}/admin/reports")
+    check(page, "report", viewport)
+
+    page.goto(f"{base}/admin/api-keys")
+    page.fill("#f-name", "dashboard screen")
+    page.click("form[action='/admin/api-keys'] button[type=submit]")
+    assert page.input_value("#new-key").startswith("mk_")
+    check(page, "api-keys", viewport)
+
+    assert not errors, errors
+    context.close()
