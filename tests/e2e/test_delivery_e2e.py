@@ -114,6 +114,7 @@ async def processes(
         "MAILING_RETRY_DELAYS_SECONDS": str([*TEST_RETRY_DELAYS, 2.0]),
         "MAILING_API_PORT": str(ports["api"]),
         "MAILING_BOOTSTRAP_API_KEY": API_KEY,
+        "MAILING_LOCAL_STATE_DIR": str(tmp_path / "local"),
         "MAILING_PROBE_PORT": str(ports["stub"]),
         "MAILING_PROBE_BASE_URL": f"http://127.0.0.1:{ports['stub']}",
         "MAILING_PROBE_TOKEN": make_token("local-probe-secret"),

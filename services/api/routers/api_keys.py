@@ -10,6 +10,7 @@ from services.api.auth import hash_key, new_key
 from services.api.deps import AdminDep, SessionDep
 from services.api.errors import NotFound
 from services.api.schemas import MAX_ID
+from shared.domain.roles import Role
 from shared.models import ApiKey
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
@@ -17,13 +18,16 @@ router = APIRouter(prefix="/api-keys", tags=["api-keys"])
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, examples=["reporting dashboard"])
-    role: str = Field(default="operator", pattern="^(admin|operator)$")
+    role: Role = Field(
+        default=Role.OPERATOR,
+        description="admin: everything; operator: clients and mailings; viewer: reads only",
+    )
 
 
 class ApiKeyOut(BaseModel):
     id: int
     name: str
-    role: str
+    role: Role
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
@@ -37,7 +41,7 @@ def _out(row: ApiKey) -> ApiKeyOut:
     return ApiKeyOut(
         id=row.id,
         name=row.name,
-        role=row.role,
+        role=Role(row.role),
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
