@@ -26,8 +26,8 @@ import flask
 import jwt
 import werkzeug.serving
 from loguru import logger
-from oidc_provider_mock import User, init_app
 
+from services.api.entrypoint import quiet_authlib_deprecations
 from services.api.settings import DEV_OIDC_HOST, DEV_OIDC_PORT, ApiSettings
 from shared.logging import configure_logging
 
@@ -36,22 +36,11 @@ if TYPE_CHECKING:
 
 TOKEN_LIFETIME = timedelta(hours=1)
 TEMPLATES = Path(__file__).with_name("dev_oidc_templates")
-USERS = [
-    User(
-        sub=role,
-        claims={
-            "name": f"Development {role}",
-            "preferred_username": role,
-            "email": f"{role}@example.test",
-            "roles": [role],
-        },
-    )
-    for role in ("admin", "operator", "viewer")
-]
+ROLES = ("admin", "operator", "viewer")
 PENDING_CODES_KEPT = 1000
 
 
-def _access_token(client: Any, grant_type: str, user: User, scope: str) -> str:
+def _access_token(client: Any, grant_type: str, user: Any, scope: str) -> str:
     """Access tokens as JWTs signed with the provider's key, so the API can check them like a real one's."""
     # The mock keeps its signing key on flask.g for the request (its storage); there is no public getter.
     key = flask.g.oidc_provider_mock_storage.jwk
@@ -132,10 +121,25 @@ def _error(start_response: StartResponse, status: str, text: str) -> list[bytes]
 
 def build_app() -> flask.Flask:
     """The provider as a WSGI app (its templates first, so its pages say "development only")."""
+    quiet_authlib_deprecations()
+    from oidc_provider_mock import User, init_app
+
+    users = [
+        User(
+            sub=role,
+            claims={
+                "name": f"Development {role}",
+                "preferred_username": role,
+                "email": f"{role}@example.test",
+                "roles": [role],
+            },
+        )
+        for role in ROLES
+    ]
     app = flask.Flask("dev_oidc", template_folder=str(TEMPLATES))
     app.secret_key = secrets.token_bytes(16)
     app.config["OAUTH2_ACCESS_TOKEN_GENERATOR"] = _access_token
-    init_app(app, require_nonce=True, access_token_max_age=TOKEN_LIFETIME, user_claims=USERS)
+    init_app(app, require_nonce=True, access_token_max_age=TOKEN_LIFETIME, user_claims=users)
     # init_app turns on Werkzeug's interactive debugger; a sign-in page needs none.
     app.debug = False
     app.wsgi_app = RequirePkce(app.wsgi_app.app)  # type: ignore[attr-defined,method-assign]

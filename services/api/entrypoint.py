@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import uvicorn
 from loguru import logger
 from pydantic import SecretStr
@@ -32,7 +34,17 @@ def with_development_secrets(settings: ApiSettings) -> ApiSettings:
     return settings.model_copy(update=changes) if changes else settings
 
 
+def quiet_authlib_deprecations() -> None:
+    """Authlib 1.9 warns that it prefers httpx2 and joserfc while still supporting httpx and its own
+    jose; the warnings would fill every start's output. Its own filter ("always") is set on import."""
+    from authlib.deprecate import AuthlibDeprecationWarning
+
+    for message in ("The httpx module is deprecated", "authlib.jose module is deprecated"):
+        warnings.filterwarnings("ignore", message=message, category=AuthlibDeprecationWarning)
+
+
 def main() -> int:
+    quiet_authlib_deprecations()
     settings = ApiSettings()
     configure_logging("api", json=settings.log_json, level=settings.log_level)
     settings = with_development_secrets(settings)
