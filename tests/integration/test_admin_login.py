@@ -4,10 +4,9 @@ CSRF, logout, expiry, and the provider's access tokens on the REST API."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hashlib
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import SecretStr
 
 from scripts.dev_oidc import running
+from scripts.dev_token import access_token
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
 from services.api.app import SESSION_COOKIE, create_app
 from services.api.settings import DEV_OIDC_CLIENT_ID, ApiSettings
@@ -249,29 +249,21 @@ async def test_production_without_a_provider_has_no_sign_in_but_api_keys_work(
         assert jwt_like.status_code == 401
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-async def _provider_access_token(provider: str, user: str, *, verifier_sent: bool = True) -> httpx.Response:
-    verifier, challenge = _pkce()
-    redirect_uri = "http://127.0.0.1/cli-callback"
+async def _token_without_verifier(provider: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=provider) as http:
         answer = await http.post(
             "/oauth2/authorize",
             params={
                 "client_id": DEV_OIDC_CLIENT_ID,
                 "response_type": "code",
-                "redirect_uri": redirect_uri,
-                "scope": "openid profile",
+                "redirect_uri": "http://127.0.0.1/cb",
+                "scope": "openid",
                 "state": "s",
                 "nonce": "n",
-                "code_challenge": challenge,
+                "code_challenge": "a" * 43,
                 "code_challenge_method": "S256",
             },
-            data={"sub": user},
+            data={"sub": "admin"},
         )
         code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
         return await http.post(
@@ -279,10 +271,10 @@ async def _provider_access_token(provider: str, user: str, *, verifier_sent: boo
             data={
                 "grant_type": "authorization_code",
                 "code": code,
-                "redirect_uri": redirect_uri,
+                "redirect_uri": "http://127.0.0.1/cb",
                 "client_id": DEV_OIDC_CLIENT_ID,
                 "client_secret": "any",
-                **({"code_verifier": verifier} if verifier_sent else {"code_verifier": "wrong" * 10}),
+                "code_verifier": "not-the-one" * 5,
             },
         )
 
@@ -292,17 +284,17 @@ async def test_the_development_providers_access_tokens_carry_roles_the_api_honou
 ) -> None:
     app = ui_app(login_settings(api_settings, provider))
     async with app.router.lifespan_context(app), browser(app) as api:
-        viewer = (await _provider_access_token(provider, "viewer")).json()["access_token"]
+        viewer = await asyncio.to_thread(access_token, provider, "viewer")
         headers = {"Authorization": f"Bearer {viewer}"}
         assert (await api.get("/api/v1/mailings", headers=headers)).status_code == 200
         assert (await api.post("/api/v1/mailings", json=mailing_body(), headers=headers)).status_code == 403
-        operator = (await _provider_access_token(provider, "operator")).json()["access_token"]
+        operator = await asyncio.to_thread(access_token, provider, "operator")
         headers = {"Authorization": f"Bearer {operator}"}
         assert (await api.post("/api/v1/mailings", json=mailing_body(), headers=headers)).status_code == 201
 
 
 async def test_the_development_provider_refuses_a_code_without_its_pkce_verifier(provider: str) -> None:
-    refused = await _provider_access_token(provider, "admin", verifier_sent=False)
+    refused = await _token_without_verifier(provider)
     assert refused.status_code == 400
     async with httpx.AsyncClient() as http:
         plain = await http.get(
