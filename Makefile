@@ -16,7 +16,8 @@ preflight: install
 migrate: preflight ## create the database if missing and apply every migration
 	$(RUN) python -m shared.migrate
 
-run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in)
+run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in, dev sign-in)
+	@$(RUN) python -m scripts.first_run
 	$(RUN) honcho start -f Procfile
 
 test: preflight browser ## every test: unit, integration, end-to-end, browser
@@ -44,7 +45,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.finalize
 	$(RUN) python -m bench.sender
 
-demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress
+demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress (key: .local/admin-api-key)
 	$(RUN) python -m scripts.demo
 
 up: ## every part in containers

@@ -12,6 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from services.api.local_state import ADMIN_KEY_FILE, read_admin_key
+from services.api.settings import ApiSettings
+
 TIMEZONES = [
     "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
     "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk", "Asia/Vladivostok",
@@ -36,13 +39,28 @@ def bar(done: int, total: int, width: int = 40) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
 
 
+def admin_key(settings: ApiSettings) -> str | None:
+    """MAILING_BOOTSTRAP_API_KEY (environment or .env), else the key `make run` generated."""
+    if settings.bootstrap_api_key is not None:
+        return settings.bootstrap_api_key.get_secret_value()
+    return read_admin_key(settings.local_state_dir)
+
+
 def main() -> int:
+    settings = ApiSettings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--api", default=os.environ.get("MAILING_DEMO_API", "http://127.0.0.1:8000"))
-    parser.add_argument("--key", default=os.environ.get("MAILING_BOOTSTRAP_API_KEY", "change-me-admin-key"))
+    parser.add_argument("--key", default=admin_key(settings), help="an operator or admin API key")
     parser.add_argument("--clients", type=int, default=3000)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
+    if not args.key:
+        print(
+            f"no API key: set MAILING_BOOTSTRAP_API_KEY, pass --key, or start `make run` once so that it "
+            f"writes {settings.local_state_dir / ADMIN_KEY_FILE}",
+            file=sys.stderr,
+        )
+        return 1
     rng = random.Random()
     client = httpx.Client(base_url=args.api, headers={"Authorization": f"Bearer {args.key}"}, timeout=60)
     try:
@@ -54,6 +72,12 @@ def main() -> int:
         return 1
     files = {"file": ("clients.csv", sample_csv(args.clients, rng), "text/csv")}
     imported = client.post("/api/v1/clients/import", files=files)
+    if imported.status_code in (401, 403):
+        print(
+            f"the API refused the key ({imported.status_code}: {imported.json().get('detail')})",
+            file=sys.stderr,
+        )
+        return 1
     imported.raise_for_status()
     print(f"clients imported: {imported.json()}")
     now = datetime.now(UTC)

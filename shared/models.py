@@ -155,7 +155,7 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (CheckConstraint("role IN ('admin', 'operator')", name="role_known"),)
+    __table_args__ = (CheckConstraint("role IN ('admin', 'operator', 'viewer')", name="role_known"),)
 
 
 class SenderRateBucket(Base):

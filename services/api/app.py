@@ -24,20 +24,26 @@ from services.api.errors import database_unavailable, database_unavailable_answe
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
+from services.api.tokens import TokenVerifier
 from shared.db import make_engine, make_sessionmaker
 from shared.readiness import broker_ready, database_ready
 
 DESCRIPTION = """
 Operators keep the client directory, create SMS mailings and watch how each one goes.
 
-Every endpoint except `/healthz`, `/readyz`, `/metrics`, `/docs/` and `/openapi.json` needs an API key:
-`Authorization: Bearer <key>` (use **Authorize** above). The first admin key comes from
-`MAILING_BOOTSTRAP_API_KEY`; admins create and revoke further keys under `/api/v1/api-keys`.
+Every endpoint except `/healthz`, `/readyz`, `/metrics`, `/docs/` and `/openapi.json` needs an API key
+or an access token of the configured OpenID Connect provider: `Authorization: Bearer <key or token>` (use
+**Authorize** above). `401`: no, unknown, revoked or invalid credentials; `403`: valid, but the role may
+not do it (`viewer` reads only; `operator` changes clients and mailings; `admin` also manages API keys).
+The first admin key comes from `MAILING_BOOTSTRAP_API_KEY` (in development, generated into
+`.local/admin-api-key`); admins create and revoke further keys under `/api/v1/api-keys`.
 
 Errors: `422` names each bad field in `detail[].loc`, `404` an unknown id, `409` a conflict such as a
 duplicate phone.
 """
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SESSION_COOKIE = "mailing_session"
 BOOTSTRAP_WAIT_SECONDS = 5.0
 BOOTSTRAP_FIRST_PAUSE_SECONDS = 0.5
 BOOTSTRAP_MAX_PAUSE_SECONDS = 10.0
@@ -97,18 +103,49 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    _install_identity(app, settings)
     _install_middleware(app, metrics)
     _install_service_routes(app, metrics)
     from services.api.routers import include_routers
 
     include_routers(app)
-    admin_settings = AdminSettings()
-    install_admin(app, admin_settings)
-    # Stand-in for the login work of issue 10: the admin UI's signed session cookie.
-    app.add_middleware(
-        SessionMiddleware, secret_key=admin_settings.session_secret.get_secret_value(), same_site="lax"
-    )
+    install_admin(app, AdminSettings())
     return app
+
+
+def _install_identity(app: FastAPI, settings: ApiSettings) -> None:
+    """API bearer tokens of the provider, and the admin UI's login and session (when both a provider and
+    a session secret are configured; otherwise /admin/ says that sign-in is not configured)."""
+    from services.api.admin import login
+
+    oidc = settings.oidc()
+    app.state.token_verifier = (
+        TokenVerifier(oidc, refetch_seconds=settings.oidc_jwks_refetch_seconds) if oidc is not None else None
+    )
+    app.state.oauth_client = None
+    app.include_router(login.router)
+    if settings.session_secret is None:
+        logger.warning("no MAILING_SESSION_SECRET: the admin UI's sign-in is off")
+        return
+    # The session outlives no provider: pages read who is signed in; only signing in needs the provider.
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret.get_secret_value(),
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.session_max_age_seconds,
+        path="/admin",
+        same_site="lax",
+        https_only=settings.secure_cookies,
+    )
+    if oidc is None:
+        logger.info("no OpenID Connect provider: the admin UI's sign-in is off; the API takes API keys")
+        return
+    if oidc.development:
+        logger.warning(
+            "using the DEVELOPMENT OpenID Connect provider at {} (development only; set MAILING_OIDC_ISSUER)",
+            oidc.issuer,
+        )
+    app.state.oauth_client = login.oauth_client(oidc)
 
 
 async def _store_bootstrap_key(sessions: async_sessionmaker[AsyncSession], settings: ApiSettings) -> None:
@@ -154,13 +191,23 @@ def _install_middleware(app: FastAPI, metrics: ApiMetrics) -> None:
             metrics.requests.labels(request.method, route, str(response.status_code)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
             if route not in ("/metrics", "/healthz", "/readyz"):
-                logger.bind(**_ids_in_path(request)).info(
+                actor: str | None = getattr(request.state, "actor", None)
+                bound = logger.bind(**_ids_in_path(request), **({"actor": actor} if actor else {}))
+                bound.info(
                     "{} {} -> {} in {:.1f} ms",
                     request.method,
                     request.url.path,
                     response.status_code,
                     elapsed * 1000,
                 )
+                if actor and request.method in WRITE_METHODS:
+                    bound.info(
+                        "change by {}: {} {} -> {}",
+                        actor,
+                        request.method,
+                        request.url.path,
+                        response.status_code,
+                    )
         response.headers["X-Request-ID"] = request_id
         return response
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import unit_of_work
+from shared.domain.roles import Role
 from shared.models import ApiKey
 
 KEY_PREFIX = "mk_"
@@ -18,13 +19,23 @@ KEY_PREFIX = "mk_"
 
 @dataclass(frozen=True)
 class Principal:
-    key_id: int
+    """Who calls the REST API: an API key (key_id set) or a subject of the provider's access token."""
+
     name: str
-    role: str
+    role: Role
+    key_id: int | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role is Role.ADMIN
+
+    @property
+    def actor(self) -> str:
+        """The name logged with each change: the key's name or the token's subject."""
+        return self.name
+
+    def describe(self) -> str:
+        return f"API key {self.key_id} ({self.name})" if self.key_id is not None else f"subject {self.name}"
 
 
 def hash_key(key: str) -> str:
@@ -43,7 +54,7 @@ async def authenticate(session: AsyncSession, key: str) -> Principal | None:
             )
         )
     ).one_or_none()
-    return None if row is None else Principal(row.id, row.name, row.role)
+    return None if row is None else Principal(row.name, Role(row.role), key_id=row.id)
 
 
 async def ensure_bootstrap_key(sessions: async_sessionmaker[AsyncSession], key: str) -> None:
@@ -52,5 +63,5 @@ async def ensure_bootstrap_key(sessions: async_sessionmaker[AsyncSession], key: 
         digest = hash_key(key)
         exists = await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest))
         if exists is None:
-            session.add(ApiKey(name="bootstrap admin", key_hash=digest, prefix=key[:8], role="admin"))
+            session.add(ApiKey(name="bootstrap admin", key_hash=digest, prefix=key[:8], role=Role.ADMIN))
             logger.info("created the bootstrap admin API key ({}...)", key[:8])

@@ -5,13 +5,19 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.auth import Principal, authenticate
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
+from services.api.tokens import InvalidToken, ProviderUnavailable, TokenVerifier, looks_like_jwt
 
-bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key or an access token of the OpenID Connect provider: `Authorization: Bearer <it>`",
+)
+PROVIDER_RETRY_AFTER_SECONDS = 5
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -35,30 +41,85 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 
+def _unauthorized(request: Request, reason: str, detail: str) -> HTTPException:
+    logger.info("401 on {} {}: {}", request.method, request.url.path, reason)
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(request: Request, principal: Principal, detail: str) -> HTTPException:
+    logger.info(
+        "403 on {} {}: {} has role {}", request.method, request.url.path, principal.describe(), principal.role
+    )
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+async def _from_token(request: Request, token: str) -> Principal:
+    verifier: TokenVerifier | None = request.app.state.token_verifier
+    if verifier is None:
+        raise _unauthorized(request, "a JWT, but no OpenID Connect provider is configured", "unknown API key")
+    try:
+        identity = await verifier.verify(token)
+    except InvalidToken as exc:
+        raise _unauthorized(
+            request, f"invalid access token: {exc}", "invalid or expired access token"
+        ) from None
+    except ProviderUnavailable as exc:
+        logger.warning("cannot check an access token, the OpenID Connect provider is unavailable: {}", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the identity provider is unavailable, try again shortly",
+            headers={"Retry-After": str(PROVIDER_RETRY_AFTER_SECONDS)},
+        ) from None
+    if identity.role is None:
+        logger.info(
+            "403 on {} {}: subject {} has no known role in claim {}",
+            request.method,
+            request.url.path,
+            identity.subject,
+            verifier.config.role_claim,
+        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the access token carries no role of this service")
+    return Principal(identity.subject, identity.role)
+
+
 async def get_principal(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+) -> AsyncIterator[Principal]:
+    """The caller, from an API key or a provider's access token; its name is bound as `actor` to every
+    log line of the request."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing API key: send Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": "Bearer"},
+        raise _unauthorized(
+            request, "no bearer credentials", "missing credentials: send Authorization: Bearer <key or token>"
         )
-    principal = await authenticate(session, credentials.credentials)
-    if principal is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return principal
+    if looks_like_jwt(credentials.credentials):
+        principal = await _from_token(request, credentials.credentials)
+    else:
+        found = await authenticate(session, credentials.credentials)
+        if found is None:
+            raise _unauthorized(request, "unknown or revoked API key", "unknown or revoked API key")
+        principal = found
+    request.state.actor = principal.actor
+    with logger.contextualize(actor=principal.actor):
+        yield principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-async def get_admin(principal: PrincipalDep) -> Principal:
+async def get_writer(request: Request, principal: PrincipalDep) -> Principal:
+    if not principal.role.can_write:
+        raise forbidden(request, principal, "this operation changes data: a viewer may only read")
+    return principal
+
+
+WriterDep = Annotated[Principal, Depends(get_writer)]
+
+
+async def get_admin(request: Request, principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this operation needs an admin API key")
+        raise forbidden(request, principal, "this operation needs the admin role")
     return principal
 
 

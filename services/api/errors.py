@@ -6,10 +6,13 @@ import time
 
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from loguru import logger
+from markupsafe import Markup
 from sqlalchemy import exc as sa_exc
 
+from services.api.admin.html import page
+from services.api.admin.identity import AccessDenied, LoginRequired, LoginUnavailable, login_url
 from shared.domain.errors import DomainValidationError
 
 # Long enough for a restart or a failover to finish, short enough that a client does not idle after it.
@@ -113,3 +116,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=409, content={"detail": [field_error(exc.field, exc.message, "conflict")]}
         )
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        target = login_url(exc.next_url)
+        if request.headers.get("HX-Request"):
+            # htmx would swap the login page into a fragment: it is told to load the whole page instead.
+            return Response(status_code=401, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(AccessDenied)
+    async def access_denied(_: Request, exc: AccessDenied) -> HTMLResponse:
+        body = Markup('<p>{}</p><p><a href="/admin/">Back to the dashboard</a></p>').format(exc.reason)
+        return HTMLResponse(page("Not allowed", body), status_code=403)
+
+    @app.exception_handler(LoginUnavailable)
+    async def login_unavailable(_: Request, __: LoginUnavailable) -> HTMLResponse:
+        body = Markup(
+            "<p>Sign-in to the admin UI is not configured: set <code>MAILING_OIDC_ISSUER</code>, "
+            "<code>MAILING_OIDC_CLIENT_ID</code>, <code>MAILING_OIDC_CLIENT_SECRET</code> and "
+            "<code>MAILING_SESSION_SECRET</code> (see docs/admin.md). The REST API works with API keys.</p>"
+        )
+        return HTMLResponse(page("Sign-in is not configured", body), status_code=503)

@@ -49,11 +49,14 @@ class SenderSettings(CommonSettings):
     metrics_port: int = _setting(9102, "metrics_port", ge=0, le=65535)
 
     @model_validator(mode="after")
-    def _fence_inside_lease(self) -> SenderSettings:
-        if self.fence_after_seconds + self.request_timeout_seconds >= self.lease_seconds / 2:
+    def _calls_end_inside_the_lease(self) -> SenderSettings:
+        # No call starts later than half the lease after the claim; it must end, and a stalled writer must
+        # have stopped further calls, before the lease can pass to another sender.
+        half = self.lease_seconds / 2
+        if self.request_timeout_seconds >= half or self.fence_after_seconds >= half:
             raise ValueError(
-                "MAILING_SENDER_FENCE_AFTER_SECONDS + MAILING_SENDER_REQUEST_TIMEOUT_SECONDS must be under"
-                " half of MAILING_SENDER_LEASE_SECONDS"
+                "MAILING_SENDER_REQUEST_TIMEOUT_SECONDS and MAILING_SENDER_FENCE_AFTER_SECONDS must each be"
+                " under half of MAILING_SENDER_LEASE_SECONDS"
             )
         return self
 

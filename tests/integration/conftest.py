@@ -68,7 +68,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def live_api(api_settings: ApiSettings, topology: Topology) -> Iterator[LiveApi]:
+def live_api(api_settings: ApiSettings, topology: Topology, tmp_path: Path) -> Iterator[LiveApi]:
     """The real API (`python -m services.api`, outbox relay included) on a free port, until the test ends."""
     port = _free_port()
     env = {
@@ -79,6 +79,7 @@ def live_api(api_settings: ApiSettings, topology: Topology) -> Iterator[LiveApi]
         "MAILING_API_HOST": "127.0.0.1",
         "MAILING_API_PORT": str(port),
         "MAILING_BOOTSTRAP_API_KEY": ADMIN_KEY,
+        "MAILING_LOCAL_STATE_DIR": str(tmp_path / "local"),
         "MAILING_RETRY_DELAYS_SECONDS": json.dumps(list(api_settings.retry_delays_seconds)),
         "MAILING_RELAY_ENABLED": "true",
         "MAILING_LOG_LEVEL": "WARNING",

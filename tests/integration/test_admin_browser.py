@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, sync_playwright
 
-from tests.admin_session import SESSION_SECRET, session_cookie
+from tests.admin_session import COOKIE_NAME, SESSION_SECRET, session_cookie
 from tests.integration.conftest import ADMIN_HEADERS, ROOT, LiveApi
 
 pytestmark = pytest.mark.browser
@@ -40,7 +40,7 @@ VIEWPORTS: dict[str, ViewportSize] = {
 def ui_server(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> LiveApi:
     if shutil.which(CHROMIUM) is None:
         pytest.skip("Debian's chromium is not installed (make browser)")
-    monkeypatch.setenv("MAILING_ADMIN_SESSION_SECRET", SESSION_SECRET)
+    monkeypatch.setenv("MAILING_SESSION_SECRET", SESSION_SECRET)
     live: LiveApi = request.getfixturevalue("live_api")
     return live
 
@@ -106,7 +106,7 @@ def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Brow
     mailing = seed(ui_server)["mailing_id"]
     base = ui_server.base_url
     context = browser.new_context(viewport=VIEWPORTS[viewport])
-    context.add_cookies([{"name": "session", "value": session_cookie("admin"), "url": base}])
+    context.add_cookies([{"name": COOKIE_NAME, "value": session_cookie("admin"), "url": base}])
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
-from tests.admin_session import CSRF, SESSION_SECRET, session_cookie
+from tests.admin_session import COOKIE_NAME, CSRF, SESSION_SECRET, session_cookie
 from tests.integration.test_api_mailings import add_messages, create, db, set_status
 
 pytestmark = pytest.mark.integration
@@ -24,9 +25,8 @@ Login = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def ui_app(api_settings: ApiSettings, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
-    monkeypatch.setenv("MAILING_ADMIN_SESSION_SECRET", SESSION_SECRET)
-    return create_app(api_settings)
+def ui_app(api_settings: ApiSettings) -> FastAPI:
+    return create_app(api_settings.model_copy(update={"session_secret": SecretStr(SESSION_SECRET)}))
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def login(ui_app: FastAPI, api: httpx.AsyncClient) -> Login:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=ui_app),
             base_url="http://api",
-            cookies={"session": session_cookie(role)},
+            cookies={COOKIE_NAME: session_cookie(role)},
         ) as client:
             yield client
 

@@ -1,4 +1,5 @@
-"""The admin web UI: server-rendered pages under /admin/ over the same service functions as the REST API."""
+"""The admin web UI under /admin/: sign-in and identity (login.py, identity.py) and server-rendered pages over
+the same service functions as the REST API."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from services.api import api_keys_service
 from services.api.auth import Principal
 from services.api.deps import AdminDep, SessionDep
+from shared.domain.roles import Role
 from shared.models import ApiKey
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
@@ -15,13 +16,16 @@ router = APIRouter(prefix="/api-keys", tags=["api-keys"])
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, examples=["reporting dashboard"])
-    role: str = Field(default="operator", pattern="^(admin|operator)$")
+    role: Role = Field(
+        default=Role.OPERATOR,
+        description="admin: everything; operator: clients and mailings; viewer: reads only",
+    )
 
 
 class ApiKeyOut(BaseModel):
     id: int
     name: str
-    role: str
+    role: Role
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
@@ -35,7 +39,7 @@ def _out(row: ApiKey) -> ApiKeyOut:
     return ApiKeyOut(
         id=row.id,
         name=row.name,
-        role=row.role,
+        role=Role(row.role),
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
@@ -43,7 +47,7 @@ def _out(row: ApiKey) -> ApiKeyOut:
 
 
 def _by(principal: Principal) -> str:
-    return f"API key {principal.key_id} ({principal.name})"
+    return principal.actor
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

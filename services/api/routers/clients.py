@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.api import clients_service
 from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv, validate_tag_text
-from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal
+from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal, get_writer
 from services.api.errors import Conflict, NotFound
 from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
@@ -177,6 +177,7 @@ router = APIRouter(
 )
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such client"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ConflictOut, "description": "The phone is taken"}}
+WRITE = [Depends(get_writer)]
 
 
 def _out(row: Client) -> ClientOut:
@@ -218,7 +219,7 @@ async def _write(session: SessionDep, statement: Any, phone: str | None) -> Clie
     return row
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT, dependencies=WRITE)
 async def create_client(body: ClientCreate, session: SessionDep) -> ClientOut:
     """Add a client. The phone must not belong to another (live) client."""
     values = body.model_dump()
@@ -266,7 +267,7 @@ def _log_imported(clients: list[ImportedClient]) -> None:
         )
 
 
-@router.post("/import")
+@router.post("/import", dependencies=WRITE)
 async def import_clients(
     file: Annotated[UploadFile, File(description="CSV, UTF-8, header `phone,operator_code,tag,timezone`")],
     session: SessionDep,
@@ -317,7 +318,7 @@ async def _update(session: SessionDep, client_id: int, values: dict[str, Any]) -
     return _out(row)
 
 
-@router.put("/{client_id}", responses={**NOT_FOUND, **CONFLICT})
+@router.put("/{client_id}", responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 async def replace_client(client_id: int, body: ClientCreate, session: SessionDep) -> ClientOut:
     """Replace every attribute of a client (an omitted `operator_code` is derived from the phone)."""
     values = body.model_dump()
@@ -325,7 +326,7 @@ async def replace_client(client_id: int, body: ClientCreate, session: SessionDep
     return await _update(session, client_id, values)
 
 
-@router.patch("/{client_id}", responses={**NOT_FOUND, **CONFLICT})
+@router.patch("/{client_id}", responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 async def update_client(client_id: int, body: ClientPatch, session: SessionDep) -> ClientOut:
     """Change the attributes given; the others keep their values."""
     values: dict[str, Any] = body.model_dump(exclude_unset=True)
@@ -338,7 +339,9 @@ async def update_client(client_id: int, body: ClientPatch, session: SessionDep) 
     return await _update(session, client_id, values)
 
 
-@router.delete("/{client_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete(
+    "/{client_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND, dependencies=WRITE
+)
 async def delete_client(client_id: int, session: SessionDep) -> None:
     """Delete a client. Its messages not sent yet are cancelled; sent ones stay for the statistics."""
     deleted = await session.scalar(

@@ -8,7 +8,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.api import clients_service
 from services.api import mailings_service as service
-from services.api.deps import PrincipalDep, SessionDep
+from services.api.deps import PrincipalDep, SessionDep, WriterDep
 from services.api.pagination import PaginationDep
 from services.api.schemas import Page
 from shared.clock import utc_now
@@ -236,7 +236,7 @@ def _changes(body: MailingPatch | MailingCreate, present: set[str]) -> service.M
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses={**UNAUTHORIZED, **INVALID})
 async def create_mailing(
-    body: MailingCreate, request: Request, response: Response, session: SessionDep, _: PrincipalDep
+    body: MailingCreate, request: Request, response: Response, session: SessionDep, _: WriterDep
 ) -> MailingOut:
     """Create a mailing. It starts as `scheduled`; the scheduler starts sending at `start_at` (at once if
     that has passed) to every client that matches the filter, each inside the window in its local time."""
@@ -298,7 +298,7 @@ async def get_mailing(mailing_id: int, session: SessionDep, _: PrincipalDep) -> 
 
 @router.put("/{mailing_id}", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
 async def replace_mailing(
-    mailing_id: int, body: MailingCreate, request: Request, session: SessionDep, _: PrincipalDep
+    mailing_id: int, body: MailingCreate, request: Request, session: SessionDep, _: WriterDep
 ) -> MailingOut:
     """Replace a mailing's text, period, filter and window (a missing filter or window means none).
 
@@ -314,7 +314,7 @@ async def replace_mailing(
 
 @router.patch("/{mailing_id}", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
 async def update_mailing(
-    mailing_id: int, body: MailingPatch, request: Request, session: SessionDep, _: PrincipalDep
+    mailing_id: int, body: MailingPatch, request: Request, session: SessionDep, _: WriterDep
 ) -> MailingOut:
     """Change some of a mailing's fields; the rules of `PUT` apply."""
     changes = _changes(body, set(body.model_fields_set))
@@ -329,7 +329,7 @@ async def update_mailing(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID},
 )
-async def delete_mailing(mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep) -> None:
+async def delete_mailing(mailing_id: int, request: Request, session: SessionDep, _: WriterDep) -> None:
     """Delete a mailing: its messages not sent yet are cancelled in the same transaction; the ones already
     sent keep their history for reports. A deleted mailing answers 404 and leaves lists and statistics."""
     await service.delete_mailing(session, mailing_id, utc_now())
@@ -338,9 +338,7 @@ async def delete_mailing(mailing_id: int, request: Request, session: SessionDep,
 
 
 @router.post("/{mailing_id}/pause", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
-async def pause_mailing(
-    mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep
-) -> MailingOut:
+async def pause_mailing(mailing_id: int, request: Request, session: SessionDep, _: WriterDep) -> MailingOut:
     """Pause a scheduled or running mailing: nothing more is sent until it is resumed (409 otherwise)."""
     mailing = await service.pause_mailing(session, mailing_id, utc_now())
     await session.commit()
@@ -349,9 +347,7 @@ async def pause_mailing(
 
 
 @router.post("/{mailing_id}/resume", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
-async def resume_mailing(
-    mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep
-) -> MailingOut:
+async def resume_mailing(mailing_id: int, request: Request, session: SessionDep, _: WriterDep) -> MailingOut:
     """Resume a paused mailing: `running` if its start has passed, else `scheduled` (409 if not paused)."""
     mailing = await service.resume_mailing(session, mailing_id, utc_now())
     await session.commit()
@@ -360,9 +356,7 @@ async def resume_mailing(
 
 
 @router.post("/{mailing_id}/cancel", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
-async def cancel_mailing(
-    mailing_id: int, request: Request, session: SessionDep, _: PrincipalDep
-) -> MailingOut:
+async def cancel_mailing(mailing_id: int, request: Request, session: SessionDep, _: WriterDep) -> MailingOut:
     """Cancel a mailing for good: every message not sent yet becomes `cancelled` in the same transaction
     (409 if it is already finished or cancelled)."""
     mailing = await service.cancel_mailing(session, mailing_id, utc_now())
@@ -385,15 +379,13 @@ async def parked_messages(mailing_id: int, session: SessionDep, _: PrincipalDep)
 
 @router.post("/{mailing_id}/parked/requeue", responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID})
 async def requeue_parked_messages(
-    mailing_id: int, request: Request, session: SessionDep, principal: PrincipalDep
+    mailing_id: int, request: Request, session: SessionDep, principal: WriterDep
 ) -> RequeuedOut:
     """Send a running mailing's parked messages back for delivery (409 naming `status` for any other
     status): every `failed` message of a client not deleted becomes `pending` with its attempts reset to
     0 and is sent again as soon as the client's window allows. `last_error` keeps the earlier reason after
     `requeued by an operator after: `. This is the one way a final status changes."""
-    requeued = await service.requeue_parked(
-        session, mailing_id, utc_now(), by=f"API key {principal.key_id} ({principal.name})"
-    )
+    requeued = await service.requeue_parked(session, mailing_id, utc_now(), by=principal.describe())
     await session.commit()
     _wake_relay(request)
     return RequeuedOut(mailing_id=mailing_id, requeued=requeued)
