@@ -202,7 +202,7 @@ async def test_a_viewer_token_reads_but_every_write_is_403(
     for method, path in writes:
         response = await client.request(method, path, headers=headers)
         assert response.status_code == 403, (method, path, response.status_code)
-    preview = {"filter": {"tags": [], "operator_codes": []}}
+    preview: dict[str, object] = {"filter": {"tags": [], "operator_codes": []}}
     assert (await client.post("/api/v1/mailings/preview", json=preview, headers=headers)).status_code == 200
 
 
