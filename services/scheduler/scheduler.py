@@ -292,11 +292,18 @@ class Scheduler:
                     return 0, False
                 limit = min(limit, budget)
             claimed = await store.claim_due(conn, running, now, limit)
-            if claimed:
-                # Confirms before commit: a crash in between leaves the rows pending, never lost.
-                await self.publisher.send(self._commands(claimed))
         if not claimed:
             return 0, False
+        # Published only once `queued` is committed: a sender's claim does not see a status that is not
+        # committed yet, and would drop a delivery that outran the commit. Should the publish fail, the
+        # rows go back to pending for the next tick; should that fail too (or the process die in
+        # between), the recovery sweep publishes them.
+        try:
+            await self.publisher.send(self._commands(claimed))
+        except Exception:
+            async with self.engine.begin() as conn:
+                await store.unqueue(conn, [c.message_id for c in claimed], now)
+            raise
         self.metrics.dispatched.inc(len(claimed))
         self.metrics.dispatch_duration.observe(time.perf_counter() - started)
         for mailing_id, count in Counter(c.mailing_id for c in claimed).items():

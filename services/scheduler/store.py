@@ -355,6 +355,19 @@ async def claim_due(
     return [Claimed(*row) for row in result.all()]
 
 
+async def unqueue(conn: AsyncConnection, message_ids: Sequence[int], dispatched_at: datetime) -> int:
+    """Back to pending what `claim_due` queued at `dispatched_at` and no sender touched since (its
+    publish failed); a row a sender took meanwhile (held, given back or final) is left as it is."""
+    result = await conn.execute(
+        text(
+            "UPDATE messages SET status = 'pending', queued_at = NULL"
+            " WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' AND updated_at = :at"
+        ),
+        {"ids": list(message_ids), "at": dispatched_at},
+    )
+    return int(result.rowcount)
+
+
 async def claim_stale(
     conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, cutoff: datetime, limit: int
 ) -> list[Claimed]:

@@ -3,13 +3,14 @@ clients it leaves out."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from shared.contracts import SendMessages
 from shared.domain.filters import CLIENT_NO_LONGER_MATCHES
 
 from .test_scheduler_helpers import (
@@ -144,3 +145,57 @@ async def test_a_narrowed_filter_cancels_every_unsent_message_it_leaves_out_but_
     assert rows[kept][0] == "queued"
     cancelled = {o.message_id for e in publisher.events for o in e.outcomes if o.status == "cancelled"}
     assert cancelled == {ids[dropped["queued"]], ids[dropped["retrying"]], ids[late]}
+
+
+class CommitCheckingPublisher(RecordingPublisher):
+    """Looks, from a connection of its own, at what a sender's claim would see when the delivery lands."""
+
+    def __init__(self, engine: AsyncEngine, *, fail: bool = False) -> None:
+        super().__init__()
+        self.engine = engine
+        self.fail = fail
+        self.seen: list[str] = []
+
+    async def send(self, commands: Sequence[SendMessages]) -> None:
+        ids = [item.message_id for command in commands for item in command.messages]
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT DISTINCT status FROM messages WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                {"ids": ids},
+            )
+            self.seen += list(result.scalars())
+        if self.fail:
+            raise ConnectionError("the broker went away")
+        await super().send(commands)
+
+
+async def test_a_dispatched_message_is_queued_for_every_other_connection_before_its_delivery_goes_out(
+    engine: AsyncEngine,
+) -> None:
+    publisher = CommitCheckingPublisher(engine)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    for _ in range(3):
+        await add_client(engine, "Europe/Moscow")
+    await add_mailing(engine, T0, T0 + timedelta(hours=5))
+
+    await scheduler.tick(T0)
+
+    assert len(publisher.sent_ids) == 3
+    assert publisher.seen == ["queued"]
+
+
+async def test_messages_whose_publish_failed_go_back_to_pending_and_out_on_the_next_tick(
+    engine: AsyncEngine,
+) -> None:
+    publisher = CommitCheckingPublisher(engine, fail=True)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    client = await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+
+    with pytest.raises(ConnectionError):
+        await scheduler.tick(T0)
+    assert (await messages(engine, mailing))[client][0] == "pending"
+
+    publisher.fail = False
+    await scheduler.tick(T0 + timedelta(seconds=2))
+    assert publisher.sent_ids == [(await message_ids_of(engine, mailing))[client]]
