@@ -192,8 +192,10 @@ class Sender:
             batch = _Batch(len(claims))
             self._jobs.extend([(claim, items[claim.message_id], give_up_at, batch) for claim in claims])
             self._wake_callers(len(claims))
+            # Shielded: a flush is shared by many deliveries, and one delivery's cancellation (its channel
+            # closed) must not cancel what the others wait for.
             await batch.done
-            await asyncio.gather(*batch.flushes)
+            await asyncio.gather(*map(asyncio.shield, batch.flushes))
             if batch.error is not None:
                 raise batch.error
         self.metrics.deliveries.labels("done").inc()

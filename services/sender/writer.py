@@ -162,7 +162,7 @@ class OutcomeWriter:
         finally:
             self._flushing_since = None
         if not copies and finalized is None:
-            future.set_result(None)
+            _resolve(future)
             return
         task = asyncio.create_task(self._publish(copies, finalized, future))
         self._publishing.add(task)
@@ -177,7 +177,7 @@ class OutcomeWriter:
             logger.exception("publishing the copies of {} outcomes failed", len(copies))
             _fail(future, exc)
             return
-        future.set_result(None)
+        _resolve(future)
 
     async def _write_sent(self, sent: list[tuple[Claim, datetime]]) -> list[Outcome]:
         """Write the successes; returns the outcomes of those written (not already final)."""
@@ -254,7 +254,18 @@ class OutcomeWriter:
         return copies, finalized_body(outcomes, at) if outcomes else None
 
 
+# A batch's future may have been cancelled by a delivery whose handler was cancelled (its channel closed
+# with the broker): the outcomes are written all the same, and the writer must not die of it.
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    if future.done():
+        return
     future.set_exception(exc)
     # Every waiting delivery sees the error; mark it retrieved so asyncio does not warn twice.
     future.exception()
