@@ -320,6 +320,8 @@ class Service:
     pump: asyncio.Task[None] | None = None
     starts: int = 0
     kills: list[float] = field(default_factory=list)
+    expected_exit: bool = False
+    watch: asyncio.Task[None] | None = None
 
     @property
     def base(self) -> str:
@@ -343,6 +345,8 @@ class Services:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.common_env = dict(common_env)
         self.services: dict[str, Service] = {}
+        self.unexpected: list[str] = []
+        self.supervise = True
 
     def add(self, name: str, kind: str, **env: str) -> Service:
         port = free_port()
@@ -365,12 +369,13 @@ class Services:
         service = self.services[name]
         if service.running:
             return service
+        # `python -m bench.service_process` runs `services.<kind>` as `python -m` would (see its docstring).
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            f"services.{service.kind}",
+            "bench.service_process",
             cwd=ROOT,
-            env=service.env,
+            env={**service.env, "CHAOS_SERVICE": f"services.{service.kind}"},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -381,7 +386,24 @@ class Services:
         log = service.log.open("ab", buffering=0)
         log.write(f"--- harness: start #{service.starts} pid {process.pid} at {time.time():.3f}\n".encode())
         service.pump = asyncio.create_task(_copy(process.stdout, log))
+        service.expected_exit = False
+        service.watch = asyncio.create_task(self._watch(service, process))
         return service
+
+    async def _watch(self, service: Service, process: asyncio.subprocess.Process) -> None:
+        """A process that ends without the harness asking (a crash, or a signal from outside) is noted and,
+        when `supervise` is on, started again after two seconds, as a supervisor would."""
+        code = await process.wait()
+        if service.expected_exit or service.process is not process:
+            return
+        note = f"{service.name} exited by itself with {code} at {time.time():.3f}"
+        self.unexpected.append(note)
+        with service.log.open("ab") as log:
+            log.write(f"--- harness: {note}\n".encode())
+        if self.supervise:
+            await asyncio.sleep(2)
+            if service.process is process:
+                await self.start(service.name)
 
     async def wait_healthy(self, name: str, within: float = 60.0, path: str = "/healthz") -> None:
         service = self.services[name]
@@ -406,6 +428,7 @@ class Services:
         service = self.services[name]
         if service.process is None or service.process.returncode is not None:
             return
+        service.expected_exit = True
         service.process.send_signal(signal.SIGKILL)
         service.kills.append(time.time())
         await service.process.wait()
@@ -420,6 +443,7 @@ class Services:
     async def stop(self, name: str, grace: float = 25.0) -> None:
         service = self.services[name]
         process = service.process
+        service.expected_exit = True
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -430,7 +454,12 @@ class Services:
         await self._end_pump(service)
 
     async def stop_all(self) -> None:
+        self.supervise = False
         await asyncio.gather(*(self.stop(name) for name in self.services), return_exceptions=True)
+        watches = [s.watch for s in self.services.values() if s.watch is not None]
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
 
     async def _end_pump(self, service: Service) -> None:
         if service.pump is not None:
