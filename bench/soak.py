@@ -232,10 +232,9 @@ class SoakResult:
         out.write("| t (s) | service | in flight | requeued counter before |\n|---|---|---|---|\n")
         for k in self.kills:
             out.write(f"| {k.at - self.t0:.1f} | {k.service} | {k.in_flight} | {k.requeued_before} |\n")
-        out.write(
-            "\n## API during each phase\n\n| phase | requests | 5xx | 5xx share | no answer | audited |\n"
-        )
-        out.write("|---|---|---|---|---|---|\n")
+        out.write("\n## API during each phase\n\n")
+        out.write("| phase | requests | 5xx | 5xx share | no answer | audited | errors audited |\n")
+        out.write("|---|---|---|---|---|---|---|\n")
         for name, row in self.api_phases.items():
             out.write(
                 f"| {name} | {row['requests']:g} | {row['5xx']:g} | {row['share']:.3%} | "
