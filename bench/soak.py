@@ -1001,6 +1001,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=None, help="clients loaded before the run")
     parser.add_argument("--quick", action="store_true", help="5,000 clients, a 30 s freeze, about 5 minutes")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds after the last fault for every message to be final",
+    )
     parser.add_argument("--out", type=Path, default=None, help="markdown report (JSON beside it)")
     args = parser.parse_args(argv)
     config = SoakConfig.quick() if args.quick else SoakConfig()
@@ -1008,6 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
         config.clients = args.clients
     if args.seed is not None:
         config.seed = args.seed
+    if args.deadline is not None:
+        config.deadline_seconds = args.deadline
     stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M")
     out: Path = args.out or ROOT / "bench" / "results" / f"soak-{stamp}.md"
     logs = out.with_name(out.stem + "-logs")
