@@ -3,7 +3,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test test-unit lint format migrate bench demo up down preflight check-deploy
+.PHONY: install browser run test test-unit lint format migrate bench soak demo up down preflight check-deploy
 
 install: ## virtual environment and packages from the lock file
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -44,6 +44,9 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.scheduler
 	$(RUN) python -m bench.finalize
 	$(RUN) python -m bench.sender
+
+soak: install ## every service as a process through restarts, kills and provider faults; audit in bench/results/
+	$(RUN) python -m bench.soak
 
 demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress (key: .local/admin-api-key)
 	$(RUN) python -m scripts.demo

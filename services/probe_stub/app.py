@@ -3,6 +3,7 @@
 import asyncio
 import json
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from services.probe_stub.contract import InvalidSendRequest, parse_send_request
 from services.probe_stub.faults import Faults
-from services.probe_stub.metrics import ProbeStubMetrics
+from services.probe_stub.metrics import ProbeStubMetrics, Result
 from services.probe_stub.recorder import Recorder
 from services.probe_stub.settings import ProbeStubSettings
 
@@ -27,6 +28,7 @@ HANG_POLL_SECONDS: Final = 1.0
 TOKEN_CACHE_SIZE: Final = 1024
 
 _JSON: Final = "application/json"
+_INTEGER_ID: Final = re.compile(r"-?[0-9]{1,19}")
 _OK: Final = b'{"code": 0, "message": "OK"}'
 _RATE_LIMITED: Final = b'{"code": 429, "message": "too many requests"}'
 _REJECTED: Final = b'{"code": 400, "message": "request rejected"}'
@@ -142,10 +144,30 @@ async def _hang(stub: ProbeStub, request: web.Request) -> None:
 
 async def send(request: web.Request) -> web.Response:
     stub = request.app[STUB]
-    count = stub.metrics.count
+    call = _Call(stub, request.match_info["msg_id"], stub.wall_clock())
     stub.recorder.requests += 1
+    try:
+        return await _answer(stub, request, call)
+    finally:
+        # Also when the handler is cancelled because the client hung up: the call happened all the same.
+        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.wall_clock(), call.result)
+
+
+@dataclass
+class _Call:
+    stub: ProbeStub
+    msg_id: str
+    arrived_at: float
+    result: Result | None = None
+
+    def answered(self, result: Result) -> None:
+        self.result = result
+        self.stub.metrics.count(result)
+
+
+async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Response:
     if stub.outage_until is not None and stub.in_outage():
-        count("outage")
+        call.answered("outage")
         return _drop(request)
 
     faults = stub.faults
@@ -156,36 +178,36 @@ async def send(request: web.Request) -> web.Response:
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
     if faults.timeout_rate and rng.random() < faults.timeout_rate:
-        count("timeout")
+        call.answered("timeout")
         await _hang(stub, request)
         return _drop(request)
 
     problem = stub.token_problem(request.headers.get("Authorization"))
     if problem is not None:
-        count("unauthorized")
+        call.answered("unauthorized")
         return _error(401, problem)
     try:
         message = parse_send_request(request.match_info["msg_id"], await request.read())
     except InvalidSendRequest as exc:
-        count("rejected")
+        call.answered("rejected")
         return _error(400, str(exc))
 
     if faults.error_rate and rng.random() < faults.error_rate:
-        count("error")
+        call.answered("error")
         status, body = rng.choice(_ERRORS)
         return web.Response(status=status, body=body, content_type=_JSON)
     if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
-        count("rate_limited")
+        call.answered("rate_limited")
         return web.Response(status=429, body=_RATE_LIMITED, content_type=_JSON, headers={"Retry-After": "1"})
     if faults.reject_rate and rng.random() < faults.reject_rate:
-        count("rejected")
+        call.answered("rejected")
         return web.Response(status=400, body=_REJECTED, content_type=_JSON)
     if faults.malformed_rate and rng.random() < faults.malformed_rate:
-        count("malformed")
+        call.answered("malformed")
         content_type, body = rng.choice(_MALFORMED)
         return web.Response(status=200, body=body, content_type=content_type)
 
-    count("accepted")
+    call.answered("accepted")
     stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.wall_clock())
     return web.Response(status=200, body=_OK, content_type=_JSON)
 
@@ -224,6 +246,13 @@ async def get_accepted(request: web.Request) -> web.Response:
     return _json(200, request.app[STUB].recorder.accepted(msg_id))
 
 
+async def get_requests(request: web.Request) -> web.Response:
+    raw = request.query.get("msg_id")
+    if raw is not None and _INTEGER_ID.fullmatch(raw) is None:
+        return _error(400, f"msg_id must be an integer, got {raw!r}")
+    return _json(200, request.app[STUB].recorder.requests_seen(raw))
+
+
 async def reset(request: web.Request) -> web.Response:
     request.app[STUB].reset()
     return _json(200, {"status": "reset"})
@@ -257,6 +286,7 @@ def build_app(
         clock=clock,
         wall_clock=wall_clock,
         rng=rng if rng is not None else random.Random(),
+        recorder=Recorder(request_log_size=settings.request_log_size),
     )
     stub.start_outage(settings.outage_seconds)
     app = web.Application()
@@ -267,6 +297,7 @@ def build_app(
     app.router.add_put("/_stub/faults", put_faults)
     app.router.add_get("/_stub/stats", get_stats)
     app.router.add_get("/_stub/accepted", get_accepted)
+    app.router.add_get("/_stub/requests", get_requests)
     app.router.add_post("/_stub/reset", reset)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)

@@ -1,6 +1,8 @@
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.probe_stub.recorder import REQUEST_LOG_SIZE
+
 
 class FaultLevels(BaseModel):
     """The faults the stand-in injects: set at start from settings, changed at run time by its API."""
@@ -23,3 +25,5 @@ class ProbeStubSettings(BaseSettings, FaultLevels):
     jwt_secret: str = "local-probe-secret"
     log_level: str = "INFO"
     log_json: bool = False
+    # The newest send requests kept for GET /_stub/requests; older ones are forgotten.
+    request_log_size: int = Field(default=REQUEST_LOG_SIZE, ge=1)

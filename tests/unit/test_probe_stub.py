@@ -413,3 +413,87 @@ def test_token_with_ttl_expires() -> None:
     claims = jwt.decode(make_token(SECRET, ttl_seconds=60), SECRET, algorithms=["HS256"])
 
     assert claims["exp"] - claims["iat"] == 60
+
+
+async def requests_seen(client: Client, **params: str) -> list[dict[str, Any]]:
+    response = await client.get("/_stub/requests", params=params)
+    assert response.status == 200, await response.text()
+    result: list[dict[str, Any]] = await response.json()
+    return result
+
+
+async def test_every_request_is_recorded_with_its_answer(client: Client) -> None:
+    await send(client, msg_id=5)
+    await put_faults(client, error_rate=1.0)
+    await send(client, msg_id=5)
+    await send(client, msg_id=6, headers={})
+
+    assert await requests_seen(client) == [
+        {
+            "msg_id": 5,
+            "received_at": RECEIVED_AT.isoformat(),
+            "answered_at": RECEIVED_AT.isoformat(),
+            "result": r,
+        }
+        for r in ("accepted", "error")
+    ] + [
+        {
+            "msg_id": 6,
+            "received_at": RECEIVED_AT.isoformat(),
+            "answered_at": RECEIVED_AT.isoformat(),
+            "result": "unauthorized",
+        }
+    ]
+
+
+async def test_requests_can_be_filtered_by_message_id(client: Client) -> None:
+    for msg_id in (7, 8, 7):
+        await send(client, msg_id=msg_id)
+
+    assert [r["msg_id"] for r in await requests_seen(client, msg_id="7")] == [7, 7]
+    response = await client.get("/_stub/requests", params={"msg_id": "seven"})
+    assert response.status == 400
+
+
+async def test_a_request_left_hanging_is_recorded_as_a_timeout_once_the_client_hangs_up(
+    client: Client,
+) -> None:
+    await put_faults(client, timeout_rate=1.0)
+
+    with pytest.raises(TimeoutError):
+        await send(client, msg_id=9, client_timeout=0.2)
+
+    async def recorded() -> list[dict[str, Any]]:
+        for _ in range(50):
+            seen = await requests_seen(client)
+            if seen:
+                return seen
+            await asyncio.sleep(0.05)
+        return []
+
+    assert [(r["msg_id"], r["result"]) for r in await recorded()] == [(9, "timeout")]
+
+
+async def test_outage_drops_are_recorded(client: Client) -> None:
+    await put_faults(client, outage_seconds=30)
+
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await send(client, msg_id=3)
+
+    assert [(r["msg_id"], r["result"]) for r in await requests_seen(client)] == [(3, "outage")]
+
+
+async def test_the_request_log_keeps_only_the_newest(make_client: MakeClient) -> None:
+    client = await make_client(request_log_size=2)
+    for msg_id in (1, 2, 3):
+        await send(client, msg_id=msg_id)
+
+    assert [r["msg_id"] for r in await requests_seen(client)] == [2, 3]
+
+
+async def test_reset_forgets_the_request_log(client: Client) -> None:
+    await send(client, msg_id=1)
+
+    await client.post("/_stub/reset")
+
+    assert await requests_seen(client) == []
