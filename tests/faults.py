@@ -3,7 +3,6 @@ PostgreSQL and RabbitMQ every other test shares. Recipes: FAULTS.md of the steer
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -102,57 +101,3 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         if (directory / "data" / "postmaster.pid").exists():
             cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-class FreezingProxy:
-    """A TCP proxy that, on `freeze()`, stops forwarding in both directions without closing either side:
-    to the client the server seems alive and silent, the fault that timeouts and keepalives exist for."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server: asyncio.Server | None = None
-        self._pumps: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> FreezingProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.thaw()
-        if self._server is not None:
-            self._server.close()
-        for pump in self._pumps:
-            pump.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
-
-    def freeze(self) -> None:
-        self._flowing.clear()
-
-    def thaw(self) -> None:
-        self._flowing.set()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
-            pump = asyncio.create_task(self._pump(source, sink))
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await self._flowing.wait()
-                chunk = await source.read(65536)
-                if not chunk:
-                    break
-                await self._flowing.wait()
-                sink.write(chunk)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            sink.close()

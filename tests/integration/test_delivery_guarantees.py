@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.chaos import FreezingProxy
 from services.sender.store import OutcomeRow, Store
 from shared.db import make_engine
 from shared.settings import CommonSettings
 
-from ..faults import FreezingProxy
 from .test_sender_support import Db
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,9 @@ async def test_a_frozen_database_connection_fails_the_statement_within_its_deadl
 ) -> None:
     mailing = await db.mailing()
     (item,) = await db.queued_messages(mailing, 1)
-    async with FreezingProxy("127.0.0.1", 5432) as proxy:
+    proxy = FreezingProxy(5432)
+    await proxy.start()
+    try:
         settings = CommonSettings(
             database_url=database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
             amqp_namespace=amqp_namespace,
@@ -140,10 +142,12 @@ async def test_a_frozen_database_connection_fails_the_statement_within_its_deadl
             # The client's deadline (statement timeout + 5 s), then psycopg's own cancel request and its
             # wait for the server (5 s each) before it drops the connection.
             assert time.monotonic() - started < settings.db_deadline_seconds + 12
-            proxy.thaw()
+            proxy.unfreeze()
             await expire_leases(db, mailing)
             (claim,) = await asyncio.wait_for(store.claim([item.message_id], 60.0), 15)
             assert claim.attempts == 2
         finally:
             await store.close()
             await engine.dispose()
+    finally:
+        await proxy.stop()
