@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, stop_never, wait_exponential
 
 from shared.contracts import C, Contract, decode
-from shared.topology import PARKED_TTL_SECONDS
+from shared.db import TRANSIENT_DB_ERRORS
+from shared.topology import PARKED_TTL_SECONDS, Topology
 
 # A robust channel waits for a lost broker to come back; a publisher must not wait that long.
 PUBLISH_TIMEOUT_SECONDS = 30.0
@@ -275,3 +276,24 @@ async def consumed_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
     declares it again and restores its consumers (a queue got with `get_queue(ensure=False)` is not
     restored, and its consumer silently stays gone)."""
     return await channel.declare_queue(name, passive=True)
+
+
+def service_consumer(
+    queue: AbstractQueue,
+    contract: type[C],
+    handler: Callable[[Delivery[C]], Awaitable[None]],
+    *,
+    work: AbstractExchange,
+    topology: Topology,
+) -> Consumer[C]:
+    """The consumer every service runs: parks to the topology's parking lot (copies that expire), and
+    waits out a database outage with the delivery in hand."""
+    return Consumer(
+        queue,
+        contract,
+        handler,
+        parking=Publisher(work),
+        parking_key=topology.parking_key,
+        parked_ttl_seconds=topology.parked_ttl_seconds,
+        transient=TRANSIENT_DB_ERRORS,
+    )

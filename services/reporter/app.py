@@ -16,10 +16,10 @@ from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.service import Reporter
 from services.reporter.settings import ReporterSettings
-from shared.broker import Consumer, Publisher, confirm_channel, connect, consumed_queue
+from shared.broker import Consumer, confirm_channel, connect, consumed_queue, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
-from shared.db import TRANSIENT_DB_ERRORS, make_engine
+from shared.db import make_engine
 from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
@@ -73,15 +73,7 @@ async def start_reporter(
     consume_channel = await connection.channel()
     await consume_channel.set_qos(prefetch_count=settings.prefetch)
     queue = await consumed_queue(consume_channel, topology.service_queue("reporter"))
-    consumer = Consumer(
-        queue,
-        MessagesFinalized,
-        reporter.on_finalized,
-        parking=Publisher(work),
-        parking_key=topology.parking_key,
-        parked_ttl_seconds=topology.parked_ttl_seconds,
-        transient=TRANSIENT_DB_ERRORS,
-    )
+    consumer = service_consumer(queue, MessagesFinalized, reporter.on_finalized, work=work, topology=topology)
     ops = None
     if serve_ops:
         ops = await start_service_ops(

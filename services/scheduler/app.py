@@ -11,10 +11,10 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
-from shared.broker import Consumer, Delivery, Publisher, confirm_channel, connect, consumed_queue
+from shared.broker import Delivery, Publisher, confirm_channel, connect, consumed_queue, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
-from shared.db import TRANSIENT_DB_ERRORS, make_engine
+from shared.db import make_engine
 from shared.ops import release, start_service_ops, stop_on_signals
 from shared.topology import declare, exchanges
 
@@ -58,15 +58,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
         consumer_channel = await connection.channel()
         await consumer_channel.set_qos(prefetch_count=16)
         queue = await consumed_queue(consumer_channel, topology.service_queue("scheduler"))
-        consumer = Consumer(
-            queue,
-            MailingChanged,
-            on_event,
-            parking=Publisher(work),
-            parking_key=topology.parking_key,
-            parked_ttl_seconds=topology.parked_ttl_seconds,
-            transient=TRANSIENT_DB_ERRORS,
-        )
+        consumer = service_consumer(queue, MailingChanged, on_event, work=work, topology=topology)
         ops = await start_service_ops(
             settings.metrics_host, settings.metrics_port, registry, engine, connection
         )

@@ -28,17 +28,17 @@ from services.sender.writer import OutcomeWriter, WorkCopy
 from shared.broker import (
     PUBLISH_TIMEOUT_SECONDS,
     Consumer,
-    Publisher,
     amqp_message,
     confirm_all,
     confirm_channel,
     connect,
     consumed_queue,
     queue_depths,
+    service_consumer,
 )
 from shared.clock import utc_now
 from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
-from shared.db import TRANSIENT_DB_ERRORS, make_engine
+from shared.db import make_engine
 from shared.ops import release, start_service_ops
 from shared.topology import Topology, declare
 
@@ -208,15 +208,7 @@ async def start_sender(
     metrics.in_flight.set_function(lambda: sender.calls_in_flight)
     metrics.pacing_interval.set_function(lambda: pacer.interval)
     writer.start()
-    consumer = Consumer(
-        send_queue,
-        SendMessages,
-        sender.handle,
-        parking=Publisher(work),
-        parking_key=topology.parking_key,
-        parked_ttl_seconds=topology.parked_ttl_seconds,
-        transient=TRANSIENT_DB_ERRORS,
-    )
+    consumer = service_consumer(send_queue, SendMessages, sender.handle, work=work, topology=topology)
     ops = None
     if serve_ops:
         ops = await start_service_ops(

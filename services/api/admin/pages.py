@@ -31,7 +31,7 @@ from services.api.routers.clients import (
     get_client,
     replace_client,
 )
-from services.api.routers.mailings import MailingCreate, MailingFilter, _changes, _unique
+from services.api.routers.mailings import MailingCreate, MailingFilter, changes_from, create_from
 from shared.clock import utc_now
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import FINAL_MAILING_STATUSES, MailingStatus, MessageStatus
@@ -270,18 +270,9 @@ async def _save_mailing(
         return None, errors
     try:
         if mailing_id is None:
-            mailing = await service.create_mailing(
-                session,
-                text=valid.text,
-                start_at=valid.start_at,
-                end_at=valid.end_at,
-                filter_tags=_unique(valid.filter.tags),
-                filter_operator_codes=_unique(valid.filter.operator_codes),
-                window=None if valid.window is None else valid.window.to_domain(),
-                now=utc_now(),
-            )
+            mailing = await create_from(session, valid)
         else:
-            changes = _changes(valid, {"text", "start_at", "end_at", "filter", "window"})
+            changes = changes_from(valid, {"text", "start_at", "end_at", "filter", "window"})
             mailing = await service.update_mailing(session, mailing_id, changes, utc_now())
     except DomainValidationError as exc:
         await session.rollback()

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api import clients_service
 from services.api import mailings_service as service
@@ -215,7 +216,21 @@ def _unique(values: list[str]) -> list[str]:
     return sorted(set(values))
 
 
-def _changes(body: MailingPatch | MailingCreate, present: set[str]) -> service.MailingChanges:
+async def create_from(session: AsyncSession, body: MailingCreate) -> Mailing:
+    """Create the mailing a request (REST or the admin UI's form) describes."""
+    return await service.create_mailing(
+        session,
+        text=body.text,
+        start_at=body.start_at,
+        end_at=body.end_at,
+        filter_tags=_unique(body.filter.tags),
+        filter_operator_codes=_unique(body.filter.operator_codes),
+        window=None if body.window is None else body.window.to_domain(),
+        now=utc_now(),
+    )
+
+
+def changes_from(body: MailingPatch | MailingCreate, present: set[str]) -> service.MailingChanges:
     changes: service.MailingChanges = {}
     for name in ("text", "start_at", "end_at", "filter"):
         if name in present and getattr(body, name) is None:
@@ -240,16 +255,7 @@ async def create_mailing(
 ) -> MailingOut:
     """Create a mailing. It starts as `scheduled`; the scheduler starts sending at `start_at` (at once if
     that has passed) to every client that matches the filter, each inside the window in its local time."""
-    mailing = await service.create_mailing(
-        session,
-        text=body.text,
-        start_at=body.start_at,
-        end_at=body.end_at,
-        filter_tags=_unique(body.filter.tags),
-        filter_operator_codes=_unique(body.filter.operator_codes),
-        window=None if body.window is None else body.window.to_domain(),
-        now=utc_now(),
-    )
+    mailing = await create_from(session, body)
     await session.commit()
     _wake_relay(request)
     response.headers["Location"] = f"{request.url.path}/{mailing.id}"
@@ -305,7 +311,7 @@ async def replace_mailing(
     A running mailing's new filter and window apply to the messages not sent yet; the text may change only
     while none of its messages was sent or attempted (409 naming `text` otherwise). A finished or cancelled
     mailing cannot change (409 naming `status`). The status changes only through pause, resume and cancel."""
-    changes = _changes(body, {"text", "start_at", "end_at", "filter", "window"})
+    changes = changes_from(body, {"text", "start_at", "end_at", "filter", "window"})
     mailing = await service.update_mailing(session, mailing_id, changes, utc_now())
     await session.commit()
     _wake_relay(request)
@@ -317,7 +323,7 @@ async def update_mailing(
     mailing_id: int, body: MailingPatch, request: Request, session: SessionDep, _: WriterDep
 ) -> MailingOut:
     """Change some of a mailing's fields; the rules of `PUT` apply."""
-    changes = _changes(body, set(body.model_fields_set))
+    changes = changes_from(body, set(body.model_fields_set))
     mailing = await service.update_mailing(session, mailing_id, changes, utc_now())
     await session.commit()
     _wake_relay(request)
