@@ -3,12 +3,13 @@ transaction. The caller commits and then wakes the outbox relay."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from loguru import logger
-from sqlalchemy import ColumnElement, Select, and_, delete, func, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound
@@ -23,7 +24,7 @@ from shared.domain.statuses import (
 )
 from shared.domain.windows import DailyWindow
 from shared.messages import count_cancelled_open_messages
-from shared.models import Client, Mailing, Message, ReportOutcome
+from shared.models import Client, Mailing, MailingStatusCount, Message, ReportOutcome
 from shared.outbox import mailing_event
 
 CANCELLED_REASON = "mailing cancelled"
@@ -330,47 +331,43 @@ async def list_mailings(
     return list(rows), total or 0
 
 
-def _count_columns() -> list[ColumnElement[int]]:
-    return [
-        func.count().filter(Message.status == status.value).label(status.value) for status in MessageStatus
-    ]
+def _zero_counts() -> dict[str, int]:
+    return dict.fromkeys((s.value for s in MessageStatus), 0)
 
 
-def stats_query(status: MailingStatus | None) -> Select[Any]:
-    """Each live mailing with its message counts: one query, counted per mailing through the
-    (mailing_id, status) index, so a page of mailings never aggregates the whole messages table."""
-    counts = (
-        select(func.count().label("total"), *_count_columns())
-        .where(Message.mailing_id == Mailing.id)
-        .correlate(Mailing)
-        .lateral("counts")
-    )
-    columns = [counts.c.total, *(counts.c[s.value] for s in MessageStatus)]
-    return (
-        select(Mailing, *columns).outerjoin(counts, true()).where(live_mailings(status)).order_by(Mailing.id)
-    )
-
-
-def _counts_of(row: tuple[object, ...]) -> StatusCounts:
-    total, *by_status = row
-    return StatusCounts(
-        total=int(total or 0),  # type: ignore[call-overload]
-        counts={s.value: int(n or 0) for s, n in zip(MessageStatus, by_status, strict=True)},  # type: ignore[call-overload]
-    )
+async def status_counts(session: AsyncSession, mailing_ids: Sequence[int]) -> dict[int, StatusCounts]:
+    """Each mailing's messages by status (every status present, zeros included), from the counts the
+    triggers on `messages` keep (migration 0007): a few rows per mailing, summed over the writers' slots,
+    instead of counting the mailing's messages. A mailing without messages counts zero everywhere."""
+    by_mailing = {mailing_id: _zero_counts() for mailing_id in mailing_ids}
+    if by_mailing:
+        c = MailingStatusCount
+        rows = await session.execute(
+            select(c.mailing_id, c.status, func.sum(c.count))
+            .where(c.mailing_id.in_(list(by_mailing)))
+            .group_by(c.mailing_id, c.status)
+        )
+        for mailing_id, status, count in rows:
+            by_mailing[mailing_id][status] = int(count)
+    return {
+        mailing_id: StatusCounts(total=sum(counts.values()), counts=counts)
+        for mailing_id, counts in by_mailing.items()
+    }
 
 
 async def mailing_stats_page(
     session: AsyncSession, status: MailingStatus | None, limit: int, offset: int
 ) -> tuple[list[tuple[Mailing, StatusCounts]], int]:
-    total = await session.scalar(select(func.count()).select_from(Mailing).where(live_mailings(status)))
-    rows = (await session.execute(stats_query(status).limit(limit).offset(offset))).all()
-    page: list[tuple[Mailing, StatusCounts]] = [(row[0], _counts_of(tuple(row[1:]))) for row in rows]
-    return page, total or 0
+    """A page of live mailings, oldest first, each with its counts: three queries whatever the page size."""
+    where = live_mailings(status)
+    total = await session.scalar(select(func.count()).select_from(Mailing).where(where))
+    mailings = list(
+        await session.scalars(select(Mailing).where(where).order_by(Mailing.id).limit(limit).offset(offset))
+    )
+    counts = await status_counts(session, [m.id for m in mailings])
+    return [(m, counts[m.id]) for m in mailings], total or 0
 
 
 async def mailing_stats(session: AsyncSession, mailing_id: int) -> tuple[Mailing, StatusCounts]:
     mailing = await get_mailing(session, mailing_id)
-    row = (
-        await session.execute(select(func.count(), *_count_columns()).where(Message.mailing_id == mailing_id))
-    ).one()
-    return mailing, _counts_of(tuple(row))
+    return mailing, (await status_counts(session, [mailing_id]))[mailing_id]
