@@ -37,6 +37,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.csv_import
 	$(RUN) python -m bench.scheduler
 	$(RUN) python -m bench.finalize
+	$(RUN) python -m bench.counts
 	$(RUN) python -m bench.sender
 
 demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress
