@@ -5,6 +5,7 @@ messages, and the API reads them."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,6 +214,50 @@ async def test_two_senders_and_a_dispatch_on_one_mailing_at_once_keep_the_counts
     finally:
         for store in stores:
             await store.close()
+        await engine.dispose()
+
+
+async def test_a_senders_write_does_not_wait_for_a_long_transaction_of_another_slot(
+    settings: CommonSettings,
+) -> None:
+    # The scheduler's dispatch keeps its transaction (and its counter rows) until RabbitMQ confirms.
+    db = Db(settings.psycopg_dsn)
+    mailing_id = await db.mailing()
+    await clients(db, 200)
+    await db.execute(
+        "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at)"
+        " SELECT %s, id, 'queued', now(), now() FROM clients",
+        (mailing_id,),
+    )
+    ids = await queued(db, mailing_id)
+    source = await db.execute("SELECT prosrc FROM pg_proc WHERE proname = 'mailing_status_counts_updated'")
+    found = re.search(r"pg_backend_pid\(\) % (\d+)", str(source[0][0]))
+    assert found is not None
+    slots = int(found.group(1))
+    engine = make_engine(settings)
+    store = Store(engine, settings, "q")
+    holders: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
+    try:
+        claims = await store.claim(ids[:100], 60.0)
+        writer = (await store._writes.fetch("SELECT pg_backend_pid()", {}))[0][0]
+        while True:  # a backend whose pid falls in another slot than the writer's
+            holder = await psycopg.AsyncConnection.connect(settings.psycopg_dsn)
+            holders.append(holder)
+            if holder.info.backend_pid % slots != writer % slots:
+                break
+        # Status changes of the same mailing (queued to retrying, as the writer's rows leave queued).
+        await holder.execute("UPDATE messages SET status = 'retrying' WHERE id = ANY(%s)", (ids[100:],))
+        async with asyncio.timeout(5):
+            written = await store.write_sent(
+                [c.message_id for c in claims], [datetime.now(UTC)] * 100, [c.token for c in claims]
+            )
+        assert len(written) == 100
+        await holder.commit()
+        await assert_exact(db)
+    finally:
+        for conn in holders:
+            await conn.close()
+        await store.close()
         await engine.dispose()
 
 
