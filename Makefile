@@ -43,6 +43,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.csv_import
 	$(RUN) python -m bench.scheduler
 	$(RUN) python -m bench.finalize
+	$(RUN) python -m bench.counts
 	$(RUN) python -m bench.sender
 
 soak: install ## every service as a process through restarts, kills and provider faults; audit in bench/results/

@@ -14,6 +14,8 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Text,
     Time,
@@ -131,6 +133,25 @@ class Message(Base):
             "queued_at",
             postgresql_where=text("status IN ('queued', 'retrying')"),
         ),
+    )
+
+
+class MailingStatusCount(Base):
+    """How many of a mailing's messages are in a status, in one slot: kept by statement-level triggers on
+    `messages` (migration 0007), each writer adding to the slot of its backend (pid modulo the slots) so
+    concurrent writers of one mailing seldom wait on the same row. Sum the slots to read a count; one
+    slot's count may be negative."""
+
+    __tablename__ = "mailing_status_counts"
+
+    mailing_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    slot: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("mailing_id", "status", "slot"),
+        {"postgresql_with": {"fillfactor": 50}},
     )
 
 
