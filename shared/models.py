@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -187,6 +188,21 @@ class SenderRateBucket(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float, nullable=False)
     refreshed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class SenderHealth(Base):
+    """What each sender last reported of itself (every few seconds): the admin dashboard's delivery path."""
+
+    __tablename__ = "sender_health"
+
+    instance: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # 0 closed, 1 half-open, 2 open (services.sender.breaker.BreakerState).
+    circuit_state: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    calls_in_flight: Mapped[int] = mapped_column(Integer, nullable=False)
+    fenced: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    retry_queued: Mapped[int | None] = mapped_column(Integer)
+    parked_queued: Mapped[int | None] = mapped_column(Integer)
+    reported_at: Mapped[datetime] = _now()
 
 
 class SendProgress(Base):

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.mailings_service import StatusCounts, status_counts
 from shared.domain.statuses import MessageStatus
-from shared.models import Client, Mailing, Message
+from shared.models import Client, Mailing, Message, SenderHealth
 
 # Bucket widths for a chart of sends over time, the smallest giving at most MAX_BUCKETS points.
 BUCKET_SECONDS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
@@ -31,6 +31,31 @@ class DeliveryPath:
     retry_backlog: int
     parked: int
     in_flight: int
+    # Senders that reported in the last SENDER_SILENT_AFTER seconds, and how many of them are fenced.
+    senders: int = 0
+    fenced: int = 0
+
+
+# A sender reports every few seconds (MAILING_SENDER_QUEUE_DEPTH_INTERVAL_SECONDS); silent longer, it is gone.
+SENDER_SILENT_AFTER = timedelta(seconds=30)
+# The worst state any live sender's breaker is in, by services.sender.breaker.BreakerState's numbers.
+CIRCUIT_NAMES = {0: "closed", 1: "half-open", 2: "open"}
+
+
+async def sender_health(session: AsyncSession, now: datetime) -> tuple[str, int, int]:
+    """(the worst circuit state, live senders, fenced senders) from what the senders last reported."""
+    row = (
+        await session.execute(
+            select(
+                func.max(SenderHealth.circuit_state),
+                func.count(),
+                func.count().filter(SenderHealth.fenced),
+            ).where(SenderHealth.reported_at > now - SENDER_SILENT_AFTER)
+        )
+    ).one()
+    worst, senders, fenced = row
+    circuit = "no sender reporting" if not senders else CIRCUIT_NAMES.get(int(worst), "unknown")
+    return circuit, int(senders), int(fenced)
 
 
 def _bucket(seconds: int) -> ColumnElement[datetime]:
@@ -69,17 +94,20 @@ async def mailing_sends(session: AsyncSession, mailing_id: int) -> Series:
     return Series(labels, values)
 
 
-async def delivery_path(session: AsyncSession) -> DeliveryPath:
+async def delivery_path(session: AsyncSession, now: datetime) -> DeliveryPath:
     """Retry backlog (`retrying`) and parked (`failed`) messages of every live mailing, through the one
-    counts function. The circuit breaker's state lives only in the senders' memory and metrics."""
+    counts function, and the senders' circuit breakers as they last reported them."""
     ids = list(await session.scalars(select(Mailing.id).where(Mailing.deleted_at.is_(None))))
     counts = await status_counts(session, ids)
     total = _sum(counts.values())
+    circuit, senders, fenced = await sender_health(session, now)
     return DeliveryPath(
-        circuit="unknown",
+        circuit=circuit,
         retry_backlog=total[MessageStatus.RETRYING],
         parked=total[MessageStatus.FAILED],
         in_flight=total[MessageStatus.QUEUED],
+        senders=senders,
+        fenced=fenced,
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -40,6 +43,7 @@ from shared.clock import utc_now
 from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
 from shared.db import make_engine
 from shared.ops import release, start_service_ops
+from shared.readiness import READINESS_TIMEOUT_SECONDS
 from shared.topology import Topology, declare
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -101,24 +105,72 @@ class SenderApp:
         logger.info("sender stopped")
 
 
-async def _watch_queue_depths(
-    connection: AbstractRobustConnection, settings: SenderSettings, metrics: SenderMetrics
+@dataclass(frozen=True)
+class HealthReport:
+    """What the sender tells the admin dashboard of itself every few seconds (table sender_health)."""
+
+    instance: str
+    breaker: CircuitBreaker
+    sender: Sender
+
+    async def write(self, engine: AsyncEngine, retry_queued: int | None, parked_queued: int | None) -> None:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS * 2), engine.begin() as conn:
+            await conn.execute(
+                _HEALTH,
+                {
+                    "instance": self.instance,
+                    "circuit": int(self.breaker.state),
+                    "in_flight": self.sender.calls_in_flight,
+                    "fenced": self.sender.fenced,
+                    "retry": retry_queued,
+                    "parked": parked_queued,
+                },
+            )
+
+
+_HEALTH = text(
+    "INSERT INTO sender_health AS h (instance, circuit_state, calls_in_flight, fenced, retry_queued,"
+    " parked_queued, reported_at) VALUES (:instance, :circuit, :in_flight, :fenced, :retry, :parked, now())"
+    " ON CONFLICT (instance) DO UPDATE SET circuit_state = excluded.circuit_state,"
+    " calls_in_flight = excluded.calls_in_flight, fenced = excluded.fenced,"
+    " retry_queued = excluded.retry_queued, parked_queued = excluded.parked_queued, reported_at = now()"
+)
+
+
+async def _watch(
+    connection: AbstractRobustConnection,
+    engine: AsyncEngine,
+    settings: SenderSettings,
+    metrics: SenderMetrics,
+    health: HealthReport,
 ) -> None:
+    """Every few seconds: the retry tiers' and the parking lot's depths into the metrics, and the sender's
+    state into sender_health. Neither may stop for an absent broker or database."""
     topology = settings.topology()
-    names = [topology.retry_queue(t) for t in range(len(topology.retry_delays))] + [topology.parking_queue]
+    retries = [topology.retry_queue(t) for t in range(len(topology.retry_delays))]
     channel: AbstractChannel | None = None
     while True:
+        retry_queued = parked_queued = None
         try:
             if channel is None or channel.is_closed:
                 async with asyncio.timeout(settings.queue_depth_interval_seconds):
                     channel = await connection.channel()
-            for name, depth in (await queue_depths(channel, names)).items():
+            depths = await queue_depths(channel, [*retries, topology.parking_queue])
+            for name, depth in depths.items():
                 metrics.retry_depth.labels(name).set(depth)
+            retry_queued = sum(depths[name] for name in retries)
+            parked_queued = depths[topology.parking_queue]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.warning("could not read queue depths: {}", exc)
             channel = None
+        try:
+            await health.write(engine, retry_queued, parked_queued)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("could not record the sender's health: {!r}", exc)
         await asyncio.sleep(settings.queue_depth_interval_seconds)
 
 
@@ -219,7 +271,8 @@ async def start_sender(
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await consumer.start()
-    tasks = [asyncio.create_task(_watch_queue_depths(connection, settings, metrics))]
+    health = HealthReport(f"{socket.gethostname()}:{os.getpid()}", breaker, sender)
+    tasks = [asyncio.create_task(_watch(connection, engine, settings, metrics, health))]
     logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
         "sender consuming {}", topology.send_queue
     )

@@ -115,6 +115,22 @@ async def test_dashboard_shows_each_mailing_with_its_progress_and_polls_while_on
     assert parked is not None and parked.group(1) == "1"
 
 
+async def test_the_dashboard_shows_the_worst_circuit_of_the_senders_that_report(
+    api: httpx.AsyncClient, login: Login, api_settings: ApiSettings
+) -> None:
+    async with login("viewer") as ui:
+        assert "<dd>no sender reporting</dd>" in (await ui.get("/admin/fragments/overview")).text
+        async with await db(api_settings) as conn:
+            await conn.execute(
+                "INSERT INTO sender_health (instance, circuit_state, calls_in_flight, fenced, reported_at)"
+                " VALUES ('a:1', 0, 10, false, now()), ('b:2', 2, 0, true, now()),"
+                " ('gone:3', 1, 0, false, now() - interval '10 minutes')"
+            )
+        fragment = (await ui.get("/admin/fragments/overview")).text
+    assert "<dt>Circuit</dt><dd>open</dd>" in fragment
+    assert "<dt>Senders</dt><dd>2 (1 fenced)</dd>" in fragment
+
+
 async def test_mailing_page_filters_and_searches_its_messages(
     api: httpx.AsyncClient, login: Login, api_settings: ApiSettings
 ) -> None:

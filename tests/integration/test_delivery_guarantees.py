@@ -7,11 +7,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.chaos import FreezingProxy
+from services.sender.bootstrap import HealthReport
+from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from services.sender.service import Sender
 from services.sender.store import OutcomeRow, Store
 from shared.db import make_engine
 from shared.settings import CommonSettings
@@ -151,3 +156,19 @@ async def test_a_frozen_database_connection_fails_the_statement_within_its_deadl
             await engine.dispose()
     finally:
         await proxy.stop()
+
+
+async def test_a_sender_reports_its_circuit_and_fence_for_the_dashboard(engine: AsyncEngine, db: Db) -> None:
+    breaker = CircuitBreaker(BreakerConfig(min_calls=1, window=1), time.monotonic)
+    sender = SimpleNamespace(calls_in_flight=4, fenced=False)
+    health = HealthReport("host:42", breaker, cast(Sender, sender))
+    await health.write(engine, retry_queued=3, parked_queued=None)
+    breaker.record(False)  # one failure in a window of one: open
+    sender.fenced = True
+    await health.write(engine, retry_queued=5, parked_queued=1)
+
+    rows = await db.execute(
+        "SELECT instance, circuit_state, calls_in_flight, fenced, retry_queued, parked_queued"
+        " FROM sender_health"
+    )
+    assert rows == [("host:42", int(BreakerState.OPEN), 4, True, 5, 1)]

@@ -135,7 +135,7 @@ async def _overview(
         "mailings": [(m, _progress(c)) for m, c in rows],
         "pager": _pages(total, size, page),
         "today": report,
-        "delivery": await dashboard_service.delivery_path(session),
+        "delivery": await dashboard_service.delivery_path(session, now),
         "rate": await dashboard_service.send_rate(session, now),
         "poll": any_running,
         "refresh_seconds": settings.refresh_seconds,
