@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 from loguru import logger
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import unit_of_work
@@ -46,15 +46,24 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+# The key, and its last use recorded at most once a minute: one statement, and a write only now and then.
+_AUTHENTICATE = text(
+    "WITH k AS (SELECT id, name, role, last_used_at FROM api_keys"
+    " WHERE key_hash = :digest AND revoked_at IS NULL),"
+    " used AS (UPDATE api_keys SET last_used_at = now() FROM k WHERE api_keys.id = k.id"
+    " AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') RETURNING 1)"
+    " SELECT id, name, role, EXISTS (SELECT 1 FROM used) AS used FROM k"
+)
+
+
 async def authenticate(session: AsyncSession, key: str) -> Principal | None:
-    row = (
-        await session.execute(
-            select(ApiKey.id, ApiKey.name, ApiKey.role).where(
-                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-            )
-        )
-    ).one_or_none()
-    return None if row is None else Principal(row.name, Role(row.role), key_id=row.id)
+    row = (await session.execute(_AUTHENTICATE, {"digest": hash_key(key)})).one_or_none()
+    if row is None:
+        return None
+    if row.used:
+        # The first statement of the request's session: committing it commits nothing of the route's.
+        await session.commit()
+    return Principal(row.name, Role(row.role), key_id=row.id)
 
 
 async def ensure_bootstrap_key(sessions: async_sessionmaker[AsyncSession], key: str) -> None:

@@ -98,6 +98,17 @@ async def test_an_admin_key_created_by_the_bootstrap_key_can_manage_keys(api: ht
     assert "key" not in response.json()[0]
 
 
+async def test_a_keys_last_use_is_recorded_and_shown_to_admins(api: httpx.AsyncClient) -> None:
+    key_id, key = await _new_key(api, "operator")
+
+    def last_used(keys: list[dict[str, object]]) -> object:
+        return next(k["last_used_at"] for k in keys if k["id"] == key_id)
+
+    assert last_used((await api.get("/api/v1/api-keys")).json()) is None
+    assert (await api.get("/api/v1/clients", headers={"Authorization": f"Bearer {key}"})).status_code == 200
+    assert last_used((await api.get("/api/v1/api-keys")).json()) is not None
+
+
 async def test_a_revoked_key_stops_working_at_once(api: httpx.AsyncClient) -> None:
     key_id, key = await _new_key(api, "operator")
     headers = {"Authorization": f"Bearer {key}"}

@@ -29,6 +29,7 @@ class ApiKeyOut(BaseModel):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = Field(description="When it last authenticated a request (to the minute)")
 
 
 class ApiKeyCreated(ApiKeyOut):
@@ -43,6 +44,7 @@ def _out(row: ApiKey) -> ApiKeyOut:
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
     )
 
 
