@@ -39,6 +39,8 @@ from shared.domain.windows import NO_OPENING
 if TYPE_CHECKING:
     from loguru import Logger
 
+# A sender reports its state every few seconds; one silent for longer is gone.
+SENDER_REPORT_MAX_AGE = timedelta(seconds=30)
 RUNNING = MailingStatus.RUNNING.value
 PAUSED = MailingStatus.PAUSED.value
 SCHEDULED = MailingStatus.SCHEDULED.value
@@ -243,9 +245,11 @@ class Scheduler:
         """A queued message that entered the send queue before the returned instant and is not held by
         a sender is lost; None when nothing can be called lost now.
 
-        Waiting behind a long queue is not being lost: while the queue holds messages, only a message
-        that newer ones went past (the senders record how far they consumed) counts, with `after` as
-        the margin for publishes that overtook each other. An empty queue holds nobody's turn."""
+        Waiting its turn is not being lost, whether in the queue or in a sender's prefetch (deliveries a
+        sender holds while its breaker is open or its database is away): only a message that newer ones
+        went past (the senders record how far they claimed) counts, with `after` as the margin for
+        publishes that overtook each other. When nothing newer comes, the queue is empty and no sender
+        has claimed anything for `after`, whatever is still queued is lost too."""
         status = await self.publisher.send_queue_status()
         if status is None:
             return None
@@ -255,11 +259,12 @@ class Scheduler:
             logger.warning("no sender consumes the send queue: the recovery sweep waits")
             return None
         cutoff = now - after
-        if status.ready == 0:
-            return cutoff
         async with self.engine.connect() as conn:
-            through = await store.consumed_through(conn, self.settings.topology().send_queue)
-        return None if through is None else min(cutoff, through - after)
+            progress = await store.send_progress(conn, self.settings.topology().send_queue)
+            idle = status.ready == 0 and (progress is None or progress.claimed_at < cutoff)
+            if idle and not await store.senders_holding_back(conn, now - SENDER_REPORT_MAX_AGE):
+                return cutoff
+        return None if progress is None else min(cutoff, progress.consumed_through - after)
 
     async def dispatch(
         self,

@@ -389,13 +389,32 @@ async def claim_stale(
     return [Claimed(*row) for row in result.all()]
 
 
-async def consumed_through(conn: AsyncConnection, queue: str) -> datetime | None:
-    """When the newest message the senders claimed from `queue` had entered it."""
+@dataclass(frozen=True)
+class SendProgress:
+    # When the newest message the senders claimed from the queue had entered it, and when that was.
+    consumed_through: datetime
+    claimed_at: datetime
+
+
+async def senders_holding_back(conn: AsyncConnection, since: datetime) -> bool:
+    """Whether a sender that reported since `since` holds its deliveries back: its breaker is not closed
+    or it is fenced (it claims nothing meanwhile, and what it holds is not lost)."""
     result = await conn.execute(
-        text("SELECT consumed_through FROM send_progress WHERE queue = :q"), {"q": queue}
+        text(
+            "SELECT EXISTS (SELECT 1 FROM sender_health WHERE reported_at >= :since"
+            " AND (circuit_state <> 0 OR fenced))"
+        ),
+        {"since": since},
     )
-    through = result.scalar_one_or_none()
-    return through if isinstance(through, datetime) else None
+    return bool(result.scalar_one())
+
+
+async def send_progress(conn: AsyncConnection, queue: str) -> SendProgress | None:
+    result = await conn.execute(
+        text("SELECT consumed_through, updated_at FROM send_progress WHERE queue = :q"), {"q": queue}
+    )
+    row = result.one_or_none()
+    return None if row is None else SendProgress(row[0], row[1])
 
 
 async def due_backlog(conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime) -> int:

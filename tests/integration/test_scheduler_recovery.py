@@ -199,3 +199,36 @@ async def test_messages_whose_publish_failed_go_back_to_pending_and_out_on_the_n
     publisher.fail = False
     await scheduler.tick(T0 + timedelta(seconds=2))
     assert publisher.sent_ids == [(await message_ids_of(engine, mailing))[client]]
+
+
+async def test_messages_a_sender_holds_back_behind_its_open_breaker_are_not_copied(
+    engine: AsyncEngine,
+) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(
+        engine, scheduler_settings(str(engine.url), requeue_after_seconds=AFTER), publisher
+    )
+    await add_client(engine, "Europe/Moscow")
+    await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    first = publisher.take_sent()
+    later = T0 + timedelta(
+        minutes=5
+    )  # nothing claimed since, and the queue is empty: the delivery is prefetched
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO sender_health (instance, circuit_state, calls_in_flight, fenced, reported_at)"
+                " VALUES ('s:1', 2, 0, false, :at)"
+            ),
+            {"at": later - timedelta(seconds=3)},
+        )
+
+    await scheduler.tick(later)
+    assert publisher.sent_ids == [], "its sender waits for its breaker, the delivery in hand"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE sender_health SET circuit_state = 0, reported_at = :at"), {"at": later}
+        )
+    await scheduler.tick(later + timedelta(seconds=2))
+    assert publisher.take_sent() == first, "every sender is idle and claims nothing: the message is lost"
