@@ -3,7 +3,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test test-unit lint format migrate bench soak demo up down preflight check-deploy
+.PHONY: install browser deploy-tools run test test-unit lint format migrate bench soak demo up down preflight check-deploy
 
 install: ## virtual environment and packages from the lock file
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -20,7 +20,7 @@ run: migrate ## migrate, then start every service (api, scheduler, sender, repor
 	@$(RUN) python -m scripts.first_run
 	$(RUN) honcho start -f Procfile
 
-test: preflight browser ## every test: unit, integration, end-to-end, browser
+test: preflight browser deploy-tools ## every test: unit, integration, end-to-end, browser
 	$(RUN) pytest
 
 browser: ## Debian's chromium for the browser tests (installed when missing and running as root)
@@ -58,5 +58,10 @@ up: ## every part in containers
 down:
 	docker compose down
 
-check-deploy: ## validate docker-compose.yml, deploy/k8s, deploy/prometheus and .gitlab-ci.yml (skips missing tools)
-	@bash deploy/check.sh
+deploy-tools: ## promtool (Debian's prometheus package, never started) when missing and running as root; kubectl is needed too
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y --no-install-recommends prometheus; } \
+		|| echo "promtool is missing: apt-get install prometheus to validate the alerts"
+	@command -v kubectl >/dev/null || echo "kubectl is missing: the Kubernetes manifests are not validated (docs/deploy.md says how to get it)"
+
+check-deploy: install deploy-tools ## the deployment files through the real tools (kubectl kustomize, kubernetes-validate, the operators' schemas, docker compose, promtool, check-jsonschema); a missing tool fails
+	MAILING_DEPLOY_TOOLS_REQUIRED=1 $(RUN) pytest -q tests/unit/test_deploy_manifests.py tests/unit/test_deploy_config.py

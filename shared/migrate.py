@@ -1,14 +1,24 @@
-"""`python -m shared.migrate`: create the database when it is missing, then apply every migration."""
+"""`python -m shared.migrate`: create the database when it is missing, then apply every migration.
+
+`python -m shared.migrate --wait`: the init container of every service in a cluster; wait until the
+schema is at or beyond the revision this code knows as its head, so no pod starts against an older
+schema, and a pod of the previous release still starts after a newer release has migrated (a rollback).
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from psycopg import sql
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from shared.settings import CommonSettings
@@ -35,8 +45,60 @@ def upgrade(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def main() -> int:
+def schema_is_ready(script: ScriptDirectory, current: str | None) -> bool:
+    """The database's revision is this code's head or beyond it.
+
+    Beyond: a revision whose ancestors include the head, or one this code has never heard of, which
+    only a newer release can have written (migrations stay compatible with the previous release).
+    """
+    head = script.get_current_head()
+    if current is None:
+        return head is None
+    if current == head:
+        return True
+    try:
+        ancestors = {rev.revision for rev in script.iterate_revisions(current, "base")}
+    except Exception:  # alembic raises several kinds for a revision missing from this script directory
+        return True
+    return head in ancestors
+
+
+def wait_for_schema(database_url: str, timeout_seconds: float = 1800.0, poll_seconds: float = 2.0) -> bool:
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    engine = create_engine(database_url, pool_pre_ping=True)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    current = MigrationContext.configure(conn).get_current_revision()
+                if schema_is_ready(script, current):
+                    print(
+                        f"schema at {current}: ready for this code (head {script.get_current_head()})",
+                        flush=True,
+                    )
+                    return True
+                print(
+                    f"schema at {current}, waiting for {script.get_current_head()} (the migration job)",
+                    flush=True,
+                )
+            except Exception as exc:  # any connection failure: wait for the database as for the schema
+                print(f"database not reachable yet: {exc}", flush=True)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_seconds)
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.migrate")
+    parser.add_argument("--wait", action="store_true", help="wait for the schema instead of migrating")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait")
+    args = parser.parse_args(argv)
     settings = CommonSettings()
+    if args.wait:
+        return 0 if wait_for_schema(settings.database_url, args.timeout) else 1
     try:
         created = ensure_database(settings.database_url)
     except psycopg.OperationalError as exc:

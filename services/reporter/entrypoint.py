@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import uvloop
 
 from services.reporter.app import serve
@@ -10,4 +12,8 @@ from shared.logging import configure_logging
 def main() -> None:
     settings = ReporterSettings()
     configure_logging("reporter", json=settings.log_json, level=settings.log_level)
+    if len(sys.argv) > 1:
+        from services.reporter.cli import run
+
+        raise SystemExit(uvloop.run(run(sys.argv[1:], settings)))
     uvloop.run(serve(settings))
