@@ -181,7 +181,8 @@ class Sender:
             self._workers = [
                 asyncio.create_task(self._work(), name=f"caller-{i}") for i in range(self.max_in_flight)
             ]
-        await self._wait_for_breaker()
+        # Claimed as soon as received, breaker open or not: a delivery held unclaimed would look lost to
+        # the scheduler's sweep. Each message then waits for the breaker within its own give-up time.
         await self._wait_for_fence()
         items = {item.message_id: item for item in delivery.body.messages}
         claims = await self.store.claim(list(items), self.lease_seconds)
@@ -256,11 +257,6 @@ class Sender:
         # messages to another sender, and this one's claim finds them final.
         while self._fenced() and not self.stopping:  # noqa: ASYNC110
             await asyncio.sleep(FENCE_POLL_SECONDS)
-
-    async def _wait_for_breaker(self) -> None:
-        # The breaker runs on a clock, so there is nothing to signal: poll until its cool-down ends.
-        while not self.stopping and (left := self.breaker.cooldown_left()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(left, 1.0))
 
     async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
         monotonic = self.clocks.monotonic
