@@ -318,19 +318,40 @@ async def update_mailing(
     )
 
 
-@router.get("/mailings/{mailing_id}", response_class=HTMLResponse)
-async def mailing_page(request: Request, mailing_id: int, user: UserDep, session: SessionDep) -> HTMLResponse:
-    mailing, counts = await service.mailing_stats(session, mailing_id)
-    messages = await _messages_context(session, mailing_id, counts, None, "", 1)
-    context = {
+async def _mailing_live(
+    session: SessionDep, settings: AdminSettings, mailing: Mailing, counts: service.StatusCounts
+) -> dict[str, Any]:
+    """The mailing page's top part: attributes, progress and charts; refreshed by itself while the
+    mailing is scheduled or running."""
+    status = MailingStatus(mailing.status)
+    return {
         "mailing": mailing,
         "progress": _progress(counts),
-        "sends": await dashboard_service.mailing_sends(session, mailing_id),
-        "parked": await service.parked_summary(session, mailing_id),
-        "final": MailingStatus(mailing.status) in FINAL_MAILING_STATUSES,
-        **messages,
+        "sends": await dashboard_service.mailing_sends(session, mailing.id),
+        "parked": await service.parked_summary(session, mailing.id),
+        "final": status in FINAL_MAILING_STATUSES,
+        "poll": status in (MailingStatus.SCHEDULED, MailingStatus.RUNNING),
+        "refresh_seconds": settings.refresh_seconds,
     }
+
+
+@router.get("/mailings/{mailing_id}", response_class=HTMLResponse)
+async def mailing_page(
+    request: Request, mailing_id: int, user: UserDep, session: SessionDep, settings: AdminSettingsDep
+) -> HTMLResponse:
+    mailing, counts = await service.mailing_stats(session, mailing_id)
+    messages = await _messages_context(session, mailing_id, counts, None, "", 1)
+    context = {**await _mailing_live(session, settings, mailing, counts), **messages}
     return render(request, user, "mailing.html", context)
+
+
+@router.get("/mailings/{mailing_id}/fragments/live", response_class=HTMLResponse)
+async def mailing_live_fragment(
+    request: Request, mailing_id: int, user: UserDep, session: SessionDep, settings: AdminSettingsDep
+) -> HTMLResponse:
+    mailing, counts = await service.mailing_stats(session, mailing_id)
+    context = await _mailing_live(session, settings, mailing, counts)
+    return render(request, user, "partials/mailing_live.html", context)
 
 
 async def _messages_context(
