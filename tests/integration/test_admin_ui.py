@@ -232,6 +232,22 @@ async def test_mailing_actions_ask_for_confirmation_then_change_the_status(
     assert (await api.get(f"/api/v1/mailings/{mailing['id']}")).status_code == 404
 
 
+async def test_mailing_page_refreshes_its_progress_until_the_mailing_is_final(
+    api: httpx.AsyncClient, login: Login
+) -> None:
+    mailing_id = (await create(api))["id"]
+    live = f'hx-get="/admin/mailings/{mailing_id}/fragments/live"'
+    async with login("viewer") as ui:
+        assert live in (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        fragment = await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")
+        assert fragment.status_code == 200 and live in fragment.text
+        assert "<html" not in fragment.text and "messages final" in fragment.text
+    await api.post(f"/api/v1/mailings/{mailing_id}/cancel")
+    async with login("viewer") as ui:
+        assert live not in (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        assert live not in (await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")).text
+
+
 async def test_clients_page_filters_creates_edits_and_deletes_with_the_api_rules(
     api: httpx.AsyncClient, login: Login
 ) -> None:
