@@ -235,8 +235,12 @@ async def test_mailing_actions_ask_for_confirmation_then_change_the_status(
 async def test_mailing_page_refreshes_its_progress_until_the_mailing_is_final(
     api: httpx.AsyncClient, login: Login
 ) -> None:
-    mailing_id = (await create(api))["id"]
+    later = (await create(api, start_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()))["id"]
+    mailing_id = (await create(api, start_at=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()))["id"]
     live = f'hx-get="/admin/mailings/{mailing_id}/fragments/live"'
+    async with login("viewer") as ui:
+        assert "fragments/live" not in (await ui.get(f"/admin/mailings/{later}")).text
+        assert 'hx-trigger="every' in (await ui.get("/admin/")).text
     async with login("viewer") as ui:
         assert live in (await ui.get(f"/admin/mailings/{mailing_id}")).text
         fragment = await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,6 +116,18 @@ def _progress(counts: service.StatusCounts) -> dict[str, Any]:
     }
 
 
+# Pages refresh themselves while a mailing runs, or is scheduled to start within this time (a mailing
+# created to start now stays scheduled until the scheduler's next tick).
+SOON = timedelta(minutes=5)
+
+
+def _may_send_soon(mailing: Mailing, now: datetime) -> bool:
+    status = MailingStatus(mailing.status)
+    return status == MailingStatus.RUNNING or (
+        status == MailingStatus.SCHEDULED and mailing.start_at <= now + SOON
+    )
+
+
 # Dashboard
 
 
@@ -130,7 +142,7 @@ async def _overview(
         now.astimezone(ZoneInfo(settings.report_timezone)).date(),
         settings.report_timezone,
     )
-    any_running = any(m.status == MailingStatus.RUNNING for m, _ in rows)
+    any_running = any(_may_send_soon(m, now) for m, _ in rows)
     return {
         "mailings": [(m, _progress(c)) for m, c in rows],
         "pager": _pages(total, size, page),
@@ -322,7 +334,7 @@ async def _mailing_live(
     session: SessionDep, settings: AdminSettings, mailing: Mailing, counts: service.StatusCounts
 ) -> dict[str, Any]:
     """The mailing page's top part: attributes, progress and charts; refreshed by itself while the
-    mailing is scheduled or running."""
+    mailing runs or is about to."""
     status = MailingStatus(mailing.status)
     return {
         "mailing": mailing,
@@ -330,7 +342,7 @@ async def _mailing_live(
         "sends": await dashboard_service.mailing_sends(session, mailing.id),
         "parked": await service.parked_summary(session, mailing.id),
         "final": status in FINAL_MAILING_STATUSES,
-        "poll": status in (MailingStatus.SCHEDULED, MailingStatus.RUNNING),
+        "poll": _may_send_soon(mailing, utc_now()),
         "refresh_seconds": settings.refresh_seconds,
     }
 
