@@ -261,6 +261,13 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         await page.goto(f"{s.api}/admin/clients?tag=e2e-ui")
         await expect(page.locator("#clients")).to_contain_text("17 in all")
         await check_async(page, "e2e-clients")
+        await page.locator("#clients a", has_text="Edit").first.click()
+        await expect(page.locator("h1")).to_contain_text("Edit client")
+        await check_async(page, "e2e-client-edit")
+        await page.go_back()
+        await page.locator("#clients a", has_text="Delete").first.click()
+        await expect(page.locator("button[type=submit]", has_text="Yes")).to_have_count(1)
+        await check_async(page, "e2e-client-delete-confirm")
 
         # 3. A mailing by the form, starting now; the count of matching clients before saving.
         now = datetime.now(UTC)
@@ -288,6 +295,9 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         await check_async(page, "e2e-mailing-done")
         stats = await assert_page_equals_api(page, s, API_KEY, first)
         assert stats["counts"]["sent"] == 17
+        async with httpx.AsyncClient() as http:
+            stub = (await http.get(f"{s.services['stub'].base}/_stub/stats")).json()
+        assert stub["distinct_accepted"] == 17
 
         # 4. A second mailing held back by its window (running, nothing due): pause and resume it.
         hour = (now + timedelta(hours=3)).strftime("%H:00")
@@ -311,6 +321,10 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         await confirm(page, s, second, "resume", "running")
         await assert_page_equals_api(page, s, API_KEY, second)
         await check_async(page, "e2e-mailing-running")
+        await page.locator(".heading .actions a", has_text="Edit").click()
+        await expect(page.locator("h1")).to_have_text(f"Edit mailing {second}")
+        await expect(page.locator("#f-text")).to_have_value("e2e: held by its window")
+        await check_async(page, "e2e-mailing-edit")
 
         # A third one, starting tomorrow: cancel it.
         third = await create_by_api(
@@ -329,6 +343,8 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         assert (await api_stats(s, API_KEY, third))["status"] == "scheduled"
         await confirm(page, s, third, "cancel", "cancelled")
         await assert_page_equals_api(page, s, API_KEY, third)
+        await page.goto(f"{s.api}/admin/mailings/{third}/delete")
+        await check_async(page, "e2e-confirm-delete")
 
         # 5. The dashboard shows the three with the API's figures.
         await page.goto(f"{s.api}/admin/")
@@ -347,6 +363,9 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         await check_async(page, "e2e-report")
         await page.goto(f"{s.api}/admin/api-keys")
         await check_async(page, "e2e-api-keys")
+        await page.locator("a", has_text="Revoke").first.click()
+        await expect(page.locator("button[type=submit]", has_text="Yes")).to_have_count(1)
+        await check_async(page, "e2e-api-key-revoke-confirm")
         await page.goto(f"{s.api}/admin/mailings/{first}/messages?status=sent")
         await check_async(page, "e2e-messages")
 
@@ -419,6 +438,7 @@ async def test_the_first_minute_make_run_then_make_demo_then_the_dashboard(
     assert found, out
     address = found[1]
     assert address == f"http://127.0.0.1:{api_port}/admin/"
+    assert "DEVELOPMENT-ONLY provider: users admin, operator, viewer" in out
     for what in ("REST API", "Swagger UI", "sign-in", "probe stand-in", "mail sink"):
         assert what in out, out
     assert (state / "session-secret").exists()
