@@ -292,6 +292,9 @@ async def test_an_operator_session_in_the_browser_from_sign_in_to_logout(
         )
         await expect(page.locator("#mailing-live ul.legend")).to_have_text("sent 17")
         await expect(page.locator("h1 .badge")).to_have_text("finished", timeout=30_000)
+        # The messages table followed too: every row sent.
+        await expect(page.locator("#messages")).to_contain_text("17 in all")
+        await expect(page.locator("#messages tbody .badge", has_text="sent")).to_have_count(17)
         await check_async(page, "e2e-mailing-done")
         stats = await assert_page_equals_api(page, s, API_KEY, first)
         assert stats["counts"]["sent"] == 17

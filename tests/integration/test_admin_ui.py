@@ -242,13 +242,16 @@ async def test_mailing_page_refreshes_its_progress_until_the_mailing_is_final(
         assert "fragments/live" not in (await ui.get(f"/admin/mailings/{later}")).text
         assert 'hx-trigger="every' in (await ui.get("/admin/")).text
     async with login("viewer") as ui:
-        assert live in (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        page = (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        assert live in page and f'hx-get="/admin/mailings/{mailing_id}/messages?status=&amp;q=' in page
+        table = await ui.get(f"/admin/mailings/{mailing_id}/messages", headers={"HX-Request": "true"})
+        assert 'hx-trigger="every' in table.text and "<html" not in table.text
         fragment = await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")
         assert fragment.status_code == 200 and live in fragment.text
         assert "<html" not in fragment.text and "messages final" in fragment.text
     await api.post(f"/api/v1/mailings/{mailing_id}/cancel")
     async with login("viewer") as ui:
-        assert live not in (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        assert 'hx-trigger="every' not in (await ui.get(f"/admin/mailings/{mailing_id}")).text
         assert live not in (await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")).text
 
 

@@ -353,7 +353,7 @@ async def mailing_page(
 ) -> HTMLResponse:
     mailing, counts = await service.mailing_stats(session, mailing_id)
     messages = await _messages_context(session, mailing_id, counts, None, "", 1)
-    context = {**await _mailing_live(session, settings, mailing, counts), **messages}
+    context = {**messages, **await _mailing_live(session, settings, mailing, counts)}
     return render(request, user, "mailing.html", context)
 
 
@@ -392,13 +392,15 @@ async def messages_fragment(
     mailing_id: int,
     user: UserDep,
     session: SessionDep,
+    settings: AdminSettingsDep,
     status: str = "",
     q: Annotated[str, Query(max_length=40)] = "",
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
-    _, counts = await service.mailing_stats(session, mailing_id)
+    mailing, counts = await service.mailing_stats(session, mailing_id)
     chosen = MessageStatus(status) if status in MessageStatus.__members__.values() else None
     context = await _messages_context(session, mailing_id, counts, chosen, q, page)
+    context.update(poll=_may_send_soon(mailing, utc_now()), refresh_seconds=settings.refresh_seconds)
     name = "partials/messages.html" if request.headers.get("hx-request") else "messages_page.html"
     return render(request, user, name, context)
 
