@@ -83,9 +83,12 @@ async def provider_process(logs: Path) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def stack(logs: Path, settings: CommonSettings, **api_env: str) -> AsyncIterator[Stack]:
-    """Provider, API, scheduler, sender and a fault-free stand-in, each a process; `api_env` adds to
-    (or, with an empty value, removes from) the API's environment."""
+async def stack(
+    logs: Path, settings: CommonSettings, reporter: bool = False, **api_env: str
+) -> AsyncIterator[Stack]:
+    """Provider, API, scheduler, sender and a fault-free stand-in (and the reporter, which keeps the
+    figures of "today"), each a process; `api_env` adds to (or, with an empty value, removes from) the
+    API's environment."""
     services = Services(
         logs,
         {
@@ -115,8 +118,11 @@ async def stack(logs: Path, settings: CommonSettings, **api_env: str) -> AsyncIt
         api.port = int(api.env["MAILING_API_PORT"])
         services.add("scheduler", "scheduler")
         services.add("sender", "sender", MAILING_PROBE_BASE_URL=stub.base)
+        if reporter:
+            # Its SMTP server is a port nobody listens on: no report of this test goes anywhere.
+            services.add("reporter", "reporter", MAILING_REPORTER_SMTP_PORT=str(free_port()))
         try:
-            for name in ("stub", "api", "scheduler", "sender"):
+            for name in services.services:
                 await services.start(name)
             await services.wait_healthy("stub")
             await services.wait_healthy("api")
@@ -447,8 +453,8 @@ async def test_the_first_minute_make_run_then_make_demo_then_the_dashboard(
     assert (state / "session-secret").exists()
 
     async with (
-        stack(tmp_path / "logs", settings, MAILING_LOCAL_STATE_DIR=str(state), MAILING_API_PORT=str(api_port),
-              MAILING_PUBLIC_URL=f"http://127.0.0.1:{api_port}") as s,
+        stack(tmp_path / "logs", settings, reporter=True, MAILING_LOCAL_STATE_DIR=str(state),
+              MAILING_API_PORT=str(api_port), MAILING_PUBLIC_URL=f"http://127.0.0.1:{api_port}") as s,
         chromium() as browser,
     ):  # fmt: skip
         demo = await asyncio.create_subprocess_exec(
@@ -466,5 +472,15 @@ async def test_the_first_minute_make_run_then_make_demo_then_the_dashboard(
         row = page.locator("#overview tbody tr", has_text="Demo: your discount is waiting")
         await expect(row.locator(".badge")).to_have_text("finished")
         await expect(row.locator(".progress-cell small")).to_contain_text("300 / 300 final (100%)")
+
+        # Today's totals come from the reporter's record of outcomes, which follows a little behind.
+        async def today_sent() -> bool:
+            await page.reload()
+            sent = page.locator("article[aria-labelledby=today-h] .figures div", has_text="sent").locator(
+                "dd"
+            )
+            return await sent.inner_text() == "300"
+
+        await poll(today_sent, 30, "today's figures")
         await check_async(page, "e2e-demo-dashboard-phone")
         await context.close()
