@@ -9,6 +9,7 @@ honcho keeps the other processes running.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import io
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import flask
+import jinja2
 import jwt
 import werkzeug.serving
 from loguru import logger
@@ -122,6 +124,7 @@ def _error(start_response: StartResponse, status: str, text: str) -> list[bytes]
 def build_app() -> flask.Flask:
     """The provider as a WSGI app (its templates first, so its pages say "development only")."""
     quiet_authlib_deprecations()
+    import oidc_provider_mock
     from oidc_provider_mock import User, init_app
 
     users = [
@@ -137,6 +140,12 @@ def build_app() -> flask.Flask:
         for role in ROLES
     ]
     app = flask.Flask("dev_oidc", template_folder=str(TEMPLATES))
+    # The mock's own pages (end_session_form.html, error.html, ...) live in its package, which a Flask app
+    # of our own does not look in: ours first, then the package's.
+    package_templates = Path(oidc_provider_mock.__file__).with_name("templates")
+    app.jinja_loader = jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(TEMPLATES), jinja2.FileSystemLoader(package_templates)]
+    )
     app.secret_key = secrets.token_bytes(16)
     app.config["OAUTH2_ACCESS_TOKEN_GENERATOR"] = _access_token
     init_app(app, require_nonce=True, access_token_max_age=TOKEN_LIFETIME, user_claims=users)
@@ -160,7 +169,10 @@ def running(host: str = DEV_OIDC_HOST, port: int = 0) -> Iterator[str]:
         thread.join(5)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the development OpenID Connect provider")
+    parser.add_argument("--port", type=int, default=DEV_OIDC_PORT, help="default %(default)s (make run)")
+    port: int = parser.parse_args(argv).port
     settings = ApiSettings()
     configure_logging("dev-oidc", json=settings.log_json, level=settings.log_level)
     if settings.oidc_issuer is not None or not settings.development:
@@ -174,9 +186,9 @@ def main() -> int:
         "DEVELOPMENT-ONLY OpenID Connect provider on http://{}:{} (users admin, operator, viewer; anyone "
         "can sign in as anyone): never use it in production",
         DEV_OIDC_HOST,
-        DEV_OIDC_PORT,
+        port,
     )
-    server = werkzeug.serving.make_server(DEV_OIDC_HOST, DEV_OIDC_PORT, build_app(), threaded=True)
+    server = werkzeug.serving.make_server(DEV_OIDC_HOST, port, build_app(), threaded=True)
     server.serve_forever()
     return 0
 

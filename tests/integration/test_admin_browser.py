@@ -3,7 +3,6 @@ kept in var/screenshots/, and axe-core finds no serious or critical accessibilit
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,35 +10,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, FilePayload, sync_playwright
 
 from tests.admin_session import COOKIE_NAME, SESSION_SECRET, session_cookie
-from tests.integration.conftest import ADMIN_HEADERS, ROOT, LiveApi
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS, check, skip_without_chromium
+from tests.integration.conftest import ADMIN_HEADERS, LiveApi
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
-SCREENSHOTS = ROOT / "var" / "screenshots"
-VIEWPORTS: dict[str, ViewportSize] = {
-    "laptop": {"width": 1366, "height": 900},
-    "phone": {"width": 390, "height": 844},
-}
 
 
 @pytest.fixture
 def ui_server(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> LiveApi:
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("Debian's chromium is not installed (make browser)")
+    skip_without_chromium()
     monkeypatch.setenv("MAILING_SESSION_SECRET", SESSION_SECRET)
     live: LiveApi = request.getfixturevalue("live_api")
     return live
@@ -87,20 +69,6 @@ def seed(live: LiveApi) -> dict[str, Any]:
         return {"mailing_id": mailing["id"]}
 
 
-def check(page: Page, name: str, viewport: str) -> None:
-    page.wait_for_load_state("networkidle")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{viewport}-{name}.png"), full_page=True)
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
-    bad = [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in result["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not bad, f"{viewport} {name}: " + "; ".join(bad)
-
-
 @pytest.mark.parametrize("viewport", sorted(VIEWPORTS))
 def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Browser, viewport: str) -> None:
     mailing = seed(ui_server)["mailing_id"]
@@ -115,11 +83,11 @@ def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Brow
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip-link"
     assert page.locator("text=Spring sale").first.is_visible()
-    check(page, "dashboard", viewport)
+    check(page, f"{viewport}-dashboard")
 
     page.goto(f"{base}/admin/mailings/{mailing}")
     page.locator("#messages details summary").first.click()
-    check(page, "mailing", viewport)
+    check(page, f"{viewport}-mailing")
     page.select_option("#m-status", "failed")
     page.wait_for_selector("#messages tbody >> text=http 400", state="attached")
 
@@ -129,15 +97,15 @@ def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Brow
     page.wait_for_selector("#matching >> text=15")
     page.click("form[action='/admin/mailings/new'] button[type=submit]")
     assert page.locator("#e-text").is_visible()
-    check(page, "mailing-form", viewport)
+    check(page, f"{viewport}-mailing-form")
 
     page.goto(f"{base}/admin/mailings/{mailing}/pause")
-    check(page, "confirm", viewport)
+    check(page, f"{viewport}-confirm")
 
     page.goto(f"{base}/admin/clients?tag=vip")
-    check(page, "clients", viewport)
+    check(page, f"{viewport}-clients")
     page.goto(f"{base}/admin/clients/new")
-    check(page, "client-form", viewport)
+    check(page, f"{viewport}-client-form")
 
     page.goto(f"{base}/admin/clients/import")
     bad_csv: FilePayload = {
@@ -148,16 +116,16 @@ def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Brow
     page.set_input_files("#f-file", files=[bad_csv])
     page.click("form[action='/admin/clients/import'] button[type=submit]")
     page.wait_for_selector("text=Rejected rows")
-    check(page, "import", viewport)
+    check(page, f"{viewport}-import")
 
     page.goto(f"{base}/admin/reports")
-    check(page, "report", viewport)
+    check(page, f"{viewport}-report")
 
     page.goto(f"{base}/admin/api-keys")
     page.fill("#f-name", "dashboard screen")
     page.click("form[action='/admin/api-keys'] button[type=submit]")
     assert page.input_value("#new-key").startswith("mk_")
-    check(page, "api-keys", viewport)
+    check(page, f"{viewport}-api-keys")
 
     assert not errors, errors
     context.close()

@@ -192,6 +192,17 @@ async def test_logout_clears_the_session_and_ends_it_at_the_provider(
     params = parse_qs(target.query)
     assert params["post_logout_redirect_uri"] == [f"{PUBLIC_URL}/admin/auth/signed-out"]
     assert params["id_token_hint"][0].count(".") == 2
+    async with httpx.AsyncClient() as at_provider:
+        # The provider's own page, then its confirmation, which sends the browser back to the API.
+        ending = await at_provider.get(out.headers["location"])
+        assert ending.status_code == 200, ending.text
+        assert "Development only" in ending.text
+        ended = await at_provider.post(
+            f"{provider}/oauth2/end_session/confirm",
+            data={"redirect_uri": params["post_logout_redirect_uri"][0]},
+        )
+        assert ended.status_code == 302
+        assert ended.headers["location"] == f"{PUBLIC_URL}/admin/auth/signed-out"
     assert (await ui.get("/admin/auth/me")).status_code == 401
     assert (await ui.get(PAGE)).status_code == 303
     assert (await ui.get("/admin/auth/signed-out")).status_code == 200

@@ -248,6 +248,29 @@ async def test_mailing_actions_ask_for_confirmation_then_change_the_status(
     assert (await api.get(f"/api/v1/mailings/{mailing['id']}")).status_code == 404
 
 
+async def test_mailing_page_refreshes_its_progress_until_the_mailing_is_final(
+    api: httpx.AsyncClient, login: Login
+) -> None:
+    later = (await create(api, start_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()))["id"]
+    mailing_id = (await create(api, start_at=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()))["id"]
+    live = f'hx-get="/admin/mailings/{mailing_id}/fragments/live"'
+    async with login("viewer") as ui:
+        assert "fragments/live" not in (await ui.get(f"/admin/mailings/{later}")).text
+        assert 'hx-trigger="every' in (await ui.get("/admin/")).text
+    async with login("viewer") as ui:
+        page = (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        assert live in page and f'hx-get="/admin/mailings/{mailing_id}/messages?status=&amp;q=' in page
+        table = await ui.get(f"/admin/mailings/{mailing_id}/messages", headers={"HX-Request": "true"})
+        assert 'hx-trigger="every' in table.text and "<html" not in table.text
+        fragment = await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")
+        assert fragment.status_code == 200 and live in fragment.text
+        assert "<html" not in fragment.text and "messages final" in fragment.text
+    await api.post(f"/api/v1/mailings/{mailing_id}/cancel")
+    async with login("viewer") as ui:
+        assert 'hx-trigger="every' not in (await ui.get(f"/admin/mailings/{mailing_id}")).text
+        assert live not in (await ui.get(f"/admin/mailings/{mailing_id}/fragments/live")).text
+
+
 async def test_clients_page_filters_creates_edits_and_deletes_with_the_api_rules(
     api: httpx.AsyncClient, login: Login
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,6 +116,18 @@ def _progress(counts: service.StatusCounts) -> dict[str, Any]:
     }
 
 
+# Pages refresh themselves while a mailing runs, or is scheduled to start within this time (a mailing
+# created to start now stays scheduled until the scheduler's next tick).
+SOON = timedelta(minutes=5)
+
+
+def _may_send_soon(mailing: Mailing, now: datetime) -> bool:
+    status = MailingStatus(mailing.status)
+    return status == MailingStatus.RUNNING or (
+        status == MailingStatus.SCHEDULED and mailing.start_at <= now + SOON
+    )
+
+
 # Dashboard
 
 
@@ -130,7 +142,7 @@ async def _overview(
         now.astimezone(ZoneInfo(settings.report_timezone)).date(),
         settings.report_timezone,
     )
-    any_running = any(m.status == MailingStatus.RUNNING for m, _ in rows)
+    any_running = any(_may_send_soon(m, now) for m, _ in rows)
     return {
         "mailings": [(m, _progress(c)) for m, c in rows],
         "pager": _pages(total, size, page),
@@ -318,19 +330,40 @@ async def update_mailing(
     )
 
 
-@router.get("/mailings/{mailing_id}", response_class=HTMLResponse)
-async def mailing_page(request: Request, mailing_id: int, user: UserDep, session: SessionDep) -> HTMLResponse:
-    mailing, counts = await service.mailing_stats(session, mailing_id)
-    messages = await _messages_context(session, mailing_id, counts, None, "", 1)
-    context = {
+async def _mailing_live(
+    session: SessionDep, settings: AdminSettings, mailing: Mailing, counts: service.StatusCounts
+) -> dict[str, Any]:
+    """The mailing page's top part: attributes, progress and charts; refreshed by itself while the
+    mailing runs or is about to."""
+    status = MailingStatus(mailing.status)
+    return {
         "mailing": mailing,
         "progress": _progress(counts),
-        "sends": await dashboard_service.mailing_sends(session, mailing_id),
-        "parked": await service.parked_summary(session, mailing_id),
-        "final": MailingStatus(mailing.status) in FINAL_MAILING_STATUSES,
-        **messages,
+        "sends": await dashboard_service.mailing_sends(session, mailing.id),
+        "parked": await service.parked_summary(session, mailing.id),
+        "final": status in FINAL_MAILING_STATUSES,
+        "poll": _may_send_soon(mailing, utc_now()),
+        "refresh_seconds": settings.refresh_seconds,
     }
+
+
+@router.get("/mailings/{mailing_id}", response_class=HTMLResponse)
+async def mailing_page(
+    request: Request, mailing_id: int, user: UserDep, session: SessionDep, settings: AdminSettingsDep
+) -> HTMLResponse:
+    mailing, counts = await service.mailing_stats(session, mailing_id)
+    messages = await _messages_context(session, mailing_id, counts, None, "", 1)
+    context = {**messages, **await _mailing_live(session, settings, mailing, counts)}
     return render(request, user, "mailing.html", context)
+
+
+@router.get("/mailings/{mailing_id}/fragments/live", response_class=HTMLResponse)
+async def mailing_live_fragment(
+    request: Request, mailing_id: int, user: UserDep, session: SessionDep, settings: AdminSettingsDep
+) -> HTMLResponse:
+    mailing, counts = await service.mailing_stats(session, mailing_id)
+    context = await _mailing_live(session, settings, mailing, counts)
+    return render(request, user, "partials/mailing_live.html", context)
 
 
 async def _messages_context(
@@ -359,13 +392,15 @@ async def messages_fragment(
     mailing_id: int,
     user: UserDep,
     session: SessionDep,
+    settings: AdminSettingsDep,
     status: str = "",
     q: Annotated[str, Query(max_length=40)] = "",
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
-    _, counts = await service.mailing_stats(session, mailing_id)
+    mailing, counts = await service.mailing_stats(session, mailing_id)
     chosen = MessageStatus(status) if status in MessageStatus.__members__.values() else None
     context = await _messages_context(session, mailing_id, counts, chosen, q, page)
+    context.update(poll=_may_send_soon(mailing, utc_now()), refresh_seconds=settings.refresh_seconds)
     name = "partials/messages.html" if request.headers.get("hx-request") else "messages_page.html"
     return render(request, user, name, context)
 
