@@ -89,9 +89,25 @@ def test_duplicates_within_the_in_flight_bound_pass_and_beyond_it_fail() -> None
         observed(messages=messages, accepted=twice, kills=kills, fence_samples=[(20.0, 5.0)])
     )
 
-    assert (line(within, "duplicates").value, line(within, "duplicates").bound) == (2, 2)
-    assert line(within, "duplicates").ok
-    assert not line(beyond, "duplicates").ok
+    unrecorded = "calls whose outcome was never recorded"
+    assert (line(within, unrecorded).value, line(within, unrecorded).bound) == (2, 2)
+    assert line(within, unrecorded).ok
+    assert not line(beyond, unrecorded).ok
+
+
+def test_a_call_accepted_and_then_recorded_cancelled_spends_the_same_budget_as_a_duplicate() -> None:
+    # The sender died between the provider's answer and the write; the mailing was cancelled meanwhile.
+    messages = [message(1, 1), message(2, 1, "cancelled")]
+    kills = [Kill("sender1", T0, in_flight=1.0)]
+
+    within, _, _ = audit(observed(messages=messages, accepted=[accepted(1, 1), accepted(2, 1)], kills=kills))
+    beyond, _, _ = audit(
+        observed(messages=messages, accepted=[accepted(1, 1), accepted(1, 2), accepted(2, 1)], kills=kills)
+    )
+
+    assert line(within, "calls whose outcome").ok
+    assert line(beyond, "calls whose outcome").value == 2
+    assert not line(beyond, "calls whose outcome").ok
 
 
 def test_a_send_in_the_clients_night_is_outside_the_window() -> None:
