@@ -165,7 +165,9 @@ async def _writer(database_url: str) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT id FROM messages WHERE mailing_id = %s AND status = 'queued' ORDER BY id", (BIG_MAILING,)
+            # The queued ones, and the sent ones to requeue (a database kept from an earlier run).
+            "SELECT id FROM messages WHERE mailing_id = %s AND status IN ('queued', 'sent') ORDER BY id",
+            (BIG_MAILING,),
         )
         ids = [int(str(r[0])) for r in await cur.fetchall()]
         batches = [ids[i : i + WRITER_BATCH] for i in range(0, len(ids), WRITER_BATCH)]
@@ -174,13 +176,14 @@ async def _writer(database_url: str) -> None:
         n = 0
         while not stop.is_set():
             batch = batches[n % len(batches)]
-            if n >= len(batches):  # round again: requeue the batch first, as an operator's requeue does
-                await conn.execute(
-                    "WITH requeued AS (UPDATE messages SET status = 'queued', queued_at = now(),"
-                    " sent_at = NULL, lease_until = NULL, claim_token = NULL WHERE id = ANY(%s) RETURNING id)"
-                    " DELETE FROM report_outcomes WHERE message_id IN (SELECT id FROM requeued)",
-                    (batch,),
-                )
+            # Its sent messages queued again first, their outcomes dropped, as an operator's requeue does.
+            await conn.execute(
+                "WITH requeued AS (UPDATE messages SET status = 'queued', queued_at = now(),"
+                " sent_at = NULL, lease_until = NULL, claim_token = NULL"
+                " WHERE id = ANY(%s) AND status = 'sent' RETURNING id)"
+                " DELETE FROM report_outcomes WHERE message_id IN (SELECT id FROM requeued)",
+                (batch,),
+            )
             claims = await store.claim(batch, 60.0)
             now = datetime.now(UTC)
             done = await store.write_sent(

@@ -63,6 +63,15 @@ class Client(Base):
         Index("ix_clients_tag", "tag"),
         # The scheduler picks up clients added or changed while a mailing runs by this column.
         Index("ix_clients_updated_at", "updated_at"),
+        # The clients a mailing filter matches, counted from this index alone (migration 0008).
+        Index(
+            "ix_clients_live_tag_operator_code",
+            "tag",
+            "operator_code",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # With uq_clients_phone_live, every client by phone prefix (a mailing's messages search).
+        Index("ix_clients_phone_deleted", "phone", postgresql_where=text("deleted_at IS NOT NULL")),
     )
 
 
@@ -214,7 +223,9 @@ class ReportOutcome(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('sent', 'failed', 'expired', 'cancelled')", name="status_final"),
-        Index("ix_report_outcomes_occurred_at", "occurred_at"),
+        # The send rate and the daily report count from the indexes alone (migration 0008).
+        Index("ix_report_outcomes_occurred_at", "occurred_at", postgresql_include=["mailing_id", "status"]),
+        Index("ix_report_outcomes_mailing_id_status_occurred_at", "mailing_id", "status", "occurred_at"),
     )
 
 
