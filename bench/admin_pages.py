@@ -3,15 +3,16 @@ mailing is being delivered.
 
 In its own database (`mailing_bench_pages_<random>`, dropped at the end), seeded set-wise:
 1,000,000 clients (30 timezones, 11 tags, 50 operator codes, one in 200 deleted), 1,000 mailings in
-every status, 1,000,000 messages (one running mailing of 300,000, the others of about 700 each) in
-mixed statuses with `created_at` / `sent_at` over the last 7 days, a `report_outcomes` row for each
-final message (as the reporter records them), and a few API keys. The app runs in-process (`create_app`,
+every status, 1,000,000 messages (one running mailing of 300,000 over the last 2 days, the others of
+about 700 each, each sent from its start in 24 hourly bursts, the starts 10 minutes apart over the last
+7 days) in mixed statuses, a `report_outcomes` row for each final message (as the reporter records
+them, which fills the per-minute counts), and a few API keys. The app runs in-process (`create_app`,
 relay off) behind httpx's ASGI transport, signed in as an admin with a signed session cookie.
 
 While the pages are timed, a writer process does to the big mailing what a sender does: through the
 real `services.sender.store.Store`, it claims 1,000 of its queued messages and writes them `sent`
 (`Store.claim`, `Store.write_sent`), records their outcomes as the reporter does, and sleeps 50 ms, over
-and over (a message already written is put back to `queued` first when the list comes round again).
+and over (the sent ones of a batch are put back to `queued` first, so the list can come round again).
 """
 
 from __future__ import annotations
@@ -128,7 +129,11 @@ async def _seed(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         columns + values + f" SELECT 2 + (g - 1) % {MAILINGS - 1} AS mailing_id,"
         f" 1 + g::bigint * 7927 % {CLIENTS} AS client_id,"
         f" {small_status} AS status, r,"
-        f" now() - make_interval(secs => (1 - g::float / {SMALL_MESSAGES}) * {DAYS} * 86400) AS t"
+        # Sent from the mailing's start in 24 hourly bursts (its clients' timezone windows opening), each
+        # within a minute, as a sender does it; the latest mailings' bursts stop a minute ago.
+        f" least(now() - interval '1 minute', now() - make_interval(days => {DAYS})"
+        f" + make_interval(mins => (2 + (g - 1) % {MAILINGS - 1}) * 10, hours => g % 24,"
+        " secs => r * 50)) AS t"
         " FROM (SELECT g, (g::bigint * 7919 % 1000) / 1000.0 AS r"
         f" FROM generate_series(1, {SMALL_MESSAGES}) AS g) AS s) AS m",
     )

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.clients_service import phone_starts_with
 from services.api.mailings_service import StatusCounts, status_totals
 from shared.domain.statuses import MessageStatus
-from shared.models import Client, Message, ReportOutcome
+from shared.models import Client, Message, ReportOutcomeMinute
 
 # Bucket widths for a chart of sends over time, the smallest giving at most MAX_BUCKETS points.
 BUCKET_SECONDS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
@@ -35,22 +35,23 @@ class DeliveryPath:
 
 def _bucket(seconds: int) -> ColumnElement[datetime]:
     width = text(f"interval '{int(seconds)} seconds'")
-    return func.date_bin(width, ReportOutcome.occurred_at, text("'epoch'"))
+    return func.date_bin(width, ReportOutcomeMinute.minute, text("'epoch'"))
 
 
-_SENT = ReportOutcome.status == MessageStatus.SENT.value
+_SENT = ReportOutcomeMinute.status == MessageStatus.SENT.value
 
 
 async def send_rate(session: AsyncSession, now: datetime, minutes: int = 60) -> Series:
-    """Messages sent in each minute of the last `minutes`, as the reporter recorded them: a range of the
-    covering index on `report_outcomes.occurred_at` (insert-only), not a scan of `messages.sent_at`
-    (which has no index: one would cost the sender's status updates their HOT updates)."""
+    """Messages sent in each minute of the last `minutes`, as the reporter recorded them: the
+    per-minute outcome counts (migration 0008), a row per mailing and minute, not a scan of
+    `messages.sent_at` (which has no index: one would cost the sender's status updates their HOT
+    updates)."""
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-    bucket = _bucket(60)
+    c = ReportOutcomeMinute
     rows = await session.execute(
-        select(bucket, func.count())
-        .where(_SENT, ReportOutcome.occurred_at >= start, ReportOutcome.occurred_at <= now)
-        .group_by(bucket)
+        select(c.minute, func.sum(c.count))
+        .where(_SENT, c.minute >= start, c.minute <= now)
+        .group_by(c.minute)
     )
     found = {b: int(n) for b, n in rows}
     slots = [start + timedelta(minutes=i) for i in range(minutes)]
@@ -59,20 +60,18 @@ async def send_rate(session: AsyncSession, now: datetime, minutes: int = 60) -> 
 
 async def mailing_sends(session: AsyncSession, mailing_id: int) -> Series:
     """The mailing's sent messages over time, in buckets wide enough for at most MAX_BUCKETS points, from
-    the reporter's outcomes: the index on (mailing_id, status, occurred_at) gives the first and last at
-    once and the buckets from the index alone."""
-    sent = (ReportOutcome.mailing_id == mailing_id) & _SENT
-    first, last = (
-        await session.execute(
-            select(func.min(ReportOutcome.occurred_at), func.max(ReportOutcome.occurred_at)).where(sent)
-        )
-    ).one()
+    its per-minute outcome counts (a row per minute it sent in, whatever the number of messages)."""
+    c = ReportOutcomeMinute
+    sent = (c.mailing_id == mailing_id) & _SENT & (c.count > 0)
+    first, last = (await session.execute(select(func.min(c.minute), func.max(c.minute)).where(sent))).one()
     if first is None or last is None:
         return Series([], [])
     span = (last - first).total_seconds()
     width = next((b for b in BUCKET_SECONDS if span / b <= MAX_BUCKETS), BUCKET_SECONDS[-1])
     bucket = _bucket(width)
-    rows = await session.execute(select(bucket, func.count()).where(sent).group_by(bucket).order_by(bucket))
+    rows = await session.execute(
+        select(bucket, func.sum(c.count)).where(sent).group_by(bucket).order_by(bucket)
+    )
     fmt = "%Y-%m-%d" if width >= 86400 else "%m-%d %H:%M"
     labels, values = [], []
     for b, n in rows:
