@@ -70,8 +70,8 @@ class Client(Base):
             "operator_code",
             postgresql_where=text("deleted_at IS NULL"),
         ),
-        # With uq_clients_phone_live, every client by phone prefix (a mailing's messages search).
-        Index("ix_clients_phone_deleted", "phone", postgresql_where=text("deleted_at IS NOT NULL")),
+        # Every client's id by phone prefix, from the index alone (the messages search, migration 0008).
+        Index("ix_clients_phone_id", "phone", postgresql_include=["id"]),
     )
 
 

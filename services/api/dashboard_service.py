@@ -107,10 +107,12 @@ async def mailing_messages(
     counts: StatusCounts,
     limit: int,
     offset: int,
+    search_cap: int = 1_000,
 ) -> tuple[list[MessageRow], int]:
     """A page of the mailing's messages in client id order (the unique index on (mailing_id, client_id)
     walks them in that order), with each client's phone. `search` is a client id or the start of a
-    phone. Without a search the total comes from the mailing's counts. The caller bounds `offset`."""
+    phone. Without a search the total comes from the mailing's counts; with one, it is counted up to
+    `search_cap + 1`. The caller bounds `offset`."""
     conditions: list[ColumnElement[bool]] = [Message.mailing_id == mailing_id]
     if status is not None:
         conditions.append(Message.status == status.value)
@@ -120,11 +122,9 @@ async def mailing_messages(
         digits = search.lstrip("+")
         if not digits.isdigit():
             return [], 0
-        # Live clients by the unique index on their phone, deleted ones by the partial index on theirs.
-        candidates: list[Select[int]] = [
-            select(Client.id).where(Client.deleted_at.is_(None), phone_starts_with(Client.phone, digits)),
-            select(Client.id).where(Client.deleted_at.is_not(None), phone_starts_with(Client.phone, digits)),
-        ]
+        # Every client whose phone starts so (deleted ones too: their messages stay), from the index on
+        # (phone) INCLUDE (id) alone; and the client of that id.
+        candidates: list[Select[int]] = [select(Client.id).where(phone_starts_with(Client.phone, digits))]
         if len(digits) < 11 and int(digits) < 2**63:
             candidates.append(select(literal(int(digits), BigInteger)))
         conditions.append(Message.client_id.in_(union_all(*candidates)))
@@ -148,5 +148,7 @@ async def mailing_messages(
         phones = {int(i): str(p) for i, p in rows}
     found = [MessageRow(m, phones.get(m.client_id, "")) for m in messages]
     if total is None:
-        total = int(await session.scalar(select(func.count()).select_from(Message).where(*conditions)) or 0)
+        # A search counts up to search_cap + 1 matches: past that the caller shows "search_cap+".
+        capped = select(literal(1)).select_from(Message).where(*conditions).limit(search_cap + 1).subquery()
+        total = int(await session.scalar(select(func.count()).select_from(capped)) or 0)
     return found, total

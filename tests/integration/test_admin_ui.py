@@ -156,15 +156,19 @@ async def test_messages_list_in_client_order_finds_deleted_clients_and_pages_wit
     gone = (await api.get(f"/api/v1/clients/{clients[0]}")).json()
     assert (await api.delete(f"/api/v1/clients/{clients[0]}")).status_code == 204
     monkeypatch.setattr(pages, "PAGED_ROWS", 2)
+    monkeypatch.setattr(pages, "SEARCH_ROWS", 2)
     url = f"/admin/mailings/{mailing['id']}/messages"
     async with login("viewer") as ui:
         by_phone = await ui.get(url, params={"q": gone["phone"]}, headers={"HX-Request": "true"})
+        # Every client of the mailing matches "79": counted up to the search's bound.
+        wide = await ui.get(url, params={"q": "79"}, headers={"HX-Request": "true"})
         # Sorted in memory or walked in index order, by the counts: the same rows either way.
         failed = [
             await ui.get(url, params={"status": "failed", "page": str(p)}, headers={"HX-Request": "true"})
             for p in (1, 9)
         ]
     assert gone["phone"] in by_phone.text and "1 in all" in by_phone.text
+    assert "2+ in all" in wide.text and "Only the first 2 can be paged through" in wide.text
     in_failed = sorted(m["client_id"] for m in messages if m["status"] == "failed")
     for fragment in failed:
         assert "3 in all" in fragment.text and "Only the first 2 can be paged through" in fragment.text

@@ -55,6 +55,9 @@ CLIENTS_PAGE = 50
 # filter or a search narrows the list. The clients list counts its matches up to the same bound and
 # shows "10000+" past it, instead of counting a million rows on each view.
 PAGED_ROWS = 10_000
+# A search of a mailing's messages by phone counts its matches up to this bound ("1000+" past it): a
+# short prefix matches thousands of clients, each looked up in the mailing.
+SEARCH_ROWS = 1_000
 Errors = dict[str, str]
 SECTIONS = (("/admin/clients", "clients"), ("/admin/reports", "reports"), ("/admin/api-keys", "keys"))
 Action = Literal["pause", "resume", "cancel", "delete"]
@@ -103,7 +106,7 @@ def _pages(total: int, size: int, page: int, *, more: bool = False) -> dict[str,
         "size": size,
         "more": more,
         "limited": more or total > PAGED_ROWS,
-        "paged": PAGED_ROWS,
+        "paged": min(total, PAGED_ROWS) if more else PAGED_ROWS,
     }
 
 
@@ -363,12 +366,13 @@ async def _messages_context(
     page: int,
 ) -> dict[str, Any]:
     rows, total = await dashboard_service.mailing_messages(
-        session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE)
+        session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE), SEARCH_ROWS
     )
+    more = bool(q.strip()) and total > SEARCH_ROWS
     return {
         "mailing_id": mailing_id,
         "messages": rows,
-        "pager": _pages(total, MESSAGES_PAGE, page),
+        "pager": _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more),
         "status": "" if status is None else status.value,
         "q": q,
     }

@@ -1,5 +1,5 @@
 """outcomes counted per minute for the admin pages' charts and the daily report; indexes on clients for
-the mailing filter's count and the deleted clients' phones
+the mailing filter's count and the client ids by phone
 
 Revision ID: 0008
 Revises: 0007
@@ -13,8 +13,9 @@ of a row per message: their cost follows the time they cover, not how many messa
 Nothing changes on `messages`: the sender's status updates stay as they are.
 
 On `clients`, every update already changes `updated_at` (indexed), so new indexes cost no HOT updates:
-one counts the clients a mailing filter matches from the index alone, the other finds deleted clients by
-phone (the live ones have `uq_clients_phone_live`).
+one counts the clients a mailing filter matches from the index alone, the other gives the ids of every
+client (deleted ones included, as a mailing's messages keep them) whose phone starts with some digits
+from the index alone (`uq_clients_phone_live` holds the live ones only, and their ids are in the heap).
 """
 
 from collections.abc import Sequence
@@ -99,13 +100,11 @@ def upgrade() -> None:
         ["tag", "operator_code"],
         postgresql_where=sa.text("deleted_at IS NULL"),
     )
-    op.create_index(
-        "ix_clients_phone_deleted", "clients", ["phone"], postgresql_where=sa.text("deleted_at IS NOT NULL")
-    )
+    op.create_index("ix_clients_phone_id", "clients", ["phone"], postgresql_include=["id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_clients_phone_deleted", table_name="clients")
+    op.drop_index("ix_clients_phone_id", table_name="clients")
     op.drop_index("ix_clients_live_tag_operator_code", table_name="clients")
     for name in _TRIGGERS:
         op.execute(f"DROP TRIGGER {name} ON report_outcomes")
