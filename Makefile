@@ -45,6 +45,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.finalize
 	$(RUN) python -m bench.counts
 	$(RUN) python -m bench.sender
+	$(RUN) python -m bench.admin_pages
 
 soak: install ## every service as a process through restarts, kills and provider faults; audit in bench/results/
 	$(RUN) python -m bench.soak

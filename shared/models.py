@@ -64,6 +64,15 @@ class Client(Base):
         Index("ix_clients_tag", "tag"),
         # The scheduler picks up clients added or changed while a mailing runs by this column.
         Index("ix_clients_updated_at", "updated_at"),
+        # The clients a mailing filter matches, counted from this index alone (migration 0008).
+        Index(
+            "ix_clients_live_tag_operator_code",
+            "tag",
+            "operator_code",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # Every client's id by phone prefix, from the index alone (the messages search, migration 0008).
+        Index("ix_clients_phone_id", "phone", postgresql_include=["id"]),
     )
 
 
@@ -231,6 +240,24 @@ class ReportOutcome(Base):
     __table_args__ = (
         CheckConstraint("status IN ('sent', 'failed', 'expired', 'cancelled')", name="status_final"),
         Index("ix_report_outcomes_occurred_at", "occurred_at"),
+    )
+
+
+class ReportOutcomeMinute(Base):
+    """How many outcomes of a mailing in a final status the reporter recorded in one minute (by
+    `occurred_at`): kept by statement-level triggers on `report_outcomes` (migration 0008). The charts and
+    the daily report sum these rows instead of counting outcomes."""
+
+    __tablename__ = "report_outcome_minutes"
+
+    mailing_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("mailing_id", "status", "minute"),
+        Index("ix_report_outcome_minutes_minute", "minute"),
     )
 
 

@@ -3,16 +3,16 @@ messages with their clients' phones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy import BigInteger, ColumnElement, Select, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.mailings_service import StatusCounts, status_counts
+from services.api.clients_service import phone_starts_with
+from services.api.mailings_service import StatusCounts, status_totals
 from shared.domain.statuses import MessageStatus
-from shared.models import Client, Mailing, Message, SenderHealth
+from shared.models import Client, Message, ReportOutcomeMinute, SenderHealth
 
 # Bucket widths for a chart of sends over time, the smallest giving at most MAX_BUCKETS points.
 BUCKET_SECONDS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
@@ -59,15 +59,24 @@ async def sender_health(session: AsyncSession, now: datetime) -> tuple[str, int,
 
 
 def _bucket(seconds: int) -> ColumnElement[datetime]:
-    return func.date_bin(text(f"interval '{int(seconds)} seconds'"), Message.sent_at, text("'epoch'"))
+    width = text(f"interval '{int(seconds)} seconds'")
+    return func.date_bin(width, ReportOutcomeMinute.minute, text("'epoch'"))
+
+
+_SENT = ReportOutcomeMinute.status == MessageStatus.SENT.value
 
 
 async def send_rate(session: AsyncSession, now: datetime, minutes: int = 60) -> Series:
-    """Messages sent in each minute of the last `minutes`, read by a range on `sent_at`."""
+    """Messages sent in each minute of the last `minutes`, as the reporter recorded them: the
+    per-minute outcome counts (migration 0008), a row per mailing and minute, not a scan of
+    `messages.sent_at` (which has no index: one would cost the sender's status updates their HOT
+    updates)."""
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-    bucket = _bucket(60)
+    c = ReportOutcomeMinute
     rows = await session.execute(
-        select(bucket, func.count()).where(Message.sent_at >= start, Message.sent_at <= now).group_by(bucket)
+        select(c.minute, func.sum(c.count))
+        .where(_SENT, c.minute >= start, c.minute <= now)
+        .group_by(c.minute)
     )
     found = {b: int(n) for b, n in rows}
     slots = [start + timedelta(minutes=i) for i in range(minutes)]
@@ -75,17 +84,19 @@ async def send_rate(session: AsyncSession, now: datetime, minutes: int = 60) -> 
 
 
 async def mailing_sends(session: AsyncSession, mailing_id: int) -> Series:
-    """The mailing's sent messages over time, in buckets wide enough for at most MAX_BUCKETS points."""
-    sent = (Message.mailing_id == mailing_id) & (Message.status == MessageStatus.SENT.value)
-    first, last = (
-        await session.execute(select(func.min(Message.sent_at), func.max(Message.sent_at)).where(sent))
-    ).one()
+    """The mailing's sent messages over time, in buckets wide enough for at most MAX_BUCKETS points, from
+    its per-minute outcome counts (a row per minute it sent in, whatever the number of messages)."""
+    c = ReportOutcomeMinute
+    sent = (c.mailing_id == mailing_id) & _SENT & (c.count > 0)
+    first, last = (await session.execute(select(func.min(c.minute), func.max(c.minute)).where(sent))).one()
     if first is None or last is None:
         return Series([], [])
     span = (last - first).total_seconds()
     width = next((b for b in BUCKET_SECONDS if span / b <= MAX_BUCKETS), BUCKET_SECONDS[-1])
     bucket = _bucket(width)
-    rows = await session.execute(select(bucket, func.count()).where(sent).group_by(bucket).order_by(bucket))
+    rows = await session.execute(
+        select(bucket, func.sum(c.count)).where(sent).group_by(bucket).order_by(bucket)
+    )
     fmt = "%Y-%m-%d" if width >= 86400 else "%m-%d %H:%M"
     labels, values = [], []
     for b, n in rows:
@@ -95,11 +106,9 @@ async def mailing_sends(session: AsyncSession, mailing_id: int) -> Series:
 
 
 async def delivery_path(session: AsyncSession, now: datetime) -> DeliveryPath:
-    """Retry backlog (`retrying`) and parked (`failed`) messages of every live mailing, through the one
-    counts function, and the senders' circuit breakers as they last reported them."""
-    ids = list(await session.scalars(select(Mailing.id).where(Mailing.deleted_at.is_(None))))
-    counts = await status_counts(session, ids)
-    total = _sum(counts.values())
+    """Retry backlog (`retrying`) and parked (`failed`) messages of every live mailing, from the
+    per-mailing counts in one GROUP BY, and the senders' circuit breakers as they last reported them."""
+    total = await status_totals(session)
     circuit, senders, fenced = await sender_health(session, now)
     return DeliveryPath(
         circuit=circuit,
@@ -109,14 +118,6 @@ async def delivery_path(session: AsyncSession, now: datetime) -> DeliveryPath:
         senders=senders,
         fenced=fenced,
     )
-
-
-def _sum(counts: Iterable[StatusCounts]) -> dict[str, int]:
-    summed = {s.value: 0 for s in MessageStatus}
-    for c in counts:
-        for s, n in c.counts.items():
-            summed[s] += n
-    return summed
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,12 @@ async def mailing_messages(
     counts: StatusCounts,
     limit: int,
     offset: int,
+    search_cap: int = 1_000,
 ) -> tuple[list[MessageRow], int]:
-    """A page of the mailing's messages, oldest first, with each client's phone. `search` is a client id
-    or (part of) a phone from its start. Without a search the total comes from the mailing's counts."""
+    """A page of the mailing's messages in client id order (the unique index on (mailing_id, client_id)
+    walks them in that order), with each client's phone. `search` is a client id or the start of a
+    phone. Without a search the total comes from the mailing's counts; with one, it is counted up to
+    `search_cap + 1`. The caller bounds `offset`."""
     conditions: list[ColumnElement[bool]] = [Message.mailing_id == mailing_id]
     if status is not None:
         conditions.append(Message.status == status.value)
@@ -145,21 +149,33 @@ async def mailing_messages(
         digits = search.lstrip("+")
         if not digits.isdigit():
             return [], 0
-        by_phone = select(Client.id).where(Client.phone.startswith(digits, autoescape=True))
-        matches: ColumnElement[bool] = Message.client_id.in_(by_phone)
+        # Every client whose phone starts so (deleted ones too: their messages stay), from the index on
+        # (phone) INCLUDE (id) alone; and the client of that id.
+        candidates: list[Select[int]] = [select(Client.id).where(phone_starts_with(Client.phone, digits))]
         if len(digits) < 11 and int(digits) < 2**63:
-            matches = matches | (Message.client_id == int(digits))
-        conditions.append(matches)
+            candidates.append(select(literal(int(digits), BigInteger)))
+        conditions.append(Message.client_id.in_(union_all(*candidates)))
         total = None
-    rows = await session.execute(
-        select(Message, Client.phone)
-        .join(Client, Client.id == Message.client_id)
-        .where(*conditions)
-        .order_by(Message.id)
-        .limit(limit)
-        .offset(offset)
+    # The page from `messages` alone, then the phones of its clients: a join in the same statement lets
+    # the planner walk every client in id order to merge them.
+    # In one status, the walk of the (mailing_id, client_id) index in order reads offset + limit rows out
+    # of every total / in_status; sorting the status's rows (found by the (mailing_id, status) index)
+    # reads in_status. The counts tell which is fewer; `client_id + 0` keeps the planner off the walk.
+    in_status = counts.total if status is None or search else counts.counts[status.value]
+    sort = 0 < in_status < (offset + limit) * counts.total / in_status
+    order = (Message.client_id + 0) if sort else Message.client_id.expression
+    messages = list(
+        await session.scalars(select(Message).where(*conditions).order_by(order).limit(limit).offset(offset))
     )
-    found = [MessageRow(m, p) for m, p in rows]
+    phones: dict[int, str] = {}
+    if messages:
+        rows = await session.execute(
+            select(Client.id, Client.phone).where(Client.id.in_({m.client_id for m in messages}))
+        )
+        phones = {int(i): str(p) for i, p in rows}
+    found = [MessageRow(m, phones.get(m.client_id, "")) for m in messages]
     if total is None:
-        total = int(await session.scalar(select(func.count()).select_from(Message).where(*conditions)) or 0)
+        # A search counts up to search_cap + 1 matches: past that the caller shows "search_cap+".
+        capped = select(literal(1)).select_from(Message).where(*conditions).limit(search_cap + 1).subquery()
+        total = int(await session.scalar(select(func.count()).select_from(capped)) or 0)
     return found, total

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from services.api.admin import pages
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from tests.admin_session import COOKIE_NAME, CSRF, SESSION_SECRET, session_cookie
@@ -159,6 +160,51 @@ async def test_mailing_page_filters_and_searches_its_messages(
         assert client["phone"] in fragment.text
         assert fragment.text.count('<span class="badge s-') == 1
         assert "1 in all" in fragment.text
+
+
+async def test_messages_list_in_client_order_finds_deleted_clients_and_pages_within_the_bound(
+    api: httpx.AsyncClient, login: Login, api_settings: ApiSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailing = await create(api, text="Winter news")
+    await add_messages(api_settings, mailing["id"], ["failed", "sent", "failed", "failed", "sent"])
+    messages = (await api.get(f"/api/v1/mailings/{mailing['id']}/messages")).json()["items"]
+    clients = sorted(m["client_id"] for m in messages)
+    gone = (await api.get(f"/api/v1/clients/{clients[0]}")).json()
+    assert (await api.delete(f"/api/v1/clients/{clients[0]}")).status_code == 204
+    monkeypatch.setattr(pages, "PAGED_ROWS", 2)
+    monkeypatch.setattr(pages, "SEARCH_ROWS", 2)
+    url = f"/admin/mailings/{mailing['id']}/messages"
+    async with login("viewer") as ui:
+        by_phone = await ui.get(url, params={"q": gone["phone"]}, headers={"HX-Request": "true"})
+        # Every client of the mailing matches "79": counted up to the search's bound.
+        wide = await ui.get(url, params={"q": "79"}, headers={"HX-Request": "true"})
+        # Sorted in memory or walked in index order, by the counts: the same rows either way.
+        failed = [
+            await ui.get(url, params={"status": "failed", "page": str(p)}, headers={"HX-Request": "true"})
+            for p in (1, 9)
+        ]
+    assert gone["phone"] in by_phone.text and "1 in all" in by_phone.text
+    assert "2+ in all" in wide.text and "Only the first 2 can be paged through" in wide.text
+    in_failed = sorted(m["client_id"] for m in messages if m["status"] == "failed")
+    for fragment in failed:
+        assert "3 in all" in fragment.text and "Only the first 2 can be paged through" in fragment.text
+        rows = re.findall(r"<td>\d+</td>\s*<td>(\d+)</td>\s*<td>\d{11}</td>", fragment.text)
+        assert [int(c) for c in rows] == in_failed
+
+
+async def test_clients_list_counts_up_to_the_bound(
+    api: httpx.AsyncClient, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for phone in ("79001110001", "79001110002", "79001110003"):
+        await add_client(api, phone)
+    monkeypatch.setattr(pages, "PAGED_ROWS", 2)
+    async with login("viewer") as ui:
+        listed = await ui.get("/admin/clients", params={"page": "7"})
+        by_phone = await ui.get("/admin/clients", params={"phone": "7900111000"})
+    assert "2+ in all" in listed.text
+    # Page 7 is past the paged rows: the last page that is within them (the first) is shown.
+    assert all(p in listed.text for p in ("79001110001", "79001110002", "79001110003"))
+    assert "2+ in all" in by_phone.text
 
 
 async def test_mailing_form_shows_the_api_rules_errors_at_their_fields(

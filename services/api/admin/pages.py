@@ -51,6 +51,13 @@ writes = APIRouter(dependencies=[Depends(verify_csrf)])
 
 MESSAGES_PAGE = 25
 CLIENTS_PAGE = 50
+# Lists page through their first PAGED_ROWS rows only (an OFFSET walks every row it skips); beyond, a
+# filter or a search narrows the list. The clients list counts its matches up to the same bound and
+# shows "10000+" past it, instead of counting a million rows on each view.
+PAGED_ROWS = 10_000
+# A search of a mailing's messages by phone counts its matches up to this bound ("1000+" past it): a
+# short prefix matches thousands of clients, each looked up in the mailing.
+SEARCH_ROWS = 1_000
 Errors = dict[str, str]
 SECTIONS = (("/admin/clients", "clients"), ("/admin/reports", "reports"), ("/admin/api-keys", "keys"))
 Action = Literal["pause", "resume", "cancel", "delete"]
@@ -88,8 +95,25 @@ def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def _pages(total: int, size: int, page: int) -> dict[str, int]:
-    return {"page": page, "pages": max(1, math.ceil(total / size)), "total": total, "size": size}
+def _pages(total: int, size: int, page: int, *, more: bool = False) -> dict[str, int | bool]:
+    """The pager of a list of `total` rows (`more`: at least that many), paging through the first
+    PAGED_ROWS at most; `page` is the one shown, brought within those."""
+    pages = max(1, math.ceil(min(total, PAGED_ROWS) / size))
+    return {
+        "page": min(page, pages),
+        "pages": pages,
+        "total": total,
+        "size": size,
+        "more": more,
+        "limited": more or total > PAGED_ROWS,
+        "paged": min(total, PAGED_ROWS) if more else PAGED_ROWS,
+    }
+
+
+def _offset(page: int, size: int) -> int:
+    """The OFFSET of `page`, within the first PAGED_ROWS rows."""
+    last = max(1, math.ceil(PAGED_ROWS / size))
+    return (min(page, last) - 1) * size
 
 
 def _errors(exc: ValidationError | RequestValidationError, field_of: Any = None) -> Errors:
@@ -375,12 +399,13 @@ async def _messages_context(
     page: int,
 ) -> dict[str, Any]:
     rows, total = await dashboard_service.mailing_messages(
-        session, mailing_id, status, q, counts, MESSAGES_PAGE, (page - 1) * MESSAGES_PAGE
+        session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE), SEARCH_ROWS
     )
+    more = bool(q.strip()) and total > SEARCH_ROWS
     return {
         "mailing_id": mailing_id,
         "messages": rows,
-        "pager": _pages(total, MESSAGES_PAGE, page),
+        "pager": _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more),
         "status": "" if status is None else status.value,
         "q": q,
     }
@@ -460,18 +485,25 @@ async def clients(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     digits = phone.strip().lstrip("+")
+    prefix = digits if digits.isdigit() else None
     conditions = clients_service.live_clients(
         tag=tag or None,
         operator_code=operator_code.strip() or None,
         timezone=timezone.strip() or None,
-        phone_prefix=digits if digits.isdigit() else None,
+        phone_prefix=prefix,
     )
-    rows, total = await clients_service.list_clients(
-        session, conditions, CLIENTS_PAGE, (page - 1) * CLIENTS_PAGE
+    # A phone search lists by phone: the range of the phone index, in its order.
+    rows, counted = await clients_service.list_clients(
+        session,
+        conditions,
+        CLIENTS_PAGE,
+        _offset(page, CLIENTS_PAGE),
+        count_cap=PAGED_ROWS,
+        by_phone=prefix is not None,
     )
     context = {
         "clients": rows,
-        "pager": _pages(total, CLIENTS_PAGE, page),
+        "pager": _pages(min(counted, PAGED_ROWS), CLIENTS_PAGE, page, more=counted > PAGED_ROWS),
         "filters": {"tag": tag, "operator_code": operator_code, "timezone": timezone, "phone": phone},
     }
     name = "partials/clients_table.html" if request.headers.get("hx-request") else "clients.html"
