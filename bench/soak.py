@@ -32,7 +32,7 @@ import psycopg
 
 from bench.chaos import ROOT, FreezingProxy, PrivatePostgres, PrivateRabbit, Services, free_port
 from services.probe_stub.token import make_token
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 API_KEY: Final = "soak-bootstrap-key-0123456789abcdef"
 AUTH: Final = {"Authorization": f"Bearer {API_KEY}"}
@@ -708,7 +708,7 @@ def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[
 
     not_final = [m["id"] for m in o.messages if m["status"] not in FINAL]
     accepted_ids = Counter(r["msg_id"] for r in o.accepted)
-    sent_ids = {m["id"] for m in o.messages if m["status"] == "sent"}
+    sent_ids = {m["id"] for m in o.messages if m["status"] == MessageStatus.SENT}
     sent_not_accepted = sorted(sent_ids - set(accepted_ids))
     accepted_not_sent = sorted(i for i in accepted_ids if i not in sent_ids)
     missing = sum(o.missing.values())

@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.checks import Claim, MailingInfo
 from shared.domain.filters import ClientFilter
+from shared.domain.statuses import FINAL_SQL, IN_FLIGHT_SQL, MessageStatus
 from shared.domain.windows import DailyWindow
-from shared.messages import FINAL_SQL
 from shared.settings import CommonSettings
 
+_QUEUED, _SENT = MessageStatus.QUEUED.sql, MessageStatus.SENT.sql
 _MAILING_COLUMNS = (
     "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL,"
     " g.filter_tags, g.filter_operator_codes"
@@ -30,22 +31,22 @@ _MAILING_COLUMNS = (
 # as text, and timestamps load faster too.
 # The mailing's state is not joined in: callers read it from their cache (no older than the recheck
 # delay), so each claimed row brings only its own columns.
-_CLAIM = """
+_CLAIM = f"""
     WITH claimed AS (
         UPDATE messages AS m
         SET lease_until = now() + make_interval(secs => %(lease)b), attempts = m.attempts + 1,
             claim_token = %(token)b, updated_at = now()
         FROM clients AS c
         WHERE m.id = ANY(%(ids)b::bigint[])
-          AND m.status IN ('queued', 'retrying')
+          AND m.status IN {IN_FLIGHT_SQL}
           AND (m.lease_until IS NULL OR m.lease_until < now())
           -- A copy that comes before the retry delay is over is dropped: the delay's own copy follows.
-          AND (m.status = 'queued' OR m.next_attempt_at IS NULL
+          AND (m.status = {_QUEUED} OR m.next_attempt_at IS NULL
                OR m.next_attempt_at <= now() + make_interval(secs => %(early)b))
           AND c.id = m.client_id
         RETURNING m.id, m.mailing_id, m.client_id, m.attempts, c.phone, c.timezone,
             c.deleted_at IS NOT NULL AS client_deleted, c.tag, c.operator_code, m.claim_token,
-            CASE WHEN m.status = 'queued' THEN m.queued_at ELSE m.next_attempt_at END AS entered
+            CASE WHEN m.status = {_QUEUED} THEN m.queued_at ELSE m.next_attempt_at END AS entered
     ), progress AS (
         INSERT INTO send_progress AS p (queue, consumed_through)
         SELECT %(queue)s, max(entered) FROM claimed HAVING max(entered) IS NOT NULL
@@ -74,7 +75,7 @@ _WRITE = f"""
         not_before = COALESCE(u.not_before, m.not_before),
         attempts = COALESCE(u.attempts, m.attempts),
         -- A message handed back is queued anew: the scheduler's sweep counts from here.
-        queued_at = CASE WHEN u.status = 'queued' THEN now() ELSE m.queued_at END,
+        queued_at = CASE WHEN u.status = {_QUEUED} THEN now() ELSE m.queued_at END,
         lease_until = NULL,
         updated_at = now()
     FROM unnest(
@@ -91,7 +92,7 @@ _WRITE = f"""
 # writer has the rest from the claims).
 _WRITE_SENT = f"""
     UPDATE messages AS m
-    SET status = 'sent', sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
+    SET status = {_SENT}, sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
     FROM unnest(%(ids)b::bigint[], %(sent_at)b::timestamptz[], %(tokens)b::bigint[]) AS u(id, sent_at, token)
     WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id

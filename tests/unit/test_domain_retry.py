@@ -13,6 +13,7 @@ from shared.domain.retry import (
     classify_response,
     decide_retry,
 )
+from shared.domain.statuses import Route
 
 pytestmark = pytest.mark.unit
 
@@ -120,7 +121,7 @@ class TestDecideRetry:
     def test_permanent_failure_fails_at_once(self) -> None:
         rejected = classify_response(400, b"")
         decision = decide_retry(self.policy, 1, rejected, NOW, FAR_END, 0.5)
-        assert decision == RetryDecision("fail", reason="http 400")
+        assert decision == RetryDecision(Route.FAIL, reason="http 400")
 
     def test_exhausted_attempts_fail(self) -> None:
         decision = decide_retry(self.policy, 8, TRANSIENT, NOW, FAR_END, 0.5)
@@ -129,7 +130,7 @@ class TestDecideRetry:
 
     def test_first_retry_uses_the_first_tier(self) -> None:
         decision = decide_retry(self.policy, 1, TRANSIENT, NOW, FAR_END, 0.5)
-        assert decision == RetryDecision("retry", tier=0, delay=1.0, reason="http 503")
+        assert decision == RetryDecision(Route.RETRY, tier=0, delay=1.0, reason="http 503")
 
     def test_delays_grow_with_attempts(self) -> None:
         tiers = [decide_retry(self.policy, n, TRANSIENT, NOW, FAR_END, 0.0).tier for n in range(1, 8)]

@@ -26,7 +26,7 @@ from shared.domain.clients import (
     validate_timezone,
 )
 from shared.domain.errors import DomainValidationError
-from shared.domain.statuses import MessageStatus
+from shared.domain.statuses import MessageStatus, Reason
 from shared.messages import cancel_open_messages
 from shared.models import Client, Message
 
@@ -350,7 +350,7 @@ async def delete_client(client_id: int, session: SessionDep) -> None:
     if deleted is None:
         raise NotFound("client", client_id)
     cancelled = await session.scalars(
-        cancel_open_messages(Message.client_id == client_id, "client deleted", datetime.now(UTC))
+        cancel_open_messages(Message.client_id == client_id, Reason.CLIENT_DELETED, datetime.now(UTC))
     )
     cancelled_ids = cancelled.all()
     await session.commit()
