@@ -14,6 +14,7 @@ from shared.domain.retry import (
     decide_retry,
 )
 from shared.domain.statuses import Route
+from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.unit
 
@@ -214,3 +215,11 @@ class TestDecideRetry:
                 assert decision.delay >= retry_after
         else:
             assert decision.action == "expire"
+
+
+def test_the_topology_has_one_retry_queue_per_delay_of_the_policy() -> None:
+    policy = RetryPolicy(delays=(2.0, 7.0))
+    topology = CommonSettings(retry_delays_seconds=policy.delays, amqp_namespace="t").topology()
+    assert topology.retry_delays == policy.delays
+    assert [topology.retry_key(t) for t in range(2)] == ["retry.2000ms", "retry.7000ms"]
+    assert CommonSettings.model_fields["retry_delays_seconds"].default == RetryPolicy().delays
