@@ -56,9 +56,8 @@ class JsonLines:
     ...), then `time`, `level`, `message`, and `exception` (the traceback) when there is one.
 
     loguru's own `serialize=True` writes its whole record nested under "record" (file, function, line,
-    process, thread, elapsed, ...): 33 µs a line on the benchmark's host, against 17 µs for this, most
-    of which is loguru's own handling of the call (docs/benchmarks.md). The sender writes a line for
-    every call to the sending API at INFO."""
+    process, thread, elapsed, ...), at about twice the cost a line (docs/benchmarks.md); the sender
+    writes a line for every call to the sending API at INFO."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream

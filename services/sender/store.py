@@ -26,8 +26,8 @@ _MAILING_COLUMNS = (
 
 # The two hottest statements of the sender run through plain psycopg, each on a connection of its own:
 # a round trip cheaper than through SQLAlchemy's pool, transaction and row layers. Parameters go in
-# binary (%(name)b) and rows come back binary: arrays of ids and timestamps dump 4-20x faster than
-# as text, and timestamps load faster too.
+# binary (%(name)b) and rows come back binary: arrays of ids and timestamps dump and load much faster
+# than as text (docs/benchmarks.md).
 # The mailing's state is not joined in: callers read it from their cache (no older than the recheck
 # delay), so each claimed row brings only its own columns.
 _CLAIM = f"""
