@@ -34,5 +34,5 @@ def cancel_open_messages(which: ColumnElement[bool], reason: str, now: datetime)
 def count_cancelled_open_messages(which: ColumnElement[bool], reason: str, now: datetime) -> Select[int]:
     """Cancel the chosen messages that are not final yet, answering only how many: counted in SQL, so a
     mailing of millions never comes into the process."""
-    cancelled = _cancel_open(which, reason, now).returning(literal_column("1")).cte("cancelled")
+    cancelled = _cancel_open(which, reason, now).returning(literal_column("1")).cte("ended")
     return select(func.count()).select_from(cancelled)

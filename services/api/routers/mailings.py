@@ -166,7 +166,7 @@ class MailingOut(BaseModel):
     end_at: datetime = Field(examples=["2030-03-02T18:00:00Z"])
     filter: MailingFilter
     window: MailingWindow | None
-    status: MailingStatus = Field(examples=["scheduled"])
+    status: MailingStatus = Field(examples=[MailingStatus.SCHEDULED])
     created_at: datetime
     updated_at: datetime
 
