@@ -174,7 +174,7 @@ async def _queue_everything(db: Db) -> list[int]:
         " SELECT mailing_id, status, 0, count(*) FROM messages GROUP BY mailing_id, status"
     )
     await db.triggers(True)
-    await db.run("UPDATE messages SET status = 'queued', queued_at = now()")
+    await db.run(f"UPDATE messages SET status = {MessageStatus.QUEUED.sql}, queued_at = now()")
     await db.run("VACUUM ANALYZE messages")
     cur = await db.conn.execute("SELECT id FROM messages ORDER BY id")
     return [int(str(r[0])) for r in await cur.fetchall()]
@@ -364,7 +364,7 @@ async def _hold(dsn: str, ids: list[int], stop: asyncio.Event, pid: asyncio.Futu
         assert row is not None
         pid.set_result(int(str(row[0])))
         await conn.commit()
-        statuses = ("retrying", "queued")
+        statuses = (MessageStatus.RETRYING, MessageStatus.QUEUED)
         turn = 0
         while not stop.is_set():
             await conn.execute(
@@ -422,8 +422,8 @@ async def _reads(settings: CommonSettings, db: Db, mailing: int) -> list[tuple[s
     await db.run(
         "INSERT INTO mailing_status_counts (mailing_id, status, slot, count)"
         " SELECT g.id, s.status, n, 100 FROM mailings g"
-        " CROSS JOIN unnest(ARRAY['pending', 'queued', 'retrying', 'sent', 'failed', 'expired',"
-        f" 'cancelled']) AS s(status) CROSS JOIN generate_series(0, {slots - 1}) AS n"
+        f" CROSS JOIN unnest(ARRAY[{', '.join(s.sql for s in MessageStatus)}]) AS s(status)"
+        f" CROSS JOIN generate_series(0, {slots - 1}) AS n"
         f" WHERE g.id <> {mailing} ON CONFLICT DO NOTHING"
     )
     await db.run("VACUUM ANALYZE mailings")

@@ -31,12 +31,13 @@ from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import Publisher, confirm_channel, connect
 from shared.db import make_engine, make_sessionmaker, unit_of_work
+from shared.domain.statuses import OPEN_MESSAGE_STATUSES, MailingStatus, MessageStatus
 from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.topology import declare, delete, exchanges
 
 MESSAGES = 1_000_000
-OPEN_STATUSES = ("pending", "queued", "retrying")
+OPEN_STATUSES = tuple(s.value for s in MessageStatus if s in OPEN_MESSAGE_STATUSES)
 
 
 async def seed_clients(conn: AsyncConnection, count: int) -> None:
@@ -66,9 +67,9 @@ async def seed_open_mailing(conn: AsyncConnection, count: int, now: datetime, *,
             "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at, next_attempt_at,"
             " attempts)"
             " SELECT :m, c.id, s.status, :s,"
-            " CASE WHEN s.status <> 'pending' THEN :s END,"
-            " CASE WHEN s.status = 'retrying' THEN :s END,"
-            " CASE WHEN s.status = 'retrying' THEN 1 ELSE 0 END"
+            f" CASE WHEN s.status <> {MessageStatus.PENDING.sql} THEN :s END,"
+            f" CASE WHEN s.status = {MessageStatus.RETRYING.sql} THEN :s END,"
+            f" CASE WHEN s.status = {MessageStatus.RETRYING.sql} THEN 1 ELSE 0 END"
             " FROM (SELECT id FROM clients ORDER BY id LIMIT :n) c"
             " CROSS JOIN LATERAL (SELECT (CAST(:statuses AS text[]))[1 + c.id % 3] AS status) s"
         ),
@@ -143,9 +144,9 @@ async def run() -> tuple[list[Row], SchedulerSettings]:
         )
         async with engine.begin() as conn:
             await seed_clients(conn, MESSAGES)
-            ended = await seed_open_mailing(conn, MESSAGES, now, status="running")
-            cancelled = await seed_open_mailing(conn, MESSAGES, now, status="cancelled")
-            running = await seed_open_mailing(conn, MESSAGES, now, status="running")
+            ended = await seed_open_mailing(conn, MESSAGES, now, status=MailingStatus.RUNNING)
+            cancelled = await seed_open_mailing(conn, MESSAGES, now, status=MailingStatus.CANCELLED)
+            running = await seed_open_mailing(conn, MESSAGES, now, status=MailingStatus.RUNNING)
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("VACUUM ANALYZE messages"))

@@ -25,6 +25,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared.broker import Publisher, amqp_message, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
 from shared.db import make_engine
+from shared.domain.statuses import MessageStatus
 from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.topology import declare, delete, exchanges
@@ -127,7 +128,7 @@ async def run() -> list[Row]:
             await conn.execute(
                 text(
                     "INSERT INTO messages (mailing_id, client_id, status, not_before)"
-                    " SELECT :m, id, 'pending', :nb FROM clients"
+                    f" SELECT :m, id, {MessageStatus.PENDING.sql}, :nb FROM clients"
                 ),
                 {"m": mailing, "nb": now},
             )

@@ -33,6 +33,7 @@ from services.sender.provider import ProbeClient, make_session
 from services.sender.settings import SenderSettings
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
+from shared.domain.statuses import MailingStatus, MessageStatus
 from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.topology import Topology, declare, delete
@@ -202,7 +203,8 @@ def seed(dsn: str, total: int) -> tuple[int, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         mailing = conn.execute(
             "INSERT INTO mailings (text, start_at, end_at, status)"
-            " VALUES ('bench', now() - interval '1 minute', now() + interval '1 day', 'running') RETURNING id"
+            " VALUES ('bench', now() - interval '1 minute', now() + interval '1 day',"
+            f" {MailingStatus.RUNNING.sql}) RETURNING id"
         ).fetchone()
         assert mailing is not None
         conn.execute(
@@ -212,7 +214,7 @@ def seed(dsn: str, total: int) -> tuple[int, int]:
         )
         conn.execute(
             "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at)"
-            " SELECT %s, id, 'queued', now(), now() FROM clients ORDER BY id",
+            f" SELECT %s, id, {MessageStatus.QUEUED.sql}, now(), now() FROM clients ORDER BY id",
             (mailing[0],),
         )
         first = conn.execute("SELECT min(id) FROM messages").fetchone()
@@ -228,7 +230,7 @@ def sent_so_far(metrics: SenderMetrics) -> float:
     """The sender's own count of committed `sent` rows (this one metric only: cheap to read often)."""
     for family in metrics.outcomes.collect():
         for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("status") == "sent":
+            if sample.name.endswith("_total") and sample.labels.get("status") == MessageStatus.SENT:
                 return sample.value
     return 0.0
 
@@ -266,7 +268,9 @@ async def sender_rate(
                 await asyncio.sleep(POLL_SECONDS)
             rate = total / (time.perf_counter() - started)
             with psycopg.connect(dsn) as conn:
-                row = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'").fetchone()
+                row = conn.execute(
+                    f"SELECT count(*) FROM messages WHERE status = {MessageStatus.SENT.sql}"
+                ).fetchone()
             if row is None or row[0] != total:
                 raise RuntimeError(f"the sender counted {total} sent, the database holds {row}")
             return rate

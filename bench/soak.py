@@ -32,7 +32,7 @@ import psycopg
 
 from bench.chaos import ROOT, FreezingProxy, PrivatePostgres, PrivateRabbit, Services, free_port
 from services.probe_stub.token import make_token
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 API_KEY: Final = "soak-bootstrap-key-0123456789abcdef"
 AUTH: Final = {"Authorization": f"Bearer {API_KEY}"}
@@ -74,8 +74,8 @@ SHARES: Final = {
     "future": 0.15,
     "window": 0.20,
     "ending": 0.15,
-    "paused": 0.10,
-    "cancelled": 0.10,
+    "pause_resume": 0.10,
+    "cancel_midway": 0.10,
     "narrowed": 0.15,
     "growing": 0.15,
 }
@@ -126,7 +126,7 @@ class SoakConfig:
 
     @property
     def rate_per_second(self) -> float:
-        deliverable = self.clients * (1.0 - SHARES["cancelled"] / 2)
+        deliverable = self.clients * (1.0 - SHARES["cancel_midway"] / 2)
         return max(20.0, round(deliverable / (self.timeline_seconds * 0.9), 1))
 
     @property
@@ -416,8 +416,8 @@ class Harness:
             },
             # Its end falls in the provider's outage: what is still retrying then must expire, never be sent.
             "ending": {"start_at": start, "end_at": now + timedelta(seconds=11 * s)},
-            "paused": {"start_at": start, "end_at": far},
-            "cancelled": {"start_at": start, "end_at": far},
+            "pause_resume": {"start_at": start, "end_at": far},
+            "cancel_midway": {"start_at": start, "end_at": far},
             "narrowed": {"start_at": start, "end_at": far},
             "growing": {"start_at": start, "end_at": far},
         }
@@ -520,12 +520,12 @@ class Harness:
                 self.fence_samples.append((time.time() - self.freeze_started, value))
 
     async def pause_and_resume(self, paused_for: float) -> None:
-        mid = self.mailings["paused"]
+        mid = self.mailings["pause_resume"]
         status, body = await self.api("POST", f"/api/v1/mailings/{mid}/pause")
-        self.note(f"pause 'paused': {status}")
+        self.note(f"pause 'pause_resume': {status}")
         await asyncio.sleep(paused_for)
         status, body = await self.api("POST", f"/api/v1/mailings/{mid}/resume")
-        self.note(f"resume 'paused': {status} {'' if status == 200 else body}")
+        self.note(f"resume 'pause_resume': {status} {'' if status == 200 else body}")
 
     async def narrow(self) -> None:
         mid = self.mailings["narrowed"]
@@ -536,8 +536,8 @@ class Harness:
         self.note(f"narrow 'narrowed' to operator {NARROW_KEPT}: {status} {'' if status == 200 else answer}")
 
     async def cancel(self) -> None:
-        status, _ = await self.api("POST", f"/api/v1/mailings/{self.mailings['cancelled']}/cancel")
-        self.note(f"cancel 'cancelled': {status}")
+        status, _ = await self.api("POST", f"/api/v1/mailings/{self.mailings['cancel_midway']}/cancel")
+        self.note(f"cancel 'cancel_midway': {status}")
 
     async def grow(self) -> None:
         count = int(self.config.clients * GROWTH_SHARE)
@@ -712,7 +712,7 @@ def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[
 
     not_final = [m["id"] for m in o.messages if m["status"] not in FINAL]
     accepted_ids = Counter(r["msg_id"] for r in o.accepted)
-    sent_ids = {m["id"] for m in o.messages if m["status"] == "sent"}
+    sent_ids = {m["id"] for m in o.messages if m["status"] == MessageStatus.SENT}
     sent_not_accepted = sorted(sent_ids - set(accepted_ids))
     accepted_not_sent = sorted(i for i in accepted_ids if i not in sent_ids)
     missing = sum(o.missing.values())
@@ -918,7 +918,7 @@ async def gather_observed(h: Harness, reached_final: bool) -> Observed:
         messages = [dict(zip(cols, row, strict=True)) for row in await cursor.fetchall()]
         missing: dict[str, int] = {}
         for name, mid in h.mailings.items():
-            if name == "cancelled":
+            if name == "cancel_midway":
                 continue
             missing[name] = await _scalar(
                 conn,

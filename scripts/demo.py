@@ -14,6 +14,7 @@ import httpx
 
 from services.api.local_state import ADMIN_KEY_FILE, read_admin_key
 from services.api.settings import ApiSettings
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 TIMEZONES = [
     "Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg", "Asia/Omsk",
@@ -21,7 +22,7 @@ TIMEZONES = [
     "Asia/Magadan", "Asia/Kamchatka", "Europe/Berlin", "America/New_York", "UTC",
 ]  # fmt: skip
 TAGS = ["retail", "vip", "b2b", "trial", ""]
-FINAL = ("sent", "failed", "expired", "cancelled")
+FINAL = tuple(s.value for s in MessageStatus if s in FINAL_MESSAGE_STATUSES)
 
 
 def sample_csv(count: int, rng: random.Random) -> bytes:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final, Literal, TypeVar, get_args
+from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 MailingEventType = Literal["created", "updated", "paused", "resumed", "cancelled", "deleted"]
-FinalStatus = Literal["sent", "failed", "expired", "cancelled"]
 FINALIZED_ROUTING_KEY: Final = "message.finalized"
 
 
@@ -55,6 +56,15 @@ class SendMessages(Contract):
     messages: list[SendItem] = Field(min_length=1)
 
 
+def _final(status: MessageStatus) -> MessageStatus:
+    if status not in FINAL_MESSAGE_STATUSES:
+        raise ValueError(f"not a final status: {status!r}")
+    return status
+
+
+FinalStatus = Annotated[MessageStatus, AfterValidator(_final)]
+
+
 class MessageOutcome(Contract):
     message_id: int
     mailing_id: int
@@ -74,7 +84,7 @@ class MessagesFinalized(Contract):
     routing_key: Literal["message.finalized"] = FINALIZED_ROUTING_KEY
 
 
-_FINAL_STATUSES: Final = frozenset(get_args(FinalStatus))
+_FINAL_STATUSES: Final = frozenset(s.value for s in FINAL_MESSAGE_STATUSES)
 
 
 def finalized_body(

@@ -28,15 +28,16 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
 
 
-# loguru keeps the lowest level any sink takes on its core (private, there since loguru 0.4).
-_CORE = getattr(logger, "_core", None)
-_INFO = 20
+class _Levels:
+    """What `configure_logging` set up; until it runs, loguru's own default sink takes everything."""
+
+    info = True
 
 
 def info_enabled() -> bool:
-    """Whether any sink takes INFO records: a hot path may then skip building a record nobody writes.
-    If loguru ever stops keeping that level where it does, the answer is yes."""
-    return _CORE is None or bool(_CORE.min_level <= _INFO)
+    """Whether the configured sink takes INFO records: a hot path may then skip building a record nobody
+    writes. Decided when logging is configured, from loguru's public level table."""
+    return _Levels.info
 
 
 def _human_format(record: Any) -> str:
@@ -55,9 +56,8 @@ class JsonLines:
     ...), then `time`, `level`, `message`, and `exception` (the traceback) when there is one.
 
     loguru's own `serialize=True` writes its whole record nested under "record" (file, function, line,
-    process, thread, elapsed, ...): 33 µs a line on the benchmark's host, against 17 µs for this, most
-    of which is loguru's own handling of the call (docs/benchmarks.md). The sender writes a line for
-    every call to the sending API at INFO."""
+    process, thread, elapsed, ...), at about twice the cost a line (docs/benchmarks.md); the sender
+    writes a line for every call to the sending API at INFO."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -80,6 +80,7 @@ def configure_logging(service: str, *, json: bool = False, level: str = "INFO") 
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
     logger.remove()
     logger.configure(extra={"service": service})
+    _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
     if json:
         logger.add(
             JsonLines(sys.stderr), level=level.upper(), format="{message}", backtrace=False, diagnose=False

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, Update, func, literal_column, or_, select, update
 
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES, OPEN_MESSAGE_STATUSES, MessageStatus
+from shared.domain.statuses import OPEN_MESSAGE_STATUSES, MessageStatus
 from shared.models import Message
 
 
@@ -34,14 +34,5 @@ def cancel_open_messages(which: ColumnElement[bool], reason: str, now: datetime)
 def count_cancelled_open_messages(which: ColumnElement[bool], reason: str, now: datetime) -> Select[int]:
     """Cancel the chosen messages that are not final yet, answering only how many: counted in SQL, so a
     mailing of millions never comes into the process."""
-    cancelled = _cancel_open(which, reason, now).returning(literal_column("1")).cte("cancelled")
+    cancelled = _cancel_open(which, reason, now).returning(literal_column("1")).cte("ended")
     return select(func.count()).select_from(cancelled)
-
-
-def _sql_list(statuses: frozenset[MessageStatus]) -> str:
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
-
-
-# For the hand-written SQL of the scheduler and sender: `status IN {OPEN_SQL}`.
-OPEN_SQL = _sql_list(OPEN_MESSAGE_STATUSES)
-FINAL_SQL = _sql_list(FINAL_MESSAGE_STATUSES)

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.domain.statuses import FINAL_SQL, IN_FLIGHT_SQL, MailingStatus, MessageStatus, ReportStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -89,7 +91,9 @@ class Mailing(Base):
     )
     window_start: Mapped[time | None] = mapped_column(Time)
     window_end: Mapped[time | None] = mapped_column(Time)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="scheduled")
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=MailingStatus.SCHEDULED.value
+    )
     # Set when the scheduler has expanded the mailing into messages for its current filter.
     expanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Hash of the filter, window and period the last expansion used; a change means re-expanding.
@@ -101,9 +105,7 @@ class Mailing(Base):
     __table_args__ = (
         CheckConstraint("end_at > start_at", name="end_after_start"),
         CheckConstraint("(window_start IS NULL) = (window_end IS NULL)", name="window_complete"),
-        CheckConstraint(
-            "status IN ('scheduled', 'running', 'paused', 'finished', 'cancelled')", name="status_known"
-        ),
+        CheckConstraint(f"status IN {MailingStatus.sql_list()}", name="status_known"),
         Index("ix_mailings_status_start", "status", "start_at"),
     )
 
@@ -114,7 +116,9 @@ class Message(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     mailing_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("mailings.id"), nullable=False)
     client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=MessageStatus.PENDING.value
+    )
     # Earliest instant the message may be sent: the mailing's start moved into the client's window.
     not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     created_at: Mapped[datetime] = _now()
@@ -131,17 +135,19 @@ class Message(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'queued', 'retrying', 'sent', 'failed', 'expired', 'cancelled')",
+            f"status IN {MessageStatus.sql_list()}",
             name="status_known",
         ),
         Index("uq_messages_mailing_id_client_id", "mailing_id", "client_id", unique=True),
         Index("ix_messages_mailing_id_status", "mailing_id", "status"),
         Index("ix_messages_client_id", "client_id"),
-        Index("ix_messages_due", "not_before", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_messages_due", "not_before", postgresql_where=text(f"status = {MessageStatus.PENDING.sql}")
+        ),
         Index(
             "ix_messages_in_flight",
             "queued_at",
-            postgresql_where=text("status IN ('queued', 'retrying')"),
+            postgresql_where=text(f"status IN {IN_FLIGHT_SQL}"),
         ),
     )
 
@@ -238,7 +244,7 @@ class ReportOutcome(Base):
     recorded_at: Mapped[datetime] = _now()
 
     __table_args__ = (
-        CheckConstraint("status IN ('sent', 'failed', 'expired', 'cancelled')", name="status_final"),
+        CheckConstraint(f"status IN {FINAL_SQL}", name="status_final"),
         Index("ix_report_outcomes_occurred_at", "occurred_at"),
     )
 
@@ -262,7 +268,7 @@ class ReportOutcomeMinute(Base):
 
 
 class ReportRun(Base):
-    """The daily report of one local calendar day: 'sending' until the SMTP server took it, then 'sent'."""
+    """The daily report of one local calendar day: sending until the SMTP server took it, then sent."""
 
     __tablename__ = "report_runs"
 
@@ -277,4 +283,4 @@ class ReportRun(Base):
     holder: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (CheckConstraint("status IN ('sending', 'sent')", name="status_known"),)
+    __table_args__ = (CheckConstraint(f"status IN {ReportStatus.sql_list()}", name="status_known"),)

@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.domain.retry import RetryPolicy
 from shared.topology import PARKED_TTL_SECONDS, Topology
 
 
@@ -28,14 +29,14 @@ class CommonSettings(BaseSettings):
     db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
     db_connect_timeout_seconds: int = Field(default=10, ge=1)
     # Delays of the retry tiers (seconds); one RabbitMQ TTL queue per delay.
-    retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    retry_delays_seconds: tuple[float, ...] = RetryPolicy().delays
     # How long a copy stays in the parking lot before RabbitMQ drops it (the database keeps the message).
     parking_ttl_seconds: float = Field(default=PARKED_TTL_SECONDS, gt=0)
 
     def topology(self) -> Topology:
         return Topology(
             self.amqp_namespace,
-            retry_delays=self.retry_delays_seconds,
+            retry_policy=RetryPolicy(delays=self.retry_delays_seconds),
             parked_ttl_seconds=self.parking_ttl_seconds,
         )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from shared.domain.retry import RetryPolicy
 
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 # How long a parked copy stays in the parking lot: long enough to look at after a weekend.
@@ -16,12 +18,17 @@ PARKED_TTL_SECONDS = 7 * 24 * 3600.0
 @dataclass(frozen=True)
 class Topology:
     namespace: str
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    # One TTL queue per delay of the policy.
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     # A delivery that crashes its consumer this many times is dead-lettered to the parking lot.
     delivery_limit: int = 10
     # The parking lot is bounded by a per-message expiry on each parked copy, not by a queue argument:
     # installations already have the queue, and RabbitMQ refuses a redeclare with other arguments.
     parked_ttl_seconds: float = PARKED_TTL_SECONDS
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return self.retry_policy.delays
 
     @property
     def events_exchange(self) -> str:

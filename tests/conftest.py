@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from shared.domain.retry import RetryPolicy
 from shared.migrate import upgrade
 from shared.settings import CommonSettings
 from shared.topology import Topology
@@ -79,7 +80,7 @@ async def topology(amqp_namespace: str) -> AsyncIterator[Topology]:
     from shared.broker import connect
     from shared.topology import declare, delete
 
-    topo = Topology(amqp_namespace, retry_delays=TEST_RETRY_DELAYS)
+    topo = Topology(amqp_namespace, retry_policy=RetryPolicy(delays=TEST_RETRY_DELAYS))
     connection = await connect(AMQP_URL, give_up_after=10)
     try:
         channel = await connection.channel()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,14 +58,6 @@ class ImportReport(BaseModel):
     errors: list[RowError] = Field(description=f"Why rows were rejected (the first {MAX_REPORTED_ERRORS})")
 
 
-def validate_tag_text(value: str | None) -> str:
-    tag = validate_tag(value)
-    # PostgreSQL text cannot hold NUL, and control characters in a label are always a mistake.
-    if not tag.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in tag):
-        raise DomainValidationError("tag", "tag must not contain control characters")
-    return tag
-
-
 def _file_error(message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", "file"), "msg": message}])
 
@@ -98,7 +89,7 @@ class _Validator:
         except DomainValidationError as exc:
             problems.append((exc.field, exc.message))
         try:
-            tag = validate_tag_text(values.get("tag"))
+            tag = validate_tag(values.get("tag"))
         except DomainValidationError as exc:
             problems.append((exc.field, exc.message))
         timezone = values.get("timezone", "")

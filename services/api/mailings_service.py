@@ -20,6 +20,7 @@ from shared.domain.statuses import (
     FINAL_MAILING_STATUSES,
     MailingStatus,
     MessageStatus,
+    Reason,
     can_transition_mailing,
 )
 from shared.domain.windows import DailyWindow
@@ -27,8 +28,6 @@ from shared.messages import count_cancelled_open_messages
 from shared.models import Client, Mailing, MailingStatusCount, Message, ReportOutcome
 from shared.outbox import mailing_event
 
-CANCELLED_REASON = "mailing cancelled"
-DELETED_REASON = "mailing deleted"
 REQUEUED_PREFIX = "requeued by an operator after: "
 # The parked view lists this many reasons at most, the most frequent first.
 PARKED_REASONS_SHOWN = 20
@@ -231,7 +230,7 @@ async def resume_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
 async def cancel_mailing(session: AsyncSession, mailing_id: int, now: datetime) -> Mailing:
     mailing = await _locked(session, mailing_id)
     _move(mailing, MailingStatus.CANCELLED, now)
-    cancelled = await _cancel_open_messages(session, mailing_id, CANCELLED_REASON, now)
+    cancelled = await _cancel_open_messages(session, mailing_id, Reason.MAILING_CANCELLED, now)
     _record(session, "cancelled", mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing cancelled with {} messages not yet sent", cancelled)
     return mailing
@@ -244,7 +243,7 @@ async def delete_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
         mailing.status = MailingStatus.CANCELLED.value
     mailing.deleted_at = now
     mailing.updated_at = now
-    cancelled = await _cancel_open_messages(session, mailing_id, DELETED_REASON, now)
+    cancelled = await _cancel_open_messages(session, mailing_id, Reason.MAILING_DELETED, now)
     _record(session, "deleted", mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing deleted; {} messages not yet sent cancelled", cancelled)
 

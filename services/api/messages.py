@@ -18,7 +18,7 @@ class MessageOut(BaseModel):
     id: int = Field(examples=[1001])
     mailing_id: int = Field(examples=[42])
     client_id: int = Field(examples=[7])
-    status: MessageStatus = Field(examples=["sent"])
+    status: MessageStatus = Field(examples=[MessageStatus.SENT])
     created_at: datetime
     sent_at: datetime | None = Field(examples=["2030-03-01T06:00:03Z"])
     attempts: int = Field(ge=0, examples=[1])

@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import reports
 from shared.contracts import MessageOutcome
-from shared.messages import FINAL_SQL
+from shared.domain.statuses import FINAL_SQL, ReportStatus
 from shared.models import ReportOutcome
 from shared.reports import MailingFigures
 
+_SENT, _SENDING = ReportStatus.SENT.sql, ReportStatus.SENDING.sql
 # Rows per INSERT: 6 parameters each, well under PostgreSQL's 65,535 parameters a statement.
 INSERT_CHUNK = 5_000
 
@@ -49,14 +50,14 @@ async def record_outcomes(engine: AsyncEngine, outcomes: Sequence[MessageOutcome
 
 async def last_sent_day(engine: AsyncEngine) -> date | None:
     async with engine.connect() as conn:
-        day = await conn.scalar(text("SELECT max(day) FROM report_runs WHERE status = 'sent'"))
+        day = await conn.scalar(text(f"SELECT max(day) FROM report_runs WHERE status = {_SENT}"))
     return day if isinstance(day, date) else None
 
 
 async def oldest_unsent_day(engine: AsyncEngine) -> date | None:
     """A day whose report was begun but never sent (SMTP down, say), or None."""
     async with engine.connect() as conn:
-        day = await conn.scalar(text("SELECT min(day) FROM report_runs WHERE status = 'sending'"))
+        day = await conn.scalar(text(f"SELECT min(day) FROM report_runs WHERE status = {_SENDING}"))
     return day if isinstance(day, date) else None
 
 
@@ -67,7 +68,7 @@ async def failed_attempt(engine: AsyncEngine, day: date) -> tuple[int, datetime]
             await conn.execute(
                 text(
                     "SELECT attempts, started_at FROM report_runs"
-                    " WHERE day = :d AND status = 'sending' AND last_error IS NOT NULL"
+                    f" WHERE day = :d AND status = {_SENDING} AND last_error IS NOT NULL"
                 ),
                 {"d": day},
             )
@@ -85,19 +86,20 @@ class Claim:
 
 
 class Refused(StrEnum):
-    SENT = "sent"
+    SENT = ReportStatus.SENT.value
     HELD = "held"  # by another reporter, under a lease that has not run out
 
 
 async def claim_run(
     engine: AsyncEngine, day: date, holder: str, lease_seconds: float, now: datetime
 ) -> Claim | Refused:
-    """Count an attempt, mark the day 'sending' and lease it to `holder`, unless it is sent or another
+    """Count an attempt, mark the day as sending and lease it to `holder`, unless it is sent or another
     holder's lease is still running. The lease runs on the database's clock, the one all replicas share."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO report_runs (day, status, attempts, started_at) VALUES (:d, 'sending', 0, :now)"
+                "INSERT INTO report_runs (day, status, attempts, started_at)"
+                f" VALUES (:d, {_SENDING}, 0, :now)"
                 " ON CONFLICT (day) DO NOTHING"
             ),
             {"d": day, "now": now},
@@ -114,7 +116,7 @@ async def claim_run(
                 {"d": day, "me": holder},
             )
         ).one()
-        if status == "sent":
+        if status == ReportStatus.SENT:
             return Refused.SENT
         if not free:
             return Refused.HELD
@@ -135,9 +137,9 @@ async def finish_run(
     async with engine.begin() as conn:
         result = await conn.execute(
             text(
-                "UPDATE report_runs SET status = 'sent', sent_at = :now, last_error = NULL,"
+                f"UPDATE report_runs SET status = {_SENT}, sent_at = :now, last_error = NULL,"
                 " mail_message_id = :mid, lease_until = NULL"
-                " WHERE day = :d AND status = 'sending' AND holder = :me"
+                f" WHERE day = :d AND status = {_SENDING} AND holder = :me"
             ),
             {"d": day, "now": now, "mid": mail_message_id, "me": holder},
         )
@@ -151,7 +153,7 @@ async def fail_run(engine: AsyncEngine, day: date, holder: str, error: str) -> b
         result = await conn.execute(
             text(
                 "UPDATE report_runs SET last_error = :e, lease_until = NULL"
-                " WHERE day = :d AND status = 'sending' AND holder = :me"
+                f" WHERE day = :d AND status = {_SENDING} AND holder = :me"
             ),
             {"d": day, "e": error[:2000], "me": holder},
         )

@@ -12,11 +12,6 @@ from shared.domain.windows import DailyWindow, plan_send_time
 
 T = TypeVar("T")
 
-MAILING_ENDED = "mailing ended before the message was sent"
-MAILING_CANCELLED = "mailing cancelled"
-MAILING_DELETED = "mailing deleted"
-CLIENT_DELETED = "client deleted"
-
 
 @dataclass(frozen=True)
 class MailingPlan:

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -15,9 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.scheduler import store
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.planning import (
-    MAILING_CANCELLED,
-    MAILING_DELETED,
-    MAILING_ENDED,
     chunks,
     plan_timezones,
 )
@@ -26,15 +23,13 @@ from services.scheduler.settings import SchedulerSettings
 from shared.broker import Delivery
 from shared.clock import Clock, utc_now
 from shared.contracts import (
-    FinalStatus,
     MailingChanged,
     MessageOutcome,
     MessagesFinalized,
     SendItem,
     SendMessages,
 )
-from shared.domain.statuses import MailingStatus
-from shared.domain.windows import NO_OPENING
+from shared.domain.statuses import MailingStatus, MessageStatus, Reason
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -109,8 +104,14 @@ class Scheduler:
                 return True
             status = row.status
             if row.deleted or row.status == MailingStatus.CANCELLED:
-                ending = ("cancelled", MAILING_DELETED if row.deleted else MAILING_CANCELLED, None)
-                if row.deleted and await store.set_mailing_status(conn, mailing_id, "cancelled", ACTIVE):
+                ending = (
+                    MessageStatus.CANCELLED,
+                    Reason.MAILING_DELETED if row.deleted else Reason.MAILING_CANCELLED,
+                    None,
+                )
+                if row.deleted and await store.set_mailing_status(
+                    conn, mailing_id, MailingStatus.CANCELLED, ACTIVE
+                ):
                     log.info("mailing deleted: status {} -> cancelled", row.status)
             elif row.status in ACTIVE and row.plan.start_at <= now:
                 ended = now >= row.plan.end_at
@@ -122,7 +123,7 @@ class Scheduler:
                     log.info("mailing started: status scheduled -> running")
                     status = RUNNING
                 if ended:
-                    ending = ("expired", MAILING_ENDED, status)
+                    ending = (MessageStatus.EXPIRED, Reason.MAILING_ENDED, status)
                 elif await store.finish_if_done(conn, mailing_id, (RUNNING,)):
                     log.info("mailing finished: status {} -> finished", status)
         if ending is not None:
@@ -181,8 +182,10 @@ class Scheduler:
             result = await store.insert_messages(conn, plan, zones, now, changed_since)
             planned, expired = result.planned, expired + result.expired
         # Either can be every client of the mailing: published and logged a chunk at a time, never held.
-        ended: list[tuple[str, Sequence[str]]] = [("cancelled", store.UNMATCHED_REASONS)] if cancelled else []
-        ended += [("expired", (NO_OPENING,))] if expired else []
+        ended: list[tuple[str, Sequence[str]]] = (
+            [(MessageStatus.CANCELLED, store.UNMATCHED_REASONS)] if cancelled else []
+        )
+        ended += [(MessageStatus.EXPIRED, (Reason.NO_OPENING,))] if expired else []
         log = logger.bind(mailing_id=plan.id)
         for status, reasons in ended:
             async for chunk in store.finalized_at(
@@ -333,7 +336,7 @@ class Scheduler:
                 message_id=f.message_id,
                 mailing_id=f.mailing_id,
                 client_id=f.client_id,
-                status=cast(FinalStatus, f.status),
+                status=MessageStatus(f.status),
                 attempts=f.attempts,
                 occurred_at=now,
                 reason=f.reason,
@@ -349,8 +352,8 @@ class Scheduler:
 
     def _count_finalized(self, finalized: Sequence[store.Finalized], log: Logger) -> None:
         by_status = Counter(f.status for f in finalized)
-        self.metrics.expired.inc(by_status["expired"])
-        self.metrics.cancelled.inc(by_status["cancelled"])
+        self.metrics.expired.inc(by_status[MessageStatus.EXPIRED])
+        self.metrics.cancelled.inc(by_status[MessageStatus.CANCELLED])
         for status, count in by_status.items():
             reasons = Counter(f.reason for f in finalized if f.status == status)
             log.info("{} messages {} ({})", count, status, ", ".join(f"{r}: {n}" for r, n in reasons.items()))

@@ -10,18 +10,27 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.scheduler.planning import (
-    CLIENT_DELETED,
-    MailingPlan,
-    TimezonePlan,
-    window_of,
+from services.scheduler.planning import MailingPlan, TimezonePlan, window_of
+from shared.domain.statuses import (
+    ACTIVE_MAILING_SQL,
+    IN_FLIGHT_SQL,
+    OPEN_SQL,
+    MailingStatus,
+    MessageStatus,
+    Reason,
 )
-from shared.domain.filters import CLIENT_NO_LONGER_MATCHES
-from shared.domain.windows import NO_OPENING
-from shared.messages import OPEN_SQL
 
 # Advisory-lock key space of the scheduler, so its per-mailing locks never collide with anyone else's.
 _LOCK_SPACE = 0x5343 << 48
+
+# The statuses the statements below quote, in their SQL form.
+_PENDING, _QUEUED, _EXPIRED, _CANCELLED = (
+    s.sql
+    for s in (MessageStatus.PENDING, MessageStatus.QUEUED, MessageStatus.EXPIRED, MessageStatus.CANCELLED)
+)
+_RUNNING, _FINISHED, _MAILING_CANCELLED = (
+    s.sql for s in (MailingStatus.RUNNING, MailingStatus.FINISHED, MailingStatus.CANCELLED)
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,10 @@ async def mailings_needing_attention(conn: AsyncConnection, now: datetime) -> li
     """Started non-final mailings, plus cancelled or deleted ones that still have unfinished messages."""
     result = await conn.execute(
         text(
-            "SELECT id FROM mailings WHERE status IN ('scheduled', 'running', 'paused')"
+            f"SELECT id FROM mailings WHERE status IN {ACTIVE_MAILING_SQL}"
             " AND (start_at <= :now OR deleted_at IS NOT NULL)"
-            " UNION SELECT g.id FROM mailings g WHERE (g.status = 'cancelled' OR g.deleted_at IS NOT NULL)"
+            " UNION SELECT g.id FROM mailings g"
+            f" WHERE (g.status = {_MAILING_CANCELLED} OR g.deleted_at IS NOT NULL)"
             f" AND EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = g.id AND m.status IN {OPEN_SQL})"
             " ORDER BY 1"
         ),
@@ -124,7 +134,7 @@ async def mailings_needing_attention(conn: AsyncConnection, now: datetime) -> li
 async def running_mailings(conn: AsyncConnection, now: datetime) -> list[int]:
     result = await conn.execute(
         text(
-            "SELECT id FROM mailings WHERE status = 'running' AND deleted_at IS NULL"
+            f"SELECT id FROM mailings WHERE status = {_RUNNING} AND deleted_at IS NULL"
             " AND start_at <= :now AND end_at > :now ORDER BY id"
         ),
         {"now": now},
@@ -162,7 +172,7 @@ async def insert_messages(
         "tzs": zones.timezones,
         "nbs": zones.not_befores,
         "end_at": plan.end_at,
-        "reason": NO_OPENING,
+        "reason": Reason.NO_OPENING,
         "now": now,
     }
     where = _filter_sql(plan, params)
@@ -173,7 +183,7 @@ async def insert_messages(
                 "WITH ins AS ("
                 " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error,"
                 " created_at, updated_at)"
-                " SELECT :mid, c.id, CASE WHEN p.nb IS NULL THEN 'expired' ELSE 'pending' END,"
+                f" SELECT :mid, c.id, CASE WHEN p.nb IS NULL THEN {_EXPIRED} ELSE {_PENDING} END,"
                 " COALESCE(p.nb, :end_at), CASE WHEN p.nb IS NULL THEN :reason END, :now, :now"
                 " FROM clients c"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
@@ -181,8 +191,8 @@ async def insert_messages(
                 f" WHERE c.deleted_at IS NULL AND {where} {changed}"
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"
-                " SELECT count(*) FILTER (WHERE status = 'pending') AS planned,"
-                " count(*) FILTER (WHERE status = 'expired') AS expired"
+                f" SELECT count(*) FILTER (WHERE status = {_PENDING}) AS planned,"
+                f" count(*) FILTER (WHERE status = {_EXPIRED}) AS expired"
                 " FROM ins"
             ),
             params,
@@ -218,19 +228,19 @@ async def cancel_unmatched(
     params: dict[str, Any] = {
         "mid": plan.id,
         "now": now,
-        "deleted": CLIENT_DELETED,
-        "unmatched": CLIENT_NO_LONGER_MATCHES,
+        "deleted": Reason.CLIENT_DELETED,
+        "unmatched": Reason.CLIENT_NO_LONGER_MATCHES,
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
     result = await conn.execute(
         text(
             "WITH cancelled AS ("
-            " UPDATE messages m SET status = 'cancelled', updated_at = :now,"
+            f" UPDATE messages m SET status = {_CANCELLED}, updated_at = :now,"
             " last_error = CASE WHEN c.deleted_at IS NOT NULL THEN :deleted ELSE :unmatched END"
             " FROM clients c"
             " WHERE c.id = m.client_id AND m.mailing_id = :mid"
-            " AND m.status IN ('pending', 'queued', 'retrying')"
+            f" AND m.status IN {OPEN_SQL}"
             " AND (m.lease_until IS NULL OR m.lease_until < :now)"
             f" AND (c.deleted_at IS NOT NULL OR NOT {where}) {changed}"
             " RETURNING 1)"
@@ -242,7 +252,7 @@ async def cancel_unmatched(
 
 
 # Why `cancel_unmatched` cancels a message, for reading its rows back with `finalized_at`.
-UNMATCHED_REASONS = (CLIENT_DELETED, CLIENT_NO_LONGER_MATCHES)
+UNMATCHED_REASONS = (Reason.CLIENT_DELETED, Reason.CLIENT_NO_LONGER_MATCHES)
 
 
 async def replan_pending(
@@ -256,23 +266,23 @@ async def replan_pending(
                 "WITH moved AS ("
                 " UPDATE messages m SET updated_at = :now,"
                 " not_before = COALESCE(p.nb, m.not_before),"
-                " status = CASE WHEN p.nb IS NULL THEN 'expired' ELSE m.status END,"
+                f" status = CASE WHEN p.nb IS NULL THEN {_EXPIRED} ELSE m.status END,"
                 " last_error = CASE WHEN p.nb IS NULL THEN :reason ELSE m.last_error END"
                 " FROM clients c"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
                 " ON p.tz = c.timezone"
-                " WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = 'pending'"
+                f" WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = {_PENDING}"
                 # A due message that may still be sent now keeps its place in the queue.
                 " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
                 " RETURNING m.status)"
-                " SELECT count(*) FILTER (WHERE status = 'pending') AS moved,"
-                " count(*) FILTER (WHERE status = 'expired') AS expired FROM moved"
+                f" SELECT count(*) FILTER (WHERE status = {_PENDING}) AS moved,"
+                f" count(*) FILTER (WHERE status = {_EXPIRED}) AS expired FROM moved"
             ),
             {
                 "mid": plan.id,
                 "tzs": zones.timezones,
                 "nbs": zones.not_befores,
-                "reason": NO_OPENING,
+                "reason": Reason.NO_OPENING,
                 "now": now,
             },
         )
@@ -325,7 +335,7 @@ async def set_mailing_status(
 async def finish_if_done(conn: AsyncConnection, mailing_id: int, allowed_from: Sequence[str]) -> bool:
     result = await conn.execute(
         text(
-            "UPDATE mailings SET status = 'finished' WHERE id = :id AND status = ANY(CAST(:old AS text[]))"
+            f"UPDATE mailings SET status = {_FINISHED} WHERE id = :id AND status = ANY(CAST(:old AS text[]))"
             f" AND NOT EXISTS (SELECT 1 FROM messages WHERE mailing_id = :id AND status IN {OPEN_SQL})"
         ),
         {"id": mailing_id, "old": list(allowed_from)},
@@ -334,7 +344,7 @@ async def finish_if_done(conn: AsyncConnection, mailing_id: int, allowed_from: S
 
 
 async def outstanding(conn: AsyncConnection) -> int:
-    result = await conn.execute(text("SELECT count(*) FROM messages WHERE status IN ('queued', 'retrying')"))
+    result = await conn.execute(text(f"SELECT count(*) FROM messages WHERE status IN {IN_FLIGHT_SQL}"))
     return int(result.scalar_one())
 
 
@@ -344,10 +354,10 @@ async def claim_due(
     result = await conn.execute(
         text(
             "WITH due AS (SELECT id FROM messages"
-            " WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status = 'pending' AND not_before <= :now"
+            f" WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status = {_PENDING} AND not_before <= :now"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
-            " UPDATE messages m SET status = 'queued', queued_at = :now, updated_at = :now"
-            " FROM due WHERE m.id = due.id AND m.status = 'pending'"
+            f" UPDATE messages m SET status = {_QUEUED}, queued_at = :now, updated_at = :now"
+            f" FROM due WHERE m.id = due.id AND m.status = {_PENDING}"
             " RETURNING m.id, m.mailing_id, m.client_id"
         ),
         {"mids": list(mailing_ids), "now": now, "limit": limit},
@@ -360,8 +370,8 @@ async def unqueue(conn: AsyncConnection, message_ids: Sequence[int], dispatched_
     publish failed); a row a sender took meanwhile (held, given back or final) is left as it is."""
     result = await conn.execute(
         text(
-            "UPDATE messages SET status = 'pending', queued_at = NULL"
-            " WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' AND updated_at = :at"
+            f"UPDATE messages SET status = {_PENDING}, queued_at = NULL"
+            f" WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {_QUEUED} AND updated_at = :at"
         ),
         {"ids": list(message_ids), "at": dispatched_at},
     )
@@ -376,12 +386,12 @@ async def claim_stale(
     result = await conn.execute(
         text(
             "WITH stale AS (SELECT id FROM messages"
-            " WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN ('queued', 'retrying')"
-            " AND (CASE WHEN status = 'queued' THEN queued_at ELSE next_attempt_at END) < :cutoff"
+            f" WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN {IN_FLIGHT_SQL}"
+            f" AND (CASE WHEN status = {_QUEUED} THEN queued_at ELSE next_attempt_at END) < :cutoff"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
-            " UPDATE messages m SET status = 'queued', queued_at = :now, updated_at = :now"
-            " FROM stale WHERE m.id = stale.id AND m.status IN ('queued', 'retrying')"
+            f" UPDATE messages m SET status = {_QUEUED}, queued_at = :now, updated_at = :now"
+            f" FROM stale WHERE m.id = stale.id AND m.status IN {IN_FLIGHT_SQL}"
             " RETURNING m.id, m.mailing_id, m.client_id"
         ),
         {"mids": list(mailing_ids), "now": now, "cutoff": cutoff, "limit": limit},
@@ -421,7 +431,7 @@ async def due_backlog(conn: AsyncConnection, mailing_ids: Sequence[int], now: da
     result = await conn.execute(
         text(
             "SELECT count(*) FROM messages WHERE mailing_id = ANY(CAST(:mids AS bigint[]))"
-            " AND status = 'pending' AND not_before <= :now"
+            f" AND status = {_PENDING} AND not_before <= :now"
         ),
         {"mids": list(mailing_ids), "now": now},
     )

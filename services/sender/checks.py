@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from shared.domain.filters import CLIENT_NO_LONGER_MATCHES, ClientFilter
-from shared.domain.windows import NO_OPENING, DailyWindow, is_open, next_opening
+from shared.domain.filters import ClientFilter
+from shared.domain.statuses import MailingStatus, Reason, Route
+from shared.domain.windows import DailyWindow, is_open, next_opening
 
 EVERY_CLIENT = ClientFilter()
 
@@ -42,29 +43,29 @@ class Claim(NamedTuple):
 
 @dataclass(frozen=True)
 class Verdict:
-    action: Literal["send", "cancel", "expire", "wait"]
+    action: Route
     reason: str = ""
     not_before: datetime | None = None
 
 
-SEND = Verdict("send")
+SEND = Verdict(Route.SEND)
 
 
 def check_sendable(claim: Claim, mailing: MailingInfo, now: datetime) -> Verdict:
-    if mailing.deleted or mailing.status == "cancelled":
-        return Verdict("cancel", "mailing cancelled")
+    if mailing.deleted or mailing.status == MailingStatus.CANCELLED:
+        return Verdict(Route.CANCEL, Reason.MAILING_CANCELLED)
     if claim.client_deleted:
-        return Verdict("cancel", "client deleted")
+        return Verdict(Route.CANCEL, Reason.CLIENT_DELETED)
     if not mailing.filter.matches(claim.tag, claim.operator_code):
-        return Verdict("cancel", CLIENT_NO_LONGER_MATCHES)
-    if now >= mailing.end_at or mailing.status == "finished":
-        return Verdict("expire", "mailing ended before the message could be sent")
-    if mailing.status != "running":
+        return Verdict(Route.CANCEL, Reason.CLIENT_NO_LONGER_MATCHES)
+    if now >= mailing.end_at or mailing.status == MailingStatus.FINISHED:
+        return Verdict(Route.EXPIRE, Reason.MAILING_ENDED)
+    if mailing.status != MailingStatus.RUNNING:
         # Paused (or re-scheduled): the scheduler hands it out again once the mailing runs.
-        return Verdict("wait", f"mailing {mailing.status}", not_before=now)
+        return Verdict(Route.WAIT, f"mailing {mailing.status}", not_before=now)
     if mailing.window is not None and not is_open(mailing.window, claim.timezone, now):
         opening = next_opening(mailing.window, claim.timezone, now)
         if opening >= mailing.end_at:
-            return Verdict("expire", NO_OPENING)
-        return Verdict("wait", "outside the client's window", not_before=opening)
+            return Verdict(Route.EXPIRE, Reason.NO_OPENING)
+        return Verdict(Route.WAIT, "outside the client's window", not_before=opening)
     return SEND

@@ -2,8 +2,8 @@
 
 A fixed pool of callers is "answer-clocked": each caller starts its next call the moment its last answer
 arrives, so calls that once left together keep leaving together, and every burst queues on the
-provider's side and on ours. At 50 ms of provider latency and 100 callers that queueing added 5-7 ms to
-each call (see docs/benchmarks.md). Pacing, as TCP pacing does for the same reason, lets calls start no
+provider's side and on ours: at 50 ms of provider latency and 100 callers, milliseconds on every
+call (docs/benchmarks.md). Pacing, as TCP pacing does for the same reason, lets calls start no
 closer than `min latency / (callers x gain)` apart: the slots still add up to more than the callers can
 use, so pacing never lowers the rate, it only takes the bursts out. With a fast provider the interval is
 a few microseconds and no caller ever waits.

@@ -7,10 +7,8 @@ import time
 from typing import Protocol
 
 import aiohttp
-from aiohttp import hdrs
 from aiohttp.payload import BytesPayload
 from loguru import logger
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from services.sender.checks import Claim
@@ -18,6 +16,7 @@ from shared.domain.retry import ProviderResult, classify_exception, classify_res
 from shared.logging import info_enabled
 
 TEXT_CACHE_SIZE = 256
+JSON = "application/json"
 
 
 class Provider(Protocol):
@@ -36,28 +35,12 @@ def result_label(result: ProviderResult, status: int | None) -> str:
     return f"http_{status}"
 
 
-class JsonBody(BytesPayload):
-    """A ready JSON request body, one per call. BytesPayload's constructor builds a header multidict
-    every time: about 11k instructions a call, against 2k for this one, which sets the attributes that
-    constructor sets directly and shares one read-only set of headers. aiohttp reads them through
-    Payload's own properties and methods; a unit test holds it to BytesPayload's output."""
-
-    _headers = CIMultiDictProxy(CIMultiDict({hdrs.CONTENT_TYPE: "application/json"}))  # type: ignore[assignment]
-    _encoding = None
-    _filename = None
-
-    def __init__(self, value: bytes) -> None:
-        # BytesPayload.__init__ is not called: skipping it is the point.
-        self._value = value
-        self._size = len(value)
-
-
 def make_session(token: str, timeout_seconds: float, max_in_flight: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=max_in_flight, keepalive_timeout=30, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=min(timeout_seconds, 3.0)),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {token}", "Content-Type": JSON},
         raise_for_status=False,
     )
 
@@ -88,7 +71,7 @@ class ProbeClient:
         # Built ready-encoded (the id is a number) and handed over as a payload: aiohttp then has
         # neither a URL to parse nor a payload type to look up.
         url = self.base_url.with_path(f"{self._path_prefix}/v1/send/{claim.message_id}", encoded=True)
-        body = JsonBody(self._body(claim, text))
+        body = BytesPayload(self._body(claim, text), content_type=JSON)
         status: int | None = None
         started = time.perf_counter()
         try:

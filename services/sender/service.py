@@ -26,6 +26,7 @@ from services.sender.writer import OutcomeWriter
 from shared.broker import Delivery
 from shared.contracts import SendItem, SendMessages
 from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide_retry
+from shared.domain.statuses import MessageStatus, Route
 from shared.topology import Topology
 
 BREAKER_POLL_SECONDS = 0.05
@@ -268,7 +269,7 @@ class Sender:
             return self._give_back(claim, item, self.topology.retry_key(0))
         now, checked = self.clocks.now(), monotonic()
         verdict = check_sendable(claim, mailing, now)
-        if verdict.action != "send":
+        if verdict.action != Route.SEND:
             return self._not_sent(claim, item, verdict)
         # Every wait below (pacing, breaker, rate limit) may let a pause, cancel, the end or the
         # window's close come first: a long one is followed by the check again.
@@ -288,7 +289,7 @@ class Sender:
                 return self._give_back(claim, item, self.topology.retry_key(0))
             mailing, now, checked = rechecked, self.clocks.now(), monotonic()
             verdict = check_sendable(claim, mailing, now)
-            if verdict.action != "send":
+            if verdict.action != Route.SEND:
                 self.breaker.release()
                 return self._not_sent(claim, item, verdict)
         # Never let a call still be under way when the mailing ends.
@@ -327,11 +328,11 @@ class Sender:
         return True
 
     def _give_back(self, claim: Claim, item: SendItem, route: str) -> asyncio.Future[None]:
-        row = OutcomeRow(claim.message_id, claim.token, "queued", attempts=claim.attempts - 1)
+        row = OutcomeRow(claim.message_id, claim.token, MessageStatus.QUEUED, attempts=claim.attempts - 1)
         return self.writer.submit(row, item, route)
 
     def _not_sent(self, claim: Claim, item: SendItem, verdict: Verdict) -> asyncio.Future[None]:
-        status = {"cancel": "cancelled", "expire": "expired", "wait": "pending"}[verdict.action]
+        status = verdict.action.status
         logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
             "not sending: {} -> {}", verdict.reason, status
         )
@@ -357,21 +358,25 @@ class Sender:
         )
         # An attempt that was not the message's fault (a refused token) is given back.
         attempts = None if decision.counts else claim.attempts - 1
-        if decision.action == "retry":
+        if decision.action == Route.RETRY:
             assert decision.tier is not None and decision.delay is not None
             row = OutcomeRow(
                 claim.message_id,
                 claim.token,
-                "retrying",
+                MessageStatus.RETRYING,
                 last_error=decision.reason,
                 next_attempt_at=now + timedelta(seconds=decision.delay),
                 attempts=attempts,
             )
             return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
-        if decision.action == "fail":
-            row = OutcomeRow(claim.message_id, claim.token, "failed", last_error=decision.reason)
+        if decision.action == Route.FAIL:
+            row = OutcomeRow(claim.message_id, claim.token, MessageStatus.FAILED, last_error=decision.reason)
             return self.writer.submit(row, item, self.topology.parking_key)
         row = OutcomeRow(
-            claim.message_id, claim.token, "expired", last_error=decision.reason, attempts=attempts
+            claim.message_id,
+            claim.token,
+            MessageStatus.EXPIRED,
+            last_error=decision.reason,
+            attempts=attempts,
         )
         return self.writer.submit(row, item)

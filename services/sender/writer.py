@@ -16,7 +16,7 @@ from services.sender.checks import Claim
 from services.sender.metrics import SenderMetrics
 from services.sender.store import OutcomeRow, Written
 from shared.contracts import SendItem, SendMessages, finalized_body
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
 _FINAL = frozenset(status.value for status in FINAL_MESSAGE_STATUSES)
@@ -186,7 +186,7 @@ class OutcomeWriter:
         tokens = [claim.token for claim, _ in sent]
         written = await self._retrying(lambda: self.store.write_sent(ids, times, tokens), "write", len(ids))
         return [
-            (claim.message_id, claim.mailing_id, claim.client_id, "sent", claim.attempts, None)
+            (claim.message_id, claim.mailing_id, claim.client_id, MessageStatus.SENT, claim.attempts, None)
             for claim, _ in sent
             if claim.message_id in written
         ]
@@ -229,7 +229,7 @@ class OutcomeWriter:
         parked: list[WorkCopy] = []
         by_status: Counter[str] = Counter()
         if outcomes:
-            by_status["sent"] = len(outcomes)
+            by_status[MessageStatus.SENT] = len(outcomes)
         at = self.now()
         for pending in batch:
             row = done.get(pending.row.message_id)

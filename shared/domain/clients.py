@@ -1,4 +1,5 @@
 import re
+import unicodedata
 from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -29,8 +30,18 @@ def normalize_phone(value: str | int) -> str:
     return text
 
 
+# A phone's operator code: the three digits after the country code 7 (7 916 1234567 -> 916).
+_CODE_START, _CODE_LENGTH = 1, 3
+
+
 def operator_code_from_phone(phone: str) -> str:
-    return phone[1:4]
+    return phone[_CODE_START : _CODE_START + _CODE_LENGTH]
+
+
+def operator_code_sql(phone: str) -> str:
+    """`operator_code_from_phone` as an SQL expression over the column or parameter `phone`."""
+    # SQL's substr counts from 1.
+    return f"substr({phone}, {_CODE_START + 1}, {_CODE_LENGTH})"
 
 
 def resolve_operator_code(phone: str, operator_code: str | None) -> str:
@@ -71,9 +82,14 @@ def validate_timezone(name: str) -> str:
 
 
 def validate_tag(tag: str | None) -> str:
+    """The one tag rule (client rows, CSV import, mailing filters): free text, stripped, at most
+    MAX_TAG_LENGTH characters, nothing PostgreSQL text cannot hold; no tag is the empty one."""
     if tag is None:
         return ""
     value = tag.strip()
     if len(value) > MAX_TAG_LENGTH:
         raise DomainValidationError("tag", f"tag must be at most {MAX_TAG_LENGTH} characters")
+    # PostgreSQL text cannot hold NUL, and control characters in a label are always a mistake.
+    if not value.isprintable() and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise DomainValidationError("tag", "tag must not contain control characters")
     return value

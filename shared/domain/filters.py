@@ -1,8 +1,5 @@
 from dataclasses import dataclass
 
-# Why a message of a client that a changed filter left out is cancelled.
-CLIENT_NO_LONGER_MATCHES = "client no longer matches the mailing filter"
-
 
 @dataclass(frozen=True)
 class ClientFilter:

@@ -3,7 +3,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+
+from shared.domain.statuses import Route
 
 
 class FailureKind(StrEnum):
@@ -116,7 +117,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class RetryDecision:
-    action: Literal["retry", "fail", "expire"]
+    action: Route
     tier: int | None = None
     delay: float | None = None
     reason: str = ""
@@ -135,10 +136,10 @@ def decide_retry(
     if result.ok:
         raise ValueError("a successful result needs no retry decision")
     if result.kind is FailureKind.PERMANENT:
-        return RetryDecision("fail", reason=result.reason)
+        return RetryDecision(Route.FAIL, reason=result.reason)
     counts = result.kind is not FailureKind.AUTH
     if counts and attempts_made >= policy.max_attempts:
-        return RetryDecision("fail", reason=f"attempts exhausted ({attempts_made}): {result.reason}")
+        return RetryDecision(Route.FAIL, reason=f"attempts exhausted ({attempts_made}): {result.reason}")
     if counts:
         base = policy.delays[min(max(attempts_made - 1, 0), len(policy.delays) - 1)]
         desired = base * (1 + policy.jitter * (2 * rand - 1))
@@ -150,6 +151,6 @@ def decide_retry(
     delay = policy.delays[tier]
     if now + timedelta(seconds=delay) >= end_at:
         return RetryDecision(
-            "expire", reason=f"mailing ends before next attempt: {result.reason}", counts=counts
+            Route.EXPIRE, reason=f"mailing ends before next attempt: {result.reason}", counts=counts
         )
-    return RetryDecision("retry", tier=tier, delay=delay, reason=result.reason, counts=counts)
+    return RetryDecision(Route.RETRY, tier=tier, delay=delay, reason=result.reason, counts=counts)

@@ -1,7 +1,25 @@
+"""The vocabulary of messages and mailings: statuses, what ends a message and why, with their SQL forms."""
+
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import Self
 
 
-class MessageStatus(StrEnum):
+class SqlVocabulary(StrEnum):
+    """A status word that hand-written SQL quotes: `MessageStatus.SENT.sql` is `'sent'`."""
+
+    @property
+    def sql(self) -> str:
+        return f"'{self.value}'"
+
+    @classmethod
+    def sql_list(cls, statuses: Iterable[Self] | None = None) -> str:
+        """`('a', 'b')` for `status IN ...`, in the order of declaration; every status when none given."""
+        chosen = set(cls) if statuses is None else set(statuses)
+        return "(" + ", ".join(s.sql for s in cls if s in chosen) + ")"
+
+
+class MessageStatus(SqlVocabulary):
     PENDING = "pending"
     QUEUED = "queued"
     RETRYING = "retrying"
@@ -15,6 +33,15 @@ FINAL_MESSAGE_STATUSES: frozenset[MessageStatus] = frozenset(
     {MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED}
 )
 OPEN_MESSAGE_STATUSES: frozenset[MessageStatus] = frozenset(MessageStatus) - FINAL_MESSAGE_STATUSES
+# Handed to the send queue, not yet final: what a sender may claim.
+IN_FLIGHT_MESSAGE_STATUSES: frozenset[MessageStatus] = frozenset(
+    {MessageStatus.QUEUED, MessageStatus.RETRYING}
+)
+
+# For hand-written SQL: `status IN {OPEN_SQL}`.
+OPEN_SQL = MessageStatus.sql_list(OPEN_MESSAGE_STATUSES)
+FINAL_SQL = MessageStatus.sql_list(FINAL_MESSAGE_STATUSES)
+IN_FLIGHT_SQL = MessageStatus.sql_list(IN_FLIGHT_MESSAGE_STATUSES)
 
 _TERMINATIONS = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED})
 
@@ -35,7 +62,7 @@ def can_transition(old: MessageStatus, new: MessageStatus) -> bool:
     return new in _TERMINATIONS or new in _MESSAGE_MOVES.get(old, frozenset())
 
 
-class MailingStatus(StrEnum):
+class MailingStatus(SqlVocabulary):
     SCHEDULED = "scheduled"
     RUNNING = "running"
     PAUSED = "paused"
@@ -46,6 +73,8 @@ class MailingStatus(StrEnum):
 FINAL_MAILING_STATUSES: frozenset[MailingStatus] = frozenset(
     {MailingStatus.FINISHED, MailingStatus.CANCELLED}
 )
+ACTIVE_MAILING_STATUSES: frozenset[MailingStatus] = frozenset(MailingStatus) - FINAL_MAILING_STATUSES
+ACTIVE_MAILING_SQL = MailingStatus.sql_list(ACTIVE_MAILING_STATUSES)
 
 _MAILING_MOVES: dict[MailingStatus, frozenset[MailingStatus]] = {
     MailingStatus.SCHEDULED: frozenset(
@@ -60,3 +89,47 @@ _MAILING_MOVES: dict[MailingStatus, frozenset[MailingStatus]] = {
 
 def can_transition_mailing(old: MailingStatus, new: MailingStatus) -> bool:
     return new in _MAILING_MOVES.get(old, frozenset())
+
+
+class ReportStatus(SqlVocabulary):
+    """A day's report: sending until the SMTP server took it, then sent."""
+
+    SENDING = "sending"
+    SENT = "sent"
+
+
+class Route(StrEnum):
+    """Where a claimed message goes after its check or its call."""
+
+    SEND = "send"
+    RETRY = "retry"
+    WAIT = "wait"
+    FAIL = "fail"
+    EXPIRE = "expire"
+    CANCEL = "cancel"
+
+    @property
+    def status(self) -> MessageStatus:
+        """The status a message taking this route is written with (a send is written once it is sent)."""
+        return _ROUTE_STATUS[self]
+
+
+_ROUTE_STATUS: dict[Route, MessageStatus] = {
+    Route.SEND: MessageStatus.SENT,
+    Route.RETRY: MessageStatus.RETRYING,
+    Route.WAIT: MessageStatus.PENDING,
+    Route.FAIL: MessageStatus.FAILED,
+    Route.EXPIRE: MessageStatus.EXPIRED,
+    Route.CANCEL: MessageStatus.CANCELLED,
+}
+
+
+class Reason(StrEnum):
+    """Why a message ended without being sent (its `last_error`), whichever service ended it."""
+
+    MAILING_CANCELLED = "mailing cancelled"
+    MAILING_DELETED = "mailing deleted"
+    CLIENT_DELETED = "client deleted"
+    CLIENT_NO_LONGER_MATCHES = "client no longer matches the mailing filter"
+    MAILING_ENDED = "mailing ended before the message was sent"
+    NO_OPENING = "no window opening before the mailing ends"

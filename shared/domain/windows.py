@@ -6,8 +6,6 @@ from zoneinfo import ZoneInfo
 
 from shared.domain.errors import DomainValidationError
 
-NO_OPENING = "no window opening before the mailing ends"
-
 # Longest closed stretch possible: a window skipped by a DST gap opens the next day.
 _HORIZON = timedelta(days=4)
 _SCAN_STEP = timedelta(hours=1)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.contracts import SendMessages
-from shared.domain.filters import CLIENT_NO_LONGER_MATCHES
+from shared.domain.statuses import Reason
 
 from .test_scheduler_helpers import (
     RecordingPublisher,
@@ -140,7 +140,7 @@ async def test_a_narrowed_filter_cancels_every_unsent_message_it_leaves_out_but_
 
     rows = await messages(engine, mailing)
     for client in (dropped["queued"], dropped["retrying"], late):
-        assert (rows[client][0], rows[client][2]) == ("cancelled", CLIENT_NO_LONGER_MATCHES)
+        assert (rows[client][0], rows[client][2]) == ("cancelled", Reason.CLIENT_NO_LONGER_MATCHES)
     assert rows[dropped["held"]][0] == "queued", "a sender holds it: its own check cancels it"
     assert rows[kept][0] == "queued"
     cancelled = {o.message_id for e in publisher.events for o in e.outcomes if o.status == "cancelled"}

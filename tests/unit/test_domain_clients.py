@@ -1,10 +1,15 @@
+import sqlite3
+from contextlib import closing
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.domain.clients import (
+    MAX_TAG_LENGTH,
     normalize_phone,
     operator_code_from_phone,
+    operator_code_sql,
     resolve_operator_code,
     validate_tag,
     validate_timezone,
@@ -125,3 +130,38 @@ def test_validation_error_is_a_value_error_naming_its_field() -> None:
     error = DomainValidationError("phone", "bad phone")
     assert isinstance(error, ValueError)
     assert (error.field, error.message) == ("phone", "bad phone")
+
+
+class TestOperatorCodeInSql:
+    @given(st.from_regex(r"7[0-9]{10}", fullmatch=True))
+    @settings(max_examples=200)
+    def test_the_sql_form_derives_the_code_the_python_rule_does(self, phone: str) -> None:
+        # SQLite's substr counts as PostgreSQL's does; the integration suite asks PostgreSQL itself.
+        with closing(sqlite3.connect(":memory:")) as conn:
+            (code,) = conn.execute(f"SELECT {operator_code_sql('?')}", (phone,)).fetchone()
+        assert code == operator_code_from_phone(phone)
+
+    def test_the_code_is_the_three_digits_after_the_country_code(self) -> None:
+        assert operator_code_from_phone("79161234567") == "916"
+        assert operator_code_sql("clients.phone") == "substr(clients.phone, 2, 3)"
+
+
+class TestTagRule:
+    @pytest.mark.parametrize("bad", ["vip\x00", "a\nb", "\x07", "x\ud800"])
+    def test_control_characters_and_lone_surrogates_are_rejected(self, bad: str) -> None:
+        with pytest.raises(DomainValidationError) as caught:
+            validate_tag(bad)
+        assert caught.value.field == "tag"
+
+    def test_a_tag_of_spaces_is_no_tag(self) -> None:
+        assert validate_tag("   ") == ""
+
+    @given(st.text(max_size=80))
+    def test_every_accepted_tag_is_stripped_short_and_printable_enough_to_store(self, text: str) -> None:
+        try:
+            tag = validate_tag(text)
+        except DomainValidationError:
+            return
+        assert tag == tag.strip() and len(tag) <= MAX_TAG_LENGTH
+        assert "\x00" not in tag
+        tag.encode("utf-8")

@@ -13,6 +13,8 @@ from shared.domain.retry import (
     classify_response,
     decide_retry,
 )
+from shared.domain.statuses import Route
+from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.unit
 
@@ -120,7 +122,7 @@ class TestDecideRetry:
     def test_permanent_failure_fails_at_once(self) -> None:
         rejected = classify_response(400, b"")
         decision = decide_retry(self.policy, 1, rejected, NOW, FAR_END, 0.5)
-        assert decision == RetryDecision("fail", reason="http 400")
+        assert decision == RetryDecision(Route.FAIL, reason="http 400")
 
     def test_exhausted_attempts_fail(self) -> None:
         decision = decide_retry(self.policy, 8, TRANSIENT, NOW, FAR_END, 0.5)
@@ -129,7 +131,7 @@ class TestDecideRetry:
 
     def test_first_retry_uses_the_first_tier(self) -> None:
         decision = decide_retry(self.policy, 1, TRANSIENT, NOW, FAR_END, 0.5)
-        assert decision == RetryDecision("retry", tier=0, delay=1.0, reason="http 503")
+        assert decision == RetryDecision(Route.RETRY, tier=0, delay=1.0, reason="http 503")
 
     def test_delays_grow_with_attempts(self) -> None:
         tiers = [decide_retry(self.policy, n, TRANSIENT, NOW, FAR_END, 0.0).tier for n in range(1, 8)]
@@ -213,3 +215,11 @@ class TestDecideRetry:
                 assert decision.delay >= retry_after
         else:
             assert decision.action == "expire"
+
+
+def test_the_topology_has_one_retry_queue_per_delay_of_the_policy() -> None:
+    policy = RetryPolicy(delays=(2.0, 7.0))
+    topology = CommonSettings(retry_delays_seconds=policy.delays, amqp_namespace="t").topology()
+    assert topology.retry_delays == policy.delays
+    assert [topology.retry_key(t) for t in range(2)] == ["retry.2000ms", "retry.7000ms"]
+    assert CommonSettings.model_fields["retry_delays_seconds"].default == RetryPolicy().delays

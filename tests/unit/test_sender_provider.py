@@ -6,48 +6,13 @@ import json
 
 import pytest
 from aiohttp import web
-from aiohttp.payload import BytesPayload
 from aiohttp.test_utils import TestServer
 
 from services.sender.checks import Claim
-from services.sender.provider import JsonBody, ProbeClient, make_session
+from services.sender.provider import ProbeClient, make_session
 from shared.domain.retry import FailureKind
 
 pytestmark = pytest.mark.unit
-
-BODY = b'{"id":1,"phone":79001234567,"text":"hi"}'
-
-
-class Written:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    async def write(self, chunk: bytes) -> None:
-        self.chunks.append(bytes(chunk))
-
-
-async def test_the_json_body_reads_as_the_bytes_payload_it_stands_for() -> None:
-    ours, theirs = JsonBody(BODY), BytesPayload(BODY, content_type="application/json")
-    assert (ours.size, ours.content_type, ours.encoding, ours.filename, ours.consumed) == (
-        theirs.size,
-        theirs.content_type,
-        theirs.encoding,
-        theirs.filename,
-        theirs.consumed,
-    )
-    assert dict(ours.headers) == dict(theirs.headers)
-    assert ours.decode() == theirs.decode()
-    assert await ours.as_bytes() == await theirs.as_bytes()
-    ours_out, theirs_out = Written(), Written()
-    await ours.write(ours_out)  # type: ignore[arg-type]
-    await theirs.write(theirs_out)  # type: ignore[arg-type]
-    assert ours_out.chunks == theirs_out.chunks == [BODY]
-
-
-async def test_the_shared_headers_of_every_body_cannot_be_changed_through_one() -> None:
-    with pytest.raises(TypeError):
-        JsonBody(BODY).headers["Content-Type"] = "text/plain"
-    assert JsonBody(b"{}").content_type == "application/json"
 
 
 async def test_a_call_puts_the_documented_request_on_the_wire() -> None:

@@ -9,8 +9,9 @@ from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, check_sendable
 from services.sender.pacing import LATENCY_WINDOW_SECONDS, MAX_WAIT_SECONDS, MIN_WAIT_SECONDS, Pacer
 from services.sender.ratelimit import RateLimiter
-from shared.domain.filters import CLIENT_NO_LONGER_MATCHES, ClientFilter
-from shared.domain.windows import NO_OPENING, DailyWindow
+from shared.domain.filters import ClientFilter
+from shared.domain.statuses import Reason
+from shared.domain.windows import DailyWindow
 
 pytestmark = pytest.mark.unit
 
@@ -147,7 +148,7 @@ def test_a_message_of_a_client_a_narrowed_filter_left_out_is_cancelled_before_th
     )
     left_out = claim()._replace(operator_code="901")
     verdict = check_sendable(left_out, narrowed, NOW)
-    assert (verdict.action, verdict.reason) == ("cancel", CLIENT_NO_LONGER_MATCHES)
+    assert (verdict.action, verdict.reason) == ("cancel", Reason.CLIENT_NO_LONGER_MATCHES)
     assert check_sendable(left_out._replace(operator_code="900"), narrowed, NOW).action == "send"
 
 
@@ -168,7 +169,7 @@ def test_a_message_whose_next_opening_is_after_the_end_expires() -> None:
     verdict = check_sendable(
         claim("Asia/Tokyo"), mailing(end=timedelta(hours=2), window=DailyWindow(time(9), time(21))), NOW
     )
-    assert (verdict.action, verdict.reason) == ("expire", NO_OPENING)
+    assert (verdict.action, verdict.reason) == ("expire", Reason.NO_OPENING)
 
 
 class FakeBucket:

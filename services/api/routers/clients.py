@@ -10,23 +10,26 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.api import clients_service
-from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv, validate_tag_text
+from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal, get_writer
 from services.api.errors import Conflict, NotFound
 from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
 from services.api.schemas import MAX_ID, Page
 from shared.domain.clients import (
+    MAX_TAG_LENGTH,
     normalize_phone,
+    operator_code_sql,
     resolve_operator_code,
+    validate_tag,
     validate_timezone,
 )
 from shared.domain.errors import DomainValidationError
-from shared.domain.statuses import MessageStatus
+from shared.domain.statuses import MessageStatus, Reason
 from shared.messages import cancel_open_messages
 from shared.models import Client, Message
 
@@ -34,7 +37,10 @@ LIVE_PHONE_INDEX = "uq_clients_phone_live"
 
 PHONE_SCHEMA: JsonDict = {"type": "string", "pattern": "^7[0-9]{10}$", "examples": ["79001234567"]}
 OPERATOR_CODE_SCHEMA: JsonDict = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
-TAG_SCHEMA: JsonDict = {"examples": ["vip"], "description": "Free-form label, at most 64 characters"}
+TAG_SCHEMA: JsonDict = {
+    "examples": ["vip"],
+    "description": f"Free-form label, at most {MAX_TAG_LENGTH} characters",
+}
 TIMEZONE_SCHEMA: JsonDict = {"examples": ["Europe/Moscow"], "description": "An IANA timezone name"}
 
 
@@ -61,7 +67,7 @@ def check_operator_code(value: str | None) -> str | None:
 
 def check_tag(value: str | None) -> str:
     try:
-        return validate_tag_text(value)
+        return validate_tag(value)
     except DomainValidationError as exc:
         raise _invalid(exc) from None
 
@@ -235,7 +241,9 @@ async def create_client(body: ClientCreate, session: SessionDep) -> ClientOut:
 async def list_clients(
     session: SessionDep,
     page: PaginationDep,
-    tag: Annotated[str | None, Query(max_length=64, description="Only clients with this tag")] = None,
+    tag: Annotated[
+        str | None, Query(max_length=MAX_TAG_LENGTH, description="Only clients with this tag")
+    ] = None,
     operator_code: Annotated[
         str | None, Query(pattern="^[0-9]{3}$", description="Only clients of this operator code")
     ] = None,
@@ -333,7 +341,7 @@ async def update_client(client_id: int, body: ClientPatch, session: SessionDep) 
     if values.get("operator_code") is None and "phone" in values:
         values["operator_code"] = resolve_operator_code(values["phone"], None)
     elif "operator_code" in values and values["operator_code"] is None:
-        values["operator_code"] = func.substr(Client.phone, 2, 3)
+        values["operator_code"] = literal_column(operator_code_sql(Client.phone.name))
     if not values:
         return await get_client(client_id, session)
     return await _update(session, client_id, values)
@@ -350,7 +358,7 @@ async def delete_client(client_id: int, session: SessionDep) -> None:
     if deleted is None:
         raise NotFound("client", client_id)
     cancelled = await session.scalars(
-        cancel_open_messages(Message.client_id == client_id, "client deleted", datetime.now(UTC))
+        cancel_open_messages(Message.client_id == client_id, Reason.CLIENT_DELETED, datetime.now(UTC))
     )
     cancelled_ids = cancelled.all()
     await session.commit()

@@ -11,8 +11,10 @@ from services.api import clients_service
 from services.api import mailings_service as service
 from services.api.deps import PrincipalDep, SessionDep, WriterDep
 from services.api.pagination import PaginationDep
+from services.api.routers.clients import check_tag
 from services.api.schemas import Page
 from shared.clock import utc_now
+from shared.domain.clients import MAX_TAG_LENGTH
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import MailingStatus
 from shared.domain.windows import DailyWindow, parse_window
@@ -86,7 +88,7 @@ Text = Annotated[
     AfterValidator(_not_blank),
 ]
 Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
-Tag = Annotated[str, Field(max_length=64), AfterValidator(_storable)]
+Tag = Annotated[str, Field(max_length=MAX_TAG_LENGTH), AfterValidator(check_tag)]
 OperatorCode = Annotated[str, Field(pattern=r"^[0-9]{3}$")]
 
 
@@ -164,7 +166,7 @@ class MailingOut(BaseModel):
     end_at: datetime = Field(examples=["2030-03-02T18:00:00Z"])
     filter: MailingFilter
     window: MailingWindow | None
-    status: MailingStatus = Field(examples=["scheduled"])
+    status: MailingStatus = Field(examples=[MailingStatus.SCHEDULED])
     created_at: datetime
     updated_at: datetime
 

@@ -35,7 +35,7 @@ class MailingStatsOut(BaseModel):
     text: str = Field(examples=["Spring sale: -20% on everything until Sunday"])
     start_at: datetime = Field(examples=["2030-03-01T06:00:00Z"])
     end_at: datetime = Field(examples=["2030-03-02T18:00:00Z"])
-    status: MailingStatus = Field(examples=["running"])
+    status: MailingStatus = Field(examples=[MailingStatus.RUNNING])
     total: int = Field(ge=0, description="All messages of the mailing", examples=[1000])
     counts: StatusCountsOut
 
