@@ -52,11 +52,11 @@ soak: install ## every service as a process through restarts, kills and provider
 demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress (key: .local/admin-api-key)
 	$(RUN) python -m scripts.demo
 
-up: ## every part in containers
-	docker compose up --build -d
+up: ## every part in containers, development profile (the probe stand-in; docs/security.md for production)
+	MAILING_ENVIRONMENT=development docker compose --profile dev up --build -d
 
 down:
-	docker compose down
+	docker compose --profile dev down
 
 check-deploy: ## validate docker-compose.yml, deploy/k8s, deploy/prometheus and .gitlab-ci.yml (skips missing tools)
 	@bash deploy/check.sh

@@ -20,7 +20,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from services.api.admin import install_admin
 from services.api.admin.settings import AdminSettings
 from services.api.auth import ensure_bootstrap_key
+from services.api.auth_guard import FailedAuthentications, FailurePolicy, KeyCache
 from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
+from services.api.limits import BodyLimitMiddleware, BodyLimits
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
@@ -102,7 +104,19 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.key_cache = KeyCache(settings.key_cache_seconds, settings.key_cache_negative_seconds)
+    app.state.failed_authentications = FailedAuthentications(
+        FailurePolicy(
+            window_seconds=settings.auth_failure_window_seconds,
+            before_delay=settings.auth_failures_before_delay,
+            before_refusal=settings.auth_failures_before_refusal,
+            delay_step_seconds=settings.auth_failure_delay_step_seconds,
+            max_delay_seconds=settings.auth_failure_max_delay_seconds,
+        )
+    )
     install_error_handlers(app)
+    # Added first, so it runs inside the access log (which records its 413s) and before everything else.
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     _install_identity(app, settings)
     _install_middleware(app, metrics)
     _install_service_routes(app, metrics)
@@ -111,6 +125,16 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     include_routers(app)
     install_admin(app, AdminSettings())
     return app
+
+
+CSV_IMPORT_PATHS = ("/api/v1/clients/import", "/admin/clients/import")
+
+
+def body_limits(settings: ApiSettings) -> BodyLimits:
+    return BodyLimits(
+        default_bytes=settings.max_json_body_bytes,
+        by_path=dict.fromkeys(CSV_IMPORT_PATHS, settings.csv_import_max_bytes),
+    )
 
 
 def _install_identity(app: FastAPI, settings: ApiSettings) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 
 from services.api.admin.html import page
 from services.api.admin.identity import AccessDenied, LoginRequired, LoginUnavailable, login_url
+from services.api.clients_import import TooManyRows
 from shared.domain.errors import DomainValidationError
 
 # Long enough for a restart or a failover to finish, short enough that a client does not idle after it.
@@ -106,6 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainValidationError)
     async def domain_invalid(_: Request, exc: DomainValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [field_error(exc.field, exc.message)]})
+
+    @app.exception_handler(TooManyRows)
+    async def too_many_rows(_: Request, exc: TooManyRows) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": str(exc)})
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
