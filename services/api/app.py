@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from services.api.admin import install_admin
@@ -22,6 +23,7 @@ from services.api.admin.settings import AdminSettings
 from services.api.auth import ensure_bootstrap_key
 from services.api.auth_guard import FailedAuthentications, FailurePolicy, KeyCache
 from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
+from services.api.headers import SecurityHeadersMiddleware
 from services.api.limits import BodyLimitMiddleware, BodyLimits
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
@@ -124,7 +126,22 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
 
     include_routers(app)
     install_admin(app, AdminSettings())
+    _install_browser_policy(app, settings)
     return app
+
+
+def _install_browser_policy(app: FastAPI, settings: ApiSettings) -> None:
+    """Cross-origin calls only from the configured origins (none by default); security headers on every
+    answer, 413s and 401s included (added last, so outermost)."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
 
 
 CSV_IMPORT_PATHS = ("/api/v1/clients/import", "/admin/clients/import")
