@@ -15,7 +15,7 @@ DEV_OIDC_HOST = "127.0.0.1"
 DEV_OIDC_PORT = 8099
 DEV_OIDC_ISSUER = f"http://{DEV_OIDC_HOST}:{DEV_OIDC_PORT}"
 DEV_OIDC_CLIENT_ID = "mailing-admin"
-DEV_OIDC_CLIENT_SECRET = "development-only"
+DEV_OIDC_CLIENT_SECRET = "development-only"  # noqa: S105 the local development provider's, which accepts any secret
 # The placeholder of deploy/k8s/secret.yaml and .env.example: a copy that was never edited.
 KEY_PLACEHOLDER_PREFIX = "replace-me"
 MIN_PRODUCTION_KEY_LENGTH = 32

@@ -61,7 +61,7 @@ _CLAIM = """
 # written, so only the two machines' clocks can make it early.
 RETRY_CLOCK_TOLERANCE_SECONDS = 0.5
 
-_MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")
+_MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY(CAST(:ids AS bigint[]))")  # noqa: S608 the interpolated parts are constants (status SQL forms, column lists), values are bind parameters
 
 # Every outcome but a success (see _WRITE_SENT): retrying, failed, expired, cancelled, or back to
 # pending or queued. Each write applies only while the claim that made the call still holds the
@@ -84,7 +84,7 @@ _WRITE = f"""
     ) AS u(id, status, last_error, next_attempt_at, not_before, attempts, token)
     WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
-    """
+    """  # noqa: S608 constants (status SQL forms, columns) only; values are bind parameters
 
 
 # The common case, successes only: two arrays to send instead of six, and only the ids back (the
@@ -95,7 +95,7 @@ _WRITE_SENT = f"""
     FROM unnest(%(ids)b::bigint[], %(sent_at)b::timestamptz[], %(tokens)b::bigint[]) AS u(id, sent_at, token)
     WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
     RETURNING m.id
-    """
+    """  # noqa: S608 constants (status SQL forms, columns) only; values are bind parameters
 
 
 _as_claim = partial(tuple.__new__, Claim)
