@@ -43,7 +43,8 @@ The first admin key comes from `MAILING_BOOTSTRAP_API_KEY` (in development, gene
 `.local/admin-api-key`); admins create and revoke further keys under `/api/v1/api-keys`.
 
 Errors: `422` names each bad field in `detail[].loc`, `404` an unknown id, `409` a conflict such as a
-duplicate phone.
+duplicate phone, `413` a body over the limits (before authentication), `429` too many failed
+authentications from one address (see `Retry-After`).
 """
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
