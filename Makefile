@@ -53,11 +53,11 @@ soak: install ## every service as a process through restarts, kills and provider
 demo: install ## against a running `make run`: load sample clients, run a mailing, show its progress (key: .local/admin-api-key)
 	$(RUN) python -m scripts.demo
 
-up: ## every part in containers
-	docker compose up --build -d
+up: ## every part in containers, development profile (the probe stand-in; docs/security.md for production)
+	MAILING_ENVIRONMENT=development docker compose --profile dev up --build -d
 
 down:
-	docker compose down
+	docker compose --profile dev down
 
 deploy-tools: ## promtool (Debian's prometheus package, never started) when missing and running as root; kubectl is needed too
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y --no-install-recommends prometheus; } \

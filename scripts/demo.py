@@ -62,7 +62,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    rng = random.Random()
+    rng = random.Random()  # noqa: S311 demo data, not security
     client = httpx.Client(base_url=args.api, headers={"Authorization": f"Bearer {args.key}"}, timeout=60)
     try:
         client.get("/healthz").raise_for_status()

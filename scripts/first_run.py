@@ -38,7 +38,7 @@ def report(settings: ApiSettings, probe: ProbeStubSettings, reporter: ReporterSe
     key_file = settings.local_state_dir / ADMIN_KEY_FILE
     if settings.bootstrap_api_key is not None:
         lines.append("  admin API key     MAILING_BOOTSTRAP_API_KEY (your environment or .env)")
-    elif settings.development:
+    else:  # development: production settings without a key do not load at all
         key, created = ensure_admin_key(settings.local_state_dir)
         if created:
             lines += [
@@ -50,8 +50,6 @@ def report(settings: ApiSettings, probe: ProbeStubSettings, reporter: ReporterSe
         lines.append(
             f'  try               curl -H "Authorization: Bearer $(cat {key_file})" {api}/api/v1/mailings'
         )
-    else:
-        lines.append("  admin API key     none: set MAILING_BOOTSTRAP_API_KEY (production invents none)")
     return "\n".join(lines)
 
 

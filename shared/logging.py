@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import sys
 import traceback
 from json import dumps
@@ -40,14 +41,59 @@ def info_enabled() -> bool:
     return _Levels.info
 
 
+# A phone (7 or 8 and ten digits, maybe +7) anywhere in a line, not inside a longer number: logs are
+# searched by ids; a phone keeps its last four digits so a person can still tell two apart.
+_PHONE = re.compile(r"(?<![0-9])(?:\+7|7|8)[0-9]{6}([0-9]{4})(?![0-9])")
+# What could end a plain-text line early or repaint it: C0 and C1 controls (newline, carriage return, the
+# escape of ANSI sequences), the Unicode line separators and the bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TRACEBACK = "_traceback"
+
+
+def mask_phones(text: str) -> str:
+    return _PHONE.sub(lambda m: "*******" + m.group(1), text)
+
+
+def escape_controls(text: str) -> str:
+    """One line stays one line: a control character is written as its escape (\\n, \\x1b, \\u2028)."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), m.group().encode("unicode_escape").decode()), text)
+
+
+def _scrub(value: Any, *, plain: bool) -> Any:
+    if not isinstance(value, str):
+        return value
+    value = mask_phones(value)
+    return escape_controls(value) if plain else value
+
+
+def _patcher(plain: bool) -> Any:
+    """Runs on every record before any sink: phones masked in the message and the bound fields, and for
+    plain-text lines, control characters escaped. A traceback is kept as masked text (its lines are its
+    own; they come from our code, not from a caller)."""
+
+    def patch(record: Any) -> None:
+        record["message"] = _scrub(record["message"], plain=plain)
+        extra = record["extra"]
+        for key, value in extra.items():
+            if isinstance(value, str):
+                extra[key] = _scrub(value, plain=plain)
+        error = record["exception"]
+        if plain and error is not None:
+            text = "".join(traceback.format_exception(error.type, error.value, error.traceback))
+            extra[_TRACEBACK] = mask_phones(text)
+
+    return patch
+
+
 def _human_format(record: Any) -> str:
-    extra = " ".join(f"{k}={v}" for k, v in record["extra"].items() if k != "service")
+    extra = " ".join(f"{k}={v}" for k, v in record["extra"].items() if k not in ("service", _TRACEBACK))
     suffix = f" | {extra}" if extra else ""
     return (
         "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
         "<cyan>{extra[service]}</cyan> | {message}"
         + suffix.replace("{", "{{").replace("}", "}}")
-        + "\n{exception}"
+        + ("\n{extra[" + _TRACEBACK + "]}" if _TRACEBACK in record["extra"] else "\n")
     )
 
 
@@ -72,14 +118,15 @@ class JsonLines:
         }
         error = record["exception"]
         if error is not None:
-            line["exception"] = "".join(traceback.format_exception(error.type, error.value, error.traceback))
+            text = "".join(traceback.format_exception(error.type, error.value, error.traceback))
+            line["exception"] = mask_phones(text)
         self.stream.write(dumps(line, default=str) + "\n")
 
 
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
     logger.remove()
-    logger.configure(extra={"service": service})
+    logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
     if json:
         logger.add(

@@ -15,12 +15,16 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from services.api.admin import install_admin
 from services.api.admin.settings import AdminSettings
 from services.api.auth import ensure_bootstrap_key
+from services.api.auth_guard import FailedAuthentications, FailurePolicy, KeyCache
 from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
+from services.api.headers import SecurityHeadersMiddleware
+from services.api.limits import BodyLimitMiddleware, BodyLimits
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
@@ -39,7 +43,8 @@ The first admin key comes from `MAILING_BOOTSTRAP_API_KEY` (in development, gene
 `.local/admin-api-key`); admins create and revoke further keys under `/api/v1/api-keys`.
 
 Errors: `422` names each bad field in `detail[].loc`, `404` an unknown id, `409` a conflict such as a
-duplicate phone.
+duplicate phone, `413` a body over the limits (before authentication), `429` too many failed
+authentications from one address (see `Retry-After`).
 """
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -102,7 +107,19 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.key_cache = KeyCache(settings.key_cache_seconds, settings.key_cache_negative_seconds)
+    app.state.failed_authentications = FailedAuthentications(
+        FailurePolicy(
+            window_seconds=settings.auth_failure_window_seconds,
+            before_delay=settings.auth_failures_before_delay,
+            before_refusal=settings.auth_failures_before_refusal,
+            delay_step_seconds=settings.auth_failure_delay_step_seconds,
+            max_delay_seconds=settings.auth_failure_max_delay_seconds,
+        )
+    )
     install_error_handlers(app)
+    # Added first, so it runs inside the access log (which records its 413s) and before everything else.
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     _install_identity(app, settings)
     _install_middleware(app, metrics)
     _install_service_routes(app, metrics)
@@ -110,7 +127,32 @@ def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = No
 
     include_routers(app)
     install_admin(app, AdminSettings())
+    _install_browser_policy(app, settings)
     return app
+
+
+def _install_browser_policy(app: FastAPI, settings: ApiSettings) -> None:
+    """Cross-origin calls only from the configured origins (none by default); security headers on every
+    answer, 413s and 401s included (added last, so outermost)."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+
+
+CSV_IMPORT_PATHS = ("/api/v1/clients/import", "/admin/clients/import")
+
+
+def body_limits(settings: ApiSettings) -> BodyLimits:
+    return BodyLimits(
+        default_bytes=settings.max_json_body_bytes,
+        by_path=dict.fromkeys(CSV_IMPORT_PATHS, settings.csv_import_max_bytes),
+    )
 
 
 def _install_identity(app: FastAPI, settings: ApiSettings) -> None:
@@ -150,7 +192,7 @@ def _install_identity(app: FastAPI, settings: ApiSettings) -> None:
 
 async def _store_bootstrap_key(sessions: async_sessionmaker[AsyncSession], settings: ApiSettings) -> None:
     """Stores the bootstrap key, retrying with growing pauses while the database is unreachable."""
-    assert settings.bootstrap_api_key is not None
+    assert settings.bootstrap_api_key is not None  # noqa: S101 narrows a type for mypy; the lines above establish it
     pause = BOOTSTRAP_FIRST_PAUSE_SECONDS
     for attempt in itertools.count(1):
         try:

@@ -73,4 +73,4 @@ async def ensure_bootstrap_key(sessions: async_sessionmaker[AsyncSession], key: 
         exists = await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest))
         if exists is None:
             session.add(ApiKey(name="bootstrap admin", key_hash=digest, prefix=key[:8], role=Role.ADMIN))
-            logger.info("created the bootstrap admin API key ({}...)", key[:8])
+            logger.info("created the bootstrap admin API key (its hash only is stored)")

@@ -58,6 +58,14 @@ class ImportReport(BaseModel):
     errors: list[RowError] = Field(description=f"Why rows were rejected (the first {MAX_REPORTED_ERRORS})")
 
 
+class TooManyRows(Exception):
+    """The file has more data rows than an import may hold: refused (413) as a whole, nothing written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file has more than {limit} rows, the most one import takes")
+        self.limit = limit
+
+
 def _file_error(message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", "file"), "msg": message}])
 
@@ -116,7 +124,7 @@ class _Parsed:
                 self.errors.append(RowError(line=line, field=field, message=message))
 
 
-def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[list[Row]]:
+def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int, max_rows: int) -> Iterator[list[Row]]:
     reader = csv.reader(text)
     try:
         header = next(reader, None)
@@ -134,9 +142,13 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int) -> Iterator[l
             raise _file_error("the header names a column twice")
         wanted = [(i, n) for i, n in enumerate(names) if n in COLUMNS]
         chunk: list[Row] = []
+        rows = 0
         for record in reader:
             if not record or record == [""]:
                 continue
+            rows += 1
+            if rows > max_rows:
+                raise TooManyRows(max_rows)
             line = reader.line_num
             if len(record) > len(names):
                 parsed.reject(line, [("row", f"expected {len(names)} columns, got {len(record)}")])
@@ -199,7 +211,9 @@ def _next_chunk(chunks: Iterator[list[Row]]) -> tuple[int, bytes] | None:
     return None if chunk is None else (len(chunk), _copy_text(chunk))
 
 
-async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk_rows: int) -> ImportResult:
+async def import_clients_csv(
+    session: AsyncSession, upload: UploadFile, *, chunk_rows: int, max_rows: int
+) -> ImportResult:
     """Validate and upsert every row in the session's transaction; the caller commits."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -215,7 +229,7 @@ async def import_clients_csv(session: AsyncSession, upload: UploadFile, *, chunk
                 "CREATE TEMP TABLE client_import (phone text, operator_code text, tag text, timezone text)"
                 " ON COMMIT DROP"
             )
-            chunks = _chunks(text, parsed, chunk_rows)
+            chunks = _chunks(text, parsed, chunk_rows, max_rows)
             # The next chunk is parsed in the thread while the current one is COPYed.
             parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
             try:

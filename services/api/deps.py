@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -8,7 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth import Principal, authenticate
+from services.api.auth import Principal, authenticate, hash_key
+from services.api.auth_guard import FailedAuthentications, KeyCache, client_address
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
 from services.api.tokens import InvalidToken, ProviderUnavailable, TokenVerifier, looks_like_jwt
@@ -36,7 +39,13 @@ def get_metrics(request: Request) -> ApiMetrics:
     return metrics
 
 
+def get_key_cache(request: Request) -> KeyCache:
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
@@ -82,24 +91,59 @@ async def _from_token(request: Request, token: str) -> Principal:
     return Principal(identity.subject, identity.role)
 
 
+def _source(request: Request) -> str:
+    settings: ApiSettings = request.app.state.settings
+    peer = request.client.host if request.client is not None else None
+    return client_address(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxy_hops)
+
+
+async def _from_key(request: Request, session: AsyncSession, key: str) -> Principal:
+    cache: KeyCache = request.app.state.key_cache
+    digest = hash_key(key)
+    found, principal = cache.get(digest, time.monotonic())
+    if not found:
+        principal = await authenticate(session, key)
+        cache.put(digest, principal, time.monotonic())
+    if principal is None:
+        raise _unauthorized(request, "unknown or revoked API key", "unknown or revoked API key")
+    return principal
+
+
 async def get_principal(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> AsyncIterator[Principal]:
     """The caller, from an API key or a provider's access token; its name is bound as `actor` to every
-    log line of the request."""
+    log line of the request. A source that failed too often lately is refused before anything is looked
+    up; each of its further failures is answered more slowly."""
+    failures: FailedAuthentications = request.app.state.failed_authentications
+    source = _source(request)
+    retry_after = failures.retry_after(source, time.monotonic())
+    if retry_after is not None:
+        logger.info(
+            "429 on {} {}: too many failed authentications from {}", request.method, request.url.path, source
+        )
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many failed authentications from this address, try again later",
+            headers={"Retry-After": str(retry_after)},
+        )
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized(
             request, "no bearer credentials", "missing credentials: send Authorization: Bearer <key or token>"
         )
-    if looks_like_jwt(credentials.credentials):
-        principal = await _from_token(request, credentials.credentials)
-    else:
-        found = await authenticate(session, credentials.credentials)
-        if found is None:
-            raise _unauthorized(request, "unknown or revoked API key", "unknown or revoked API key")
-        principal = found
+    try:
+        if looks_like_jwt(credentials.credentials):
+            principal = await _from_token(request, credentials.credentials)
+        else:
+            principal = await _from_key(request, session, credentials.credentials)
+    except HTTPException as exc:
+        if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+            delay = failures.fail(source, time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+        raise
     request.state.actor = principal.actor
     with logger.contextualize(actor=principal.actor):
         yield principal

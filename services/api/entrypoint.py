@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import sys
 import warnings
 
 import uvicorn
 from loguru import logger
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from services.api.app import create_app
 from services.api.local_state import ensure_admin_key, ensure_session_secret
@@ -45,7 +46,13 @@ def quiet_authlib_deprecations() -> None:
 
 def main() -> int:
     quiet_authlib_deprecations()
-    settings = ApiSettings()
+    try:
+        settings = ApiSettings()
+    except ValidationError as exc:
+        # One line a person can act on, not a traceback.
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"api: refusing to start: {problems}", file=sys.stderr, flush=True)
+        return 2
     configure_logging("api", json=settings.log_json, level=settings.log_level)
     settings = with_development_secrets(settings)
     app = create_app(settings)
@@ -56,6 +63,8 @@ def main() -> int:
         log_config=None,
         access_log=False,
         loop="uvloop",
+        # The client address behind proxies is decided by MAILING_TRUSTED_PROXY_HOPS, not by uvicorn.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from loguru import logger
 from markupsafe import Markup
@@ -13,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 
 from services.api.admin.html import page
 from services.api.admin.identity import AccessDenied, LoginRequired, LoginUnavailable, login_url
+from services.api.clients_import import TooManyRows
 from shared.domain.errors import DomainValidationError
 
 # Long enough for a restart or a failover to finish, short enough that a client does not idle after it.
@@ -34,6 +38,25 @@ class Conflict(Exception):
 
 def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, object]:
     return {"loc": ["body", field], "msg": message, "type": kind}
+
+
+UNSTORABLE = {
+    "loc": ["request"],
+    "msg": "a value holds what the database cannot store (a NUL character, or a number out of range)",
+    "type": "value_error",
+}
+
+
+class AsciiJSONResponse(JSONResponse):
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def unstorable_value(exc: BaseException) -> bool:
+    """A value the database refused as data (NUL in text, a number out of range): the caller's input,
+    refused before anything was written, so a 422."""
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return isinstance(cause, psycopg.DataError)
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -94,10 +117,18 @@ def database_unavailable_answer(request: Request, exc: BaseException) -> JSONRes
 def install_error_handlers(app: FastAPI) -> None:
     app.state.database_outages = OutageLog()
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # As FastAPI's own answer, but ASCII JSON: an error echoes its input, which may hold a lone
+        # surrogate that UTF-8 cannot encode (it is written \ud800 instead of failing with a 500).
+        return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
+
     @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if unstorable_value(exc):
+            return JSONResponse(status_code=422, content={"detail": [UNSTORABLE]})
         if not database_unavailable(exc):
             # An integrity or programming error is a bug or a conflict: the 500 path logs its traceback.
             raise exc
@@ -106,6 +137,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainValidationError)
     async def domain_invalid(_: Request, exc: DomainValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [field_error(exc.field, exc.message)]})
+
+    @app.exception_handler(TooManyRows)
+    async def too_many_rows(_: Request, exc: TooManyRows) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": str(exc)})
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -11,7 +11,7 @@ from pathlib import Path
 from services.api.auth import new_key
 
 ADMIN_KEY_FILE = "admin-api-key"
-SESSION_SECRET_FILE = "session-secret"
+SESSION_SECRET_FILE = "session-secret"  # noqa: S105 a file name, not a secret
 
 
 def ensure_secret(directory: Path, name: str, make: str) -> tuple[str, bool]:

@@ -157,7 +157,7 @@ class OutboxRelay:
             await self._drop_connection()
             if not await self._until_stopped(self._connect()):
                 return None
-        assert self._channel is not None
+        assert self._channel is not None  # noqa: S101 narrows a type for mypy; the lines above establish it
         return await self._channel.get_exchange(self.settings.topology().events_exchange, ensure=False)
 
     async def _connect(self) -> None:

@@ -15,7 +15,11 @@ DEV_OIDC_HOST = "127.0.0.1"
 DEV_OIDC_PORT = 8099
 DEV_OIDC_ISSUER = f"http://{DEV_OIDC_HOST}:{DEV_OIDC_PORT}"
 DEV_OIDC_CLIENT_ID = "mailing-admin"
-DEV_OIDC_CLIENT_SECRET = "development-only"
+DEV_OIDC_CLIENT_SECRET = "development-only"  # noqa: S105 the local development provider's, which accepts any secret
+# The placeholder of deploy/k8s/secret.yaml and .env.example: a copy that was never edited.
+KEY_PLACEHOLDER_PREFIX = "replace-me"
+MIN_PRODUCTION_KEY_LENGTH = 32
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,28 @@ class ApiSettings(CommonSettings):
     relay_enabled: bool = True
     csv_import_chunk_rows: int = Field(default=5000, ge=100)
     max_page_size: int = Field(default=500, ge=1)
+    # Request bodies are refused (413) past these sizes before they are parsed or authenticated; the CSV
+    # import's size counts the whole multipart body. The ingress's proxy-body-size must not be smaller.
+    max_json_body_bytes: int = Field(default=MIB, ge=1024)
+    csv_import_max_bytes: int = Field(default=64 * MIB, ge=1024)
+    csv_import_max_rows: int = Field(default=1_000_000, ge=1)
+    # Failed authentications per client address within the window: past the first number each further
+    # failure is answered more slowly, past the second every request is refused (429) until the window
+    # has room again. Kept in each API process's memory.
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
+    auth_failures_before_delay: int = Field(default=5, ge=0)
+    auth_failures_before_refusal: int = Field(default=20, ge=1)
+    auth_failure_delay_step_seconds: float = Field(default=0.25, ge=0)
+    auth_failure_max_delay_seconds: float = Field(default=2.0, ge=0)
+    # How many proxies in front of the API append to X-Forwarded-For (1 behind ingress-nginx); 0 trusts
+    # no such header and takes the connection's address.
+    trusted_proxy_hops: int = Field(default=0, ge=0)
+    # Authenticated keys are remembered this long (a revocation on another replica takes effect within
+    # it), unknown keys for the shorter time.
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=5.0)
+    key_cache_negative_seconds: float = Field(default=2.0, ge=0, le=5.0)
+    # Origins allowed to call the API from a browser (JSON list); empty: no cross-origin calls.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator(
         "bootstrap_api_key",
@@ -94,6 +120,8 @@ class ApiSettings(CommonSettings):
             raise ValueError("production with an OpenID Connect provider needs MAILING_SESSION_SECRET")
         if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
             raise ValueError("MAILING_SESSION_SECRET must be at least 32 characters")
+        if self.environment == "production":
+            _check_production_key(self.bootstrap_api_key)
         return self
 
     @property
@@ -127,4 +155,16 @@ class ApiSettings(CommonSettings):
             role_claim=self.oidc_role_claim,
             role_map=dict(self.oidc_role_map),
             development=development,
+        )
+
+
+def _check_production_key(key: SecretStr | None) -> None:
+    if key is None:
+        raise ValueError("production needs MAILING_BOOTSTRAP_API_KEY (at least 32 random characters)")
+    value = key.get_secret_value()
+    if value.strip().lower().startswith(KEY_PLACEHOLDER_PREFIX):
+        raise ValueError("MAILING_BOOTSTRAP_API_KEY is still the example placeholder: set a random key")
+    if len(value) < MIN_PRODUCTION_KEY_LENGTH:
+        raise ValueError(
+            f"MAILING_BOOTSTRAP_API_KEY must be at least {MIN_PRODUCTION_KEY_LENGTH} characters in production"
         )

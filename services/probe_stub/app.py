@@ -285,7 +285,7 @@ def build_app(
         metrics=ProbeStubMetrics(registry if registry is not None else CollectorRegistry()),
         clock=clock,
         wall_clock=wall_clock,
-        rng=rng if rng is not None else random.Random(),
+        rng=rng if rng is not None else random.Random(),  # noqa: S311 simulated faults, not security
         recorder=Recorder(request_log_size=settings.request_log_size),
     )
     stub.start_outage(settings.outage_seconds)

@@ -22,7 +22,7 @@ class ProbeStubSettings(BaseSettings, FaultLevels):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, le=65535)
-    jwt_secret: str = "local-probe-secret"
+    jwt_secret: str = "local-probe-secret"  # noqa: S105 the local stand-in's default; the stand-in runs in development only
     log_level: str = "INFO"
     log_json: bool = False
     # The newest send requests kept for GET /_stub/requests; older ones are forgotten.

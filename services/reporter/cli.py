@@ -44,7 +44,8 @@ def as_text(report: DailyReport, settings: ReporterSettings) -> str:
         report, sender=settings.mail_from, recipients=settings.mail_to, domain=settings.message_id_domain
     )
     text = message.get_body(("plain",))
-    assert text is not None
+    if text is None:
+        raise ValueError("the report has no plain-text part")
     return f"Subject: {message['Subject']}\n\n{text.get_content()}"
 
 

@@ -14,7 +14,7 @@ def _setting(default: Any, name: str, **constraints: Any) -> Any:
 
 
 class ReporterSettings(CommonSettings):
-    metrics_host: str = _setting("0.0.0.0", "metrics_host")
+    metrics_host: str = _setting("0.0.0.0", "metrics_host")  # noqa: S104 metrics and health only: compose publishes them on 127.0.0.1, Kubernetes scrapes in-cluster
     metrics_port: int = _setting(9103, "metrics_port", ge=0, le=65535)
     # The report of local day D is sent on D+1 at `send_at` in this timezone.
     timezone: str = _setting("Europe/Moscow", "timezone")

@@ -10,7 +10,7 @@ def _setting(default: Any, name: str, **constraints: Any) -> Any:
 
 
 class SchedulerSettings(CommonSettings):
-    metrics_host: str = _setting("0.0.0.0", "metrics_host")
+    metrics_host: str = _setting("0.0.0.0", "metrics_host")  # noqa: S104 metrics and health only: compose publishes them on 127.0.0.1, Kubernetes scrapes in-cluster
     metrics_port: int = _setting(9101, "metrics_port", ge=0, le=65535)
     tick_seconds: float = _setting(2.0, "tick_seconds", gt=0)
     dispatch_batch: int = _setting(5000, "dispatch_batch", ge=1)

@@ -10,7 +10,7 @@ from shared.settings import CommonSettings, service_setting
 # A token for the stand-in's default secret "local-probe-secret", without expiry (made once with
 # services.probe_stub.token.make_token); production sets MAILING_PROBE_TOKEN.
 LOCAL_PROBE_TOKEN = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWlsaW5nLXNlbmRlciIsImlhdCI6MTc5NTcxODA4OX0."
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWlsaW5nLXNlbmRlciIsImlhdCI6MTc5NTcxODA4OX0."  # noqa: S105 valid only against the local stand-in's default secret
     "rTgpM9f-gZ79qHsphZAAvxwDHoocOg4kTwDzKLJd5G4"
 )
 
@@ -45,7 +45,7 @@ class SenderSettings(CommonSettings):
     breaker_probes: int = _setting(3, "breaker_probes", ge=1)
     shutdown_timeout_seconds: float = _setting(20.0, "shutdown_timeout_seconds", gt=0)
     queue_depth_interval_seconds: float = _setting(5.0, "queue_depth_interval_seconds", gt=0)
-    metrics_host: str = _setting("0.0.0.0", "metrics_host")
+    metrics_host: str = _setting("0.0.0.0", "metrics_host")  # noqa: S104 metrics and health only: compose publishes them on 127.0.0.1, Kubernetes scrapes in-cluster
     metrics_port: int = _setting(9102, "metrics_port", ge=0, le=65535)
 
     @model_validator(mode="after")

@@ -33,6 +33,9 @@ def api_settings(settings: CommonSettings) -> ApiSettings:
         **settings.model_dump(),
         bootstrap_api_key=SecretStr(ADMIN_KEY),
         relay_enabled=False,
+        # Tests send many wrong keys on purpose; the slowdown has its own tests (test_api_hostile.py).
+        auth_failures_before_delay=10_000,
+        auth_failures_before_refusal=10_000,
         _env_file=None,
     )
 
@@ -58,6 +61,8 @@ async def api(api_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 class LiveApi:
     base_url: str
     settings: ApiSettings
+    port: int
+    pid: int
 
 
 def _free_port() -> int:
@@ -99,7 +104,7 @@ def live_api(api_settings: ApiSettings, topology: Topology, tmp_path: Path) -> I
             if time.monotonic() > deadline:
                 raise RuntimeError("the API was not ready (/readyz) within 30 s")
             time.sleep(0.1)
-        yield LiveApi(base_url, api_settings)
+        yield LiveApi(base_url, api_settings, port, process.pid)
     finally:
         process.terminate()
         try:

@@ -78,6 +78,8 @@ def test_every_admin_page_works_and_passes_axe(ui_server: LiveApi, browser: Brow
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Anything the Content-Security-Policy blocks is an error of the page too.
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
 
     page.goto(f"{base}/admin/")
     page.keyboard.press("Tab")

@@ -248,13 +248,16 @@ async def test_a_callback_with_a_forged_state_is_refused(ui: httpx.AsyncClient) 
 async def test_production_without_a_provider_has_no_sign_in_but_api_keys_work(
     api_settings: ApiSettings,
 ) -> None:
-    settings = ApiSettings(**{**api_settings.model_dump(), "environment": "production"}, _env_file=None)
+    key = "production-admin-key-" + "x" * 20
+    settings = ApiSettings(
+        **{**api_settings.model_dump(), "environment": "production", "bootstrap_api_key": key}, _env_file=None
+    )
     app = ui_app(settings)
     async with app.router.lifespan_context(app), browser(app) as client:
         page = await client.get("/admin/login")
         assert page.status_code == 503 and "not configured" in page.text
         assert (await client.get(PAGE)).status_code == 503
-        keys = await client.get("/api/v1/api-keys", headers={"Authorization": "Bearer test-admin-key"})
+        keys = await client.get("/api/v1/api-keys", headers={"Authorization": f"Bearer {key}"})
         assert keys.status_code == 200
         jwt_like = await client.get("/api/v1/mailings", headers={"Authorization": "Bearer a.b.c"})
         assert jwt_like.status_code == 401

@@ -1,8 +1,10 @@
-"""Schemathesis against the live API: no server error and no answer outside its own schema."""
+"""Schemathesis against the live API, authenticated, every operation, stateful too: no server error and no
+answer outside its own schema."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
         str(Path(sys.executable).with_name("schemathesis")),
         "run",
         f"{live_api.base_url}/openapi.json",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
         "--checks",
         "not_a_server_error,response_schema_conformance",
         "--max-examples",
@@ -44,3 +48,6 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    # The stateful phase follows the links schemathesis infers (create, then read, change, delete).
+    links = re.search(r"API Links:\s+(\d+) covered", result.stdout)
+    assert links is not None and int(links.group(1)) > 0, result.stdout

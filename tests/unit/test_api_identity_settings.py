@@ -3,7 +3,10 @@ nothing; what development generates is kept once, privately, in the local state 
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from shared.domain.roles import Role
 pytestmark = pytest.mark.unit
 
 SECRET = "s" * 40
+PRODUCTION_KEY = "k" * 40
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_development_without_an_issuer_uses_the_development_provider() -> None:
@@ -29,7 +34,8 @@ def test_development_without_an_issuer_uses_the_development_provider() -> None:
 
 
 def test_production_without_an_issuer_has_no_provider_at_all() -> None:
-    assert ApiSettings(_env_file=None, environment="production").oidc() is None
+    settings = ApiSettings(_env_file=None, environment="production", bootstrap_api_key=PRODUCTION_KEY)
+    assert settings.oidc() is None
 
 
 def test_a_configured_provider_is_used_with_its_audience_claim_and_map(
@@ -42,6 +48,7 @@ def test_a_configured_provider_is_used_with_its_audience_claim_and_map(
     monkeypatch.setenv("MAILING_OIDC_ROLE_CLAIM", "realm_access.roles")
     monkeypatch.setenv("MAILING_OIDC_ROLE_MAP", '{"mailing-admins": "admin"}')
     monkeypatch.setenv("MAILING_SESSION_SECRET", SECRET)
+    monkeypatch.setenv("MAILING_BOOTSTRAP_API_KEY", PRODUCTION_KEY)
     oidc = ApiSettings(_env_file=None).oidc()
     assert oidc is not None and not oidc.development
     assert oidc.discovery_url == "https://kc.example.com/realms/mailing/.well-known/openid-configuration"
@@ -68,6 +75,44 @@ def test_a_configured_provider_is_used_with_its_audience_claim_and_map(
 def test_settings_that_cannot_work_are_refused_at_start(values: dict[str, object], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         ApiSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (None, "production needs MAILING_BOOTSTRAP_API_KEY"),
+        ("", "production needs MAILING_BOOTSTRAP_API_KEY"),
+        ("x" * 31, "at least 32 characters"),
+        ("REPLACE-ME-with-a-long-random-admin-key", "placeholder"),
+        ("replace-me-" + "x" * 40, "placeholder"),
+    ],
+)
+def test_production_refuses_a_missing_short_or_example_bootstrap_key(key: str | None, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        ApiSettings(_env_file=None, environment="production", bootstrap_api_key=key)
+
+
+def test_production_takes_a_long_random_key_and_development_takes_any() -> None:
+    assert ApiSettings(_env_file=None, environment="production", bootstrap_api_key=PRODUCTION_KEY)
+    assert ApiSettings(_env_file=None, bootstrap_api_key="short")
+
+
+def test_the_api_refuses_to_start_in_production_without_a_key_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILING_")}
+    env |= {"MAILING_ENVIRONMENT": "production", "MAILING_BOOTSTRAP_API_KEY": "too-short"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.api"],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "api: refusing to start: MAILING_BOOTSTRAP_API_KEY must be at least 32 characters in production"
+    ]
 
 
 def test_an_https_public_url_makes_cookies_secure() -> None:
@@ -104,11 +149,16 @@ def test_development_fills_a_missing_key_and_secret_from_the_local_directory(tmp
 
 
 def test_production_invents_nothing(tmp_path: Path) -> None:
-    settings = ApiSettings(_env_file=None, environment="production", local_state_dir=tmp_path / "local")
+    settings = ApiSettings(
+        _env_file=None,
+        environment="production",
+        bootstrap_api_key=SecretStr(PRODUCTION_KEY),
+        local_state_dir=tmp_path / "local",
+    )
     assert with_development_secrets(settings) is settings
     assert not (tmp_path / "local").exists()
     text = report(settings, ProbeStubSettings(_env_file=None), ReporterSettings(_env_file=None))
-    assert "production invents none" in text and "sign-in           off" in text
+    assert "MAILING_BOOTSTRAP_API_KEY (your environment" in text and "sign-in           off" in text
     assert not (tmp_path / "local").exists()
 
 

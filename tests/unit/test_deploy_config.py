@@ -160,6 +160,22 @@ def test_every_procfile_service_has_a_compose_service() -> None:
     assert "shared.migrate" in services, "docker-compose.yml needs the one-shot migrate service"
 
 
+def test_compose_publishes_every_port_on_the_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (
+                f"compose service {name} publishes {port} on all interfaces"
+            )
+
+
+def test_compose_runs_the_probe_stand_in_only_in_the_dev_profile_and_the_api_in_production() -> None:
+    services = compose()["services"]
+    assert services["probe_stub"]["profiles"] == ["dev"]
+    assert services["sender"]["depends_on"]["probe_stub"]["required"] is False
+    assert services["api"]["environment"]["MAILING_ENVIRONMENT"] == "${MAILING_ENVIRONMENT:-production}"
+    assert all("profiles" not in s for n, s in services.items() if n != "probe_stub")
+
+
 def test_every_procfile_service_has_a_k8s_deployment() -> None:
     deployments = deployments_by_module()
     missing = {name: module for name, module in procfile_modules().items() if module not in deployments}

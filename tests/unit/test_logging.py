@@ -54,3 +54,41 @@ def test_json_lines_are_flat_objects_with_the_bound_fields_and_the_traceback(
     assert "ValueError: no such thing" in second["exception"]
     # As the greps in docs/operations.md expect them.
     assert '"mailing_id": 42,' in lines[0]
+
+
+def test_plain_text_lines_escape_control_characters_so_no_line_can_be_forged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("api")
+    try:
+        forged = "x\n2026-11-30 00:00:00.000 | INFO    | api | admin key created\r\x1b[2K\u2028"
+        logger.bind(tag=forged).info("tag was {}", forged)
+    finally:
+        configure_logging("test")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert "\x1b" not in lines[0] and "\r" not in lines[0] and "\u2028" not in lines[0]
+    assert "tag was x\\n2026-11-30" in lines[0] and "\\r\\x1b[2K\\u2028" in lines[0]
+    assert "tag=x\\n2026" in lines[0]
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_phone_numbers_are_masked_to_their_last_four_digits_everywhere_in_a_line(
+    capsys: pytest.CaptureFixture[str], json_lines: bool
+) -> None:
+    configure_logging("api", json=json_lines)
+    try:
+        logger.bind(phone="79001234567").info(
+            "client 5 created: {}", {"phone": "79001234567", "id": 12345678}
+        )
+        try:
+            raise ValueError("Key (phone)=(+79007654321) already exists")
+        except ValueError:
+            logger.exception("failed for 89001112233")
+    finally:
+        configure_logging("test")
+    err = capsys.readouterr().err
+    for phone in ("9001234567", "9007654321", "9001112233"):
+        assert phone not in err
+    assert "*******4567" in err and "*******4321" in err and "*******2233" in err
+    assert "12345678" in err  # ids are not phones

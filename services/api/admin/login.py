@@ -93,7 +93,7 @@ async def callback(request: Request) -> Response:
     client = _client(request)
     settings = _settings(request)
     config = settings.oidc()
-    assert config is not None
+    assert config is not None  # noqa: S101 narrows a type for mypy; the lines above establish it
     session = admin_session(request)
     try:
         token = await client.authorize_access_token(request)

@@ -20,8 +20,8 @@ from services.api import mailings_service as service
 from services.api.admin import HERE
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
 from services.api.admin.settings import AdminSettings
-from services.api.clients_import import import_clients_csv
-from services.api.deps import SessionDep, SettingsDep
+from services.api.clients_import import TooManyRows, import_clients_csv
+from services.api.deps import KeyCacheDep, SessionDep, SettingsDep
 from services.api.errors import Conflict, NotFound
 from services.api.routers.api_keys import ApiKeyCreate
 from services.api.routers.clients import (
@@ -559,10 +559,15 @@ async def import_clients(
     file: Annotated[UploadFile, File()],
 ) -> HTMLResponse:
     try:
-        result = await import_clients_csv(session, file, chunk_rows=settings.csv_import_chunk_rows)
+        result = await import_clients_csv(
+            session, file, chunk_rows=settings.csv_import_chunk_rows, max_rows=settings.csv_import_max_rows
+        )
     except RequestValidationError as exc:
         await session.rollback()
         return render(request, user, "import.html", {"report": None, "errors": _errors(exc)}, 422)
+    except TooManyRows as exc:
+        await session.rollback()
+        return render(request, user, "import.html", {"report": None, "errors": {"file": str(exc)}}, 413)
     await session.commit()
     return render(
         request, user, "import.html", {"report": result.report, "errors": {}, "filename": file.filename}
@@ -659,9 +664,12 @@ async def confirm_revoke(
 
 
 @writes.post("/api-keys/{key_id}/revoke")
-async def revoke_api_key(key_id: int, user: AdminUserDep, session: SessionDep) -> Response:
+async def revoke_api_key(
+    key_id: int, user: AdminUserDep, session: SessionDep, key_cache: KeyCacheDep
+) -> Response:
     await api_keys_service.revoke_key(session, key_id, f"UI user {user.subject}")
     await session.commit()
+    key_cache.clear()
     return see_other("/admin/api-keys")
 
 

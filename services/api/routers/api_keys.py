@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from services.api import api_keys_service
 from services.api.auth import Principal
-from services.api.deps import AdminDep, SessionDep
+from services.api.deps import AdminDep, KeyCacheDep, SessionDep
 from shared.domain.roles import Role
 from shared.models import ApiKey
 
@@ -67,7 +67,10 @@ async def list_api_keys(session: SessionDep, _: AdminDep) -> list[ApiKeyOut]:
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_api_key(key_id: int, session: SessionDep, principal: AdminDep) -> None:
-    """Revoke an API key: it stops working at once."""
+async def revoke_api_key(
+    key_id: int, session: SessionDep, principal: AdminDep, key_cache: KeyCacheDep
+) -> None:
+    """Revoke an API key: it stops working at once on this replica, within seconds on the others."""
     await api_keys_service.revoke_key(session, key_id, _by(principal))
     await session.commit()
+    key_cache.clear()
