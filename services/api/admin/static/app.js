@@ -50,4 +50,14 @@
     drawAll(document);
     if (window.htmx) window.htmx.onLoad(drawAll);
   });
+
+  // A refreshing region someone is using (focus inside it, a history row open) is not swapped under them.
+  // Done here rather than in an hx-trigger filter: filters need eval, which the page's policy forbids.
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    const elt = evt.detail.elt;
+    if (elt.hasAttribute("data-hold-while-used") &&
+        (elt.contains(document.activeElement) || elt.querySelector("details[open]"))) {
+      evt.preventDefault();
+    }
+  });
 })();
