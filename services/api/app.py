@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -142,7 +143,10 @@ def _install_browser_policy(app: FastAPI, settings: ApiSettings) -> None:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(SecurityHeadersMiddleware)
+    oidc = settings.oidc()
+    # The provider's origin, where logout sends the browser on (its end-session page).
+    provider = [] if oidc is None else ["{0.scheme}://{0.netloc}".format(urlsplit(oidc.issuer))]
+    app.add_middleware(SecurityHeadersMiddleware, form_targets=provider)
 
 
 CSV_IMPORT_PATHS = ("/api/v1/clients/import", "/admin/clients/import")

@@ -8,9 +8,11 @@ cdn.jsdelivr.net and it starts with an inline script, so it gets a policy of its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_COMMON = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"
+_COMMON = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 APP_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; " + _COMMON
@@ -20,6 +22,14 @@ DOCS_POLICY = (
     "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
     "img-src 'self' data: https://fastapi.tiangolo.com; " + _COMMON
 )
+
+
+def form_action(targets: Sequence[str]) -> str:
+    """Forms post to us only; the logout form's answer redirects to the provider's end-session page,
+    and a browser holds a form's redirects to the same directive."""
+    return "; form-action " + " ".join(["'self'", *targets])
+
+
 HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -28,15 +38,19 @@ HEADERS = (
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, docs_path: str = "/docs") -> None:
+    def __init__(self, app: ASGIApp, docs_path: str = "/docs", form_targets: Sequence[str] = ()) -> None:
         self.app = app
         self.docs_path = docs_path
+        self.policies = (
+            (APP_POLICY + form_action(form_targets)).encode(),
+            (DOCS_POLICY + form_action(())).encode(),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = (DOCS_POLICY if scope["path"].startswith(self.docs_path) else APP_POLICY).encode()
+        policy = self.policies[1] if scope["path"].startswith(self.docs_path) else self.policies[0]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
