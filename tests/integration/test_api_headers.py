@@ -41,6 +41,8 @@ async def test_every_answer_carries_the_security_headers(
     assert "frame-ancestors 'none'" in policy
     if not path.startswith("/docs"):
         assert "script-src 'self';" in policy and "unsafe-eval" not in policy
+        # The sign-in provider's origin: logout's answer redirects there (the development one here).
+        assert policy.endswith("form-action 'self' http://127.0.0.1:8099")
 
 
 def test_the_admin_pages_have_no_inline_script_and_tell_htmx_not_to_eval() -> None:
