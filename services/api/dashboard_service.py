@@ -147,7 +147,7 @@ async def mailing_messages(
     total: int | None = counts.total if status is None else counts.counts[status.value]
     if search:
         digits = search.lstrip("+")
-        if not digits.isdigit():
+        if not (digits.isascii() and digits.isdigit()):
             return [], 0
         # Every client whose phone starts so (deleted ones too: their messages stay), from the index on
         # (phone) INCLUDE (id) alone; and the client of that id.

@@ -485,7 +485,7 @@ async def clients(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     digits = phone.strip().lstrip("+")
-    prefix = digits if digits.isdigit() else None
+    prefix = digits if digits.isascii() and digits.isdigit() else None
     conditions = clients_service.live_clients(
         tag=tag or None,
         operator_code=operator_code.strip() or None,
