@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.scheduler.scheduler import Scheduler
 from shared.contracts import SendMessages
 from shared.domain.statuses import Reason
 
@@ -49,9 +50,8 @@ async def consumed_through(engine: AsyncEngine, instant: datetime) -> None:
         )
 
 
-async def test_a_message_waiting_behind_a_long_send_queue_is_not_copied_until_newer_ones_went_past(
-    engine: AsyncEngine,
-) -> None:
+async def one_message_dispatched(engine: AsyncEngine) -> tuple[Scheduler, RecordingPublisher, list[int]]:
+    """A scheduler (sweep margin AFTER) that has just dispatched the one message of a running mailing."""
     publisher = RecordingPublisher()
     scheduler = make_scheduler(
         engine, scheduler_settings(str(engine.url), requeue_after_seconds=AFTER), publisher
@@ -59,7 +59,13 @@ async def test_a_message_waiting_behind_a_long_send_queue_is_not_copied_until_ne
     await add_client(engine, "Europe/Moscow")
     await add_mailing(engine, T0, T0 + timedelta(hours=5))
     await scheduler.tick(T0)
-    first = publisher.take_sent()
+    return scheduler, publisher, publisher.take_sent()
+
+
+async def test_a_message_waiting_behind_a_long_send_queue_is_not_copied_until_newer_ones_went_past(
+    engine: AsyncEngine,
+) -> None:
+    scheduler, publisher, first = await one_message_dispatched(engine)
     publisher.ready = 30_000  # the send queue is long: the message may still be waiting its turn
 
     await scheduler.tick(T0 + timedelta(minutes=10))
@@ -204,14 +210,7 @@ async def test_messages_whose_publish_failed_go_back_to_pending_and_out_on_the_n
 async def test_messages_a_sender_holds_back_behind_its_open_breaker_are_not_copied(
     engine: AsyncEngine,
 ) -> None:
-    publisher = RecordingPublisher()
-    scheduler = make_scheduler(
-        engine, scheduler_settings(str(engine.url), requeue_after_seconds=AFTER), publisher
-    )
-    await add_client(engine, "Europe/Moscow")
-    await add_mailing(engine, T0, T0 + timedelta(hours=5))
-    await scheduler.tick(T0)
-    first = publisher.take_sent()
+    scheduler, publisher, first = await one_message_dispatched(engine)
     later = T0 + timedelta(
         minutes=5
     )  # nothing claimed since, and the queue is empty: the delivery is prefetched
