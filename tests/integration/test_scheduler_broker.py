@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,7 +110,7 @@ async def _wait_for(
 
 
 @pytest.mark.timeout(120)
-async def test_killed_scheduler_loses_nothing_and_duplicates_at_most_one_batch(
+async def test_a_killed_scheduler_loses_nothing_and_leaves_at_most_one_batch_to_the_sweep(
     database_url: str, topology: Topology
 ) -> None:
     total = 100_000
@@ -133,10 +132,12 @@ async def test_killed_scheduler_loses_nothing_and_duplicates_at_most_one_batch(
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
 
+    # Every message is queued in the database (waited for above). A dispatch publishes after its commit,
+    # so a kill between the two leaves that one batch queued with no delivery yet: the recovery sweep
+    # publishes it once a sender consumes. Nothing is published twice.
     ids = await drain_send_queue(AMQP_URL, topology.send_queue)
-    assert len(set(ids)) == total
-    duplicates = sum(n - 1 for n in Counter(ids).values())
-    assert duplicates <= 1000
+    assert len(ids) == len(set(ids))
+    assert total - 1000 <= len(ids) <= total
 
 
 @pytest.mark.timeout(120)
