@@ -13,6 +13,7 @@ from typing import Any, Final
 import jwt
 from aiohttp import web
 from jwt.warnings import InsecureKeyLengthWarning
+from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
@@ -44,18 +45,31 @@ _MALFORMED: Final = (
 )
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """`monotonic` times outages and hangs; `wall` stamps what the stand-in records and checks tokens."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+
+
 @dataclass
 class ProbeStub:
     secret: str
     faults: Faults
     metrics: ProbeStubMetrics
-    clock: Callable[[], float]
-    wall_clock: Callable[[], float]
+    clocks: Clocks
     rng: random.Random
     recorder: Recorder = field(default_factory=Recorder)
-    outage_until: float | None = None
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    _tokens: dict[str, float | None] = field(default_factory=dict)
+    outage_until: float | None = field(default=None, init=False)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tokens: dict[str, float | None] = field(default_factory=dict, init=False)
+
+    def clock(self) -> float:
+        return self.clocks.monotonic()
+
+    def wall_clock(self) -> float:
+        return self.clocks.wall()
 
     def set_faults(self, update: Faults) -> None:
         changes = update.model_dump(exclude_unset=True)
@@ -271,27 +285,7 @@ async def _wake_hanging_requests(app: web.Application) -> None:
     app[STUB].stopping.set()
 
 
-def build_app(
-    settings: ProbeStubSettings,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
-    wall_clock: Callable[[], float] = time.time,
-) -> web.Application:
-    stub = ProbeStub(
-        secret=settings.jwt_secret,
-        faults=Faults.from_settings(settings),
-        metrics=ProbeStubMetrics(registry if registry is not None else CollectorRegistry()),
-        clock=clock,
-        wall_clock=wall_clock,
-        rng=rng if rng is not None else random.Random(),  # noqa: S311 simulated faults, not security
-        recorder=Recorder(request_log_size=settings.request_log_size),
-    )
-    stub.start_outage(settings.outage_seconds)
-    app = web.Application()
-    app[STUB] = stub
-    app.on_shutdown.append(_wake_hanging_requests)
+def _routes(app: web.Application) -> None:
     app.router.add_post("/v1/send/{msg_id}", send)
     app.router.add_get("/_stub/faults", get_faults)
     app.router.add_put("/_stub/faults", put_faults)
@@ -302,4 +296,58 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/metrics", metrics)
-    return app
+
+
+class ProbeStubService:
+    """The stand-in as a process: `app` is its aiohttp application (tests serve it themselves);
+    `start()` listens on the configured address, `stop()` wakes hanging calls and closes."""
+
+    def __init__(self, settings: ProbeStubSettings, stub: ProbeStub) -> None:
+        self.settings = settings
+        self.stub = stub
+        self.app = web.Application()
+        self.app[STUB] = stub
+        self.app.on_shutdown.append(_wake_hanging_requests)
+        _routes(self.app)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        # handler_cancellation stops the sleeps of requests whose client has already given up.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        logger.bind(host=self.settings.host, port=self.settings.port).info(
+            "probe stub listening on http://{}:{}", self.settings.host, self.settings.port
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, wake the hanging "timeout" requests, give the others 5 s to finish."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        logger.info("probe stub stopped")
+
+
+def build_probe_stub(
+    settings: ProbeStubSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    registry: CollectorRegistry | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> ProbeStubService:
+    stub = ProbeStub(
+        secret=settings.jwt_secret,
+        faults=Faults.from_settings(settings),
+        metrics=ProbeStubMetrics(registry if registry is not None else CollectorRegistry()),
+        clocks=Clocks(monotonic=clock, wall=wall_clock),
+        rng=rng if rng is not None else random.Random(),  # noqa: S311 simulated faults, not security
+        recorder=Recorder(request_log_size=settings.request_log_size),
+    )
+    stub.start_outage(settings.outage_seconds)
+    return ProbeStubService(settings, stub)

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from services.probe_stub.app import build_app
+from services.probe_stub.app import build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 
@@ -50,14 +50,14 @@ async def make_client(clock: FakeClock, registry: CollectorRegistry) -> AsyncIte
 
     async def make(**settings: Any) -> Client:
         # model_construct keeps MAILING_PROBE_* variables of the machine out of the tests.
-        app = build_app(
+        stub = build_probe_stub(
             ProbeStubSettings.model_construct(jwt_secret=SECRET, **settings),
             clock=clock,
             rng=random.Random(20240301),
             registry=registry,
             wall_clock=RECEIVED_AT.timestamp,
         )
-        client = TestClient(TestServer(app))
+        client = TestClient(TestServer(stub.app))
         await client.start_server()
         clients.append(client)
         return client
