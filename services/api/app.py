@@ -32,6 +32,7 @@ from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
 from services.api.tokens import TokenVerifier
 from shared.db import make_engine, make_sessionmaker
+from shared.domain.statuses import Health
 from shared.readiness import broker_ready, database_ready
 
 DESCRIPTION = """
@@ -338,7 +339,7 @@ def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
-        return {"status": "ok"}
+        return {"status": Health.OK}
 
     @app.get("/readyz", tags=["service"], responses={503: {"description": "a dependency is unreachable"}})
     async def readyz(request: Request) -> JSONResponse:
@@ -349,7 +350,8 @@ def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:
         }
         ready = all(checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+            {"status": Health.READY if ready else Health.NOT_READY, "checks": checks},
+            status_code=200 if ready else 503,
         )
 
     @app.get("/metrics", tags=["service"], response_class=Response)

@@ -22,6 +22,7 @@ from services.probe_stub.faults import Faults
 from services.probe_stub.metrics import ProbeStubMetrics, Result
 from services.probe_stub.recorder import Recorder
 from services.probe_stub.settings import ProbeStubSettings
+from shared.domain.statuses import Health, MessageStatus
 
 # A "timeout" never answers; the wait ends earlier when the client hangs up or the server stops.
 HANG_SECONDS: Final = 3600.0
@@ -40,7 +41,7 @@ _ERRORS: Final = (
 )
 _MALFORMED: Final = (
     ("text/html", b"<html><body>OK</body></html>"),
-    (_JSON, b'{"status": "sent", "result": true}'),
+    (_JSON, json.dumps({"status": MessageStatus.SENT, "result": True}).encode()),
     (_JSON, b'{"code": 1, "message": "internal"}'),
 )
 
@@ -269,11 +270,11 @@ async def get_requests(request: web.Request) -> web.Response:
 
 async def reset(request: web.Request) -> web.Response:
     request.app[STUB].reset()
-    return _json(200, {"status": "reset"})
+    return _json(200, {"status": Health.OK})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json(200, {"status": "ok"})
+    return _json(200, {"status": Health.OK})
 
 
 async def metrics(request: web.Request) -> web.Response:

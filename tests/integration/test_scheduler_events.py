@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.scheduler.app import build_scheduler
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import MailingChanged
+from shared.domain.statuses import MailingEventType
 from shared.topology import Topology, exchanges
 
 from ..conftest import AMQP_URL, TEST_RETRY_DELAYS
@@ -49,7 +50,9 @@ async def test_mailing_event_starts_delivery_without_waiting_for_the_tick(
         await asyncio.wait_for(ticked.wait(), timeout=10)
         current[0] = start + timedelta(seconds=1)
         events, _ = await exchanges(await confirm_channel(connection), topology)
-        event = MailingChanged(event_id=1, type="updated", mailing_id=mailing, occurred_at=current[0])
+        event = MailingChanged(
+            event_id=1, type=MailingEventType.UPDATED, mailing_id=mailing, occurred_at=current[0]
+        )
         await Publisher(events).publish(event, event.routing_key)
         deadline = time.monotonic() + 10
         while (await status_counts(engine)).get("queued", 0) != 1:

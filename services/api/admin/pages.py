@@ -28,12 +28,18 @@ from services.api.routers.clients import ClientCreate
 from services.api.routers.mailings import MailingCreate, MailingFilter, changes_from, create_from
 from shared.clock import utc_now
 from shared.domain.errors import DomainValidationError
-from shared.domain.statuses import FINAL_MAILING_STATUSES, MailingStatus, MessageStatus
+from shared.domain.statuses import (
+    FINAL_MAILING_STATUSES,
+    MailingStatus,
+    MessageStatus,
+    can_transition_mailing,
+)
 from shared.models import Mailing
 from shared.reports import FINAL_STATUSES, daily_report
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["statuses"] = [s.value for s in MessageStatus]
+templates.env.globals["MessageStatus"] = MessageStatus
 templates.env.globals["final_statuses"] = FINAL_STATUSES
 
 UserDep = Annotated[UiUser, Depends(current_user)]
@@ -361,6 +367,8 @@ async def _mailing_live(
         "sends": await dashboard_service.mailing_sends(session, mailing.id),
         "parked": await service.parked_summary(session, mailing.id),
         "final": status in FINAL_MAILING_STATUSES,
+        "can_pause": can_transition_mailing(status, MailingStatus.PAUSED),
+        "can_resume": status == MailingStatus.PAUSED,
         "poll": _may_send_soon(mailing, utc_now()),
         "refresh_seconds": settings.refresh_seconds,
     }
