@@ -133,7 +133,6 @@ def build_api(settings: ApiSettings, *, registry: CollectorRegistry | None = Non
 
 
 def _create_app(settings: ApiSettings, metrics: ApiMetrics) -> FastAPI:
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine: AsyncEngine = make_engine(settings)

@@ -66,12 +66,6 @@ class ProbeStub:
     stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _tokens: dict[str, float | None] = field(default_factory=dict, init=False)
 
-    def clock(self) -> float:
-        return self.clocks.monotonic()
-
-    def wall_clock(self) -> float:
-        return self.clocks.wall()
-
     def set_faults(self, update: Faults) -> None:
         changes = update.model_dump(exclude_unset=True)
         self.faults = self.faults.model_copy(update=changes)
@@ -79,18 +73,19 @@ class ProbeStub:
             self.start_outage(self.faults.outage_seconds)
 
     def start_outage(self, seconds: float) -> None:
-        self.outage_until = self.clock() + seconds if seconds > 0 else None
+        self.outage_until = self.clocks.monotonic() + seconds if seconds > 0 else None
 
     def in_outage(self) -> bool:
         if self.outage_until is None:
             return False
-        if self.clock() < self.outage_until:
+        if self.clocks.monotonic() < self.outage_until:
             return True
         self.outage_until = None
         return False
 
     def faults_view(self) -> dict[str, Any]:
-        remaining = 0.0 if self.outage_until is None else max(0.0, self.outage_until - self.clock())
+        until = self.outage_until
+        remaining = 0.0 if until is None else max(0.0, until - self.clocks.monotonic())
         return {**self.faults.model_dump(), "outage_remaining_seconds": remaining}
 
     def reset(self) -> None:
@@ -121,7 +116,7 @@ class ProbeStub:
                 self._tokens.clear()
             self._tokens[token] = claimed
         exp = self._tokens[token]
-        if exp is not None and self.wall_clock() >= exp:
+        if exp is not None and self.clocks.wall() >= exp:
             return "token expired"
         return None
 
@@ -145,8 +140,8 @@ def _drop(request: web.Request) -> web.Response:
 
 
 async def _hang(stub: ProbeStub, request: web.Request) -> None:
-    deadline = stub.clock() + HANG_SECONDS
-    while not stub.stopping.is_set() and stub.clock() < deadline:
+    deadline = stub.clocks.monotonic() + HANG_SECONDS
+    while not stub.stopping.is_set() and stub.clocks.monotonic() < deadline:
         transport = request.transport
         if transport is None or transport.is_closing():
             return
@@ -159,13 +154,13 @@ async def _hang(stub: ProbeStub, request: web.Request) -> None:
 
 async def send(request: web.Request) -> web.Response:
     stub = request.app[STUB]
-    call = _Call(stub, request.match_info["msg_id"], stub.wall_clock())
+    call = _Call(stub, request.match_info["msg_id"], stub.clocks.wall())
     stub.recorder.requests += 1
     try:
         return await _answer(stub, request, call)
     finally:
         # Also when the handler is cancelled because the client hung up: the call happened all the same.
-        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.wall_clock(), call.result)
+        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.clocks.wall(), call.result)
 
 
 @dataclass
@@ -223,7 +218,7 @@ async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Res
         return web.Response(status=200, body=body, content_type=content_type)
 
     call.answered("accepted")
-    stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.wall_clock())
+    stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.clocks.wall())
     return web.Response(status=200, body=_OK, content_type=_JSON)
 
 
