@@ -177,7 +177,7 @@ class _Call:
 
 async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Response:
     if stub.outage_until is not None and stub.in_outage():
-        call.answered("outage")
+        call.answered(Result.OUTAGE)
         return _drop(request)
 
     faults = stub.faults
@@ -188,36 +188,36 @@ async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Res
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
     if faults.timeout_rate and rng.random() < faults.timeout_rate:
-        call.answered("timeout")
+        call.answered(Result.TIMEOUT)
         await _hang(stub, request)
         return _drop(request)
 
     problem = stub.token_problem(request.headers.get("Authorization"))
     if problem is not None:
-        call.answered("unauthorized")
+        call.answered(Result.UNAUTHORIZED)
         return _error(401, problem)
     try:
         message = parse_send_request(request.match_info["msg_id"], await request.read())
     except InvalidSendRequest as exc:
-        call.answered("rejected")
+        call.answered(Result.REJECTED)
         return _error(400, str(exc))
 
     if faults.error_rate and rng.random() < faults.error_rate:
-        call.answered("error")
+        call.answered(Result.ERROR)
         status, body = rng.choice(_ERRORS)
         return web.Response(status=status, body=body, content_type=_JSON)
     if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
-        call.answered("rate_limited")
+        call.answered(Result.RATE_LIMITED)
         return web.Response(status=429, body=_RATE_LIMITED, content_type=_JSON, headers={"Retry-After": "1"})
     if faults.reject_rate and rng.random() < faults.reject_rate:
-        call.answered("rejected")
+        call.answered(Result.REJECTED)
         return web.Response(status=400, body=_REJECTED, content_type=_JSON)
     if faults.malformed_rate and rng.random() < faults.malformed_rate:
-        call.answered("malformed")
+        call.answered(Result.MALFORMED)
         content_type, body = rng.choice(_MALFORMED)
         return web.Response(status=200, body=body, content_type=content_type)
 
-    call.answered("accepted")
+    call.answered(Result.ACCEPTED)
     stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.clocks.wall())
     return web.Response(status=200, body=_OK, content_type=_JSON)
 
