@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -32,16 +31,14 @@ def served_settings(api_settings: ApiSettings) -> ApiSettings:
     return api_settings.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port()})
 
 
-@pytest.fixture
-def handlers() -> Iterator[Handlers]:
-    before: Handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    yield before
-    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
+def handlers() -> Handlers:
+    return {sig: signal.getsignal(sig) for sig in SIGNALS}
 
 
 async def test_the_api_serves_from_start_until_stop_without_taking_the_signals(
-    served_settings: ApiSettings, handlers: Handlers
+    served_settings: ApiSettings,
 ) -> None:
+    before = handlers()
     api = build_api(served_settings)
     base_url = f"http://127.0.0.1:{served_settings.api_port}"
     await api.start()
@@ -50,17 +47,16 @@ async def test_the_api_serves_from_start_until_stop_without_taking_the_signals(
             response = await http.get("/healthz")
         assert response.status_code == 200
         assert response.json() == {"status": "ok"}
-        assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+        assert handlers() == before
     finally:
         await api.stop()
+    assert handlers() == before
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=base_url) as http:
             await http.get("/healthz")
 
 
-async def test_a_request_under_way_finishes_before_the_api_stops(
-    served_settings: ApiSettings, handlers: Handlers
-) -> None:
+async def test_a_request_under_way_finishes_before_the_api_stops(served_settings: ApiSettings) -> None:
     api = build_api(served_settings)
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -84,9 +80,7 @@ async def test_a_request_under_way_finishes_before_the_api_stops(
     assert response.json() == {"done": "yes"}
 
 
-async def test_a_taken_port_fails_the_start_with_an_error(
-    served_settings: ApiSettings, handlers: Handlers
-) -> None:
+async def test_a_taken_port_fails_the_start_with_an_error(served_settings: ApiSettings) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", served_settings.api_port))
         taken.listen()
