@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractExchange
 from services.sender.outcome import Outcome
 from shared.broker import PUBLISH_TIMEOUT_SECONDS, amqp_message, confirm_all
 from shared.contracts import FINALIZED_ROUTING_KEY, SendItem, SendMessages, finalized_body
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES
 from shared.topology import Topology
 
 PARKED_REASON_HEADER = "x-parked-reason"
@@ -42,16 +43,24 @@ def copies(outcomes: Sequence[Outcome], parking_key: str) -> list[WorkCopy]:
 
 def finalized(outcomes: Sequence[Outcome], at: datetime) -> bytes | None:
     """The encoded `MessagesFinalized` event of the final outcomes, None when there is none."""
+    # Written out rather than through Outcome.final and .attempts_after: this runs for every message.
     final = [
-        (o.claim.message_id, o.claim.mailing_id, o.claim.client_id, o.status, o.attempts_after, o.reason)
+        (
+            o.claim.message_id,
+            o.claim.mailing_id,
+            o.claim.client_id,
+            o.status,
+            o.claim.attempts if o.attempts is None else o.attempts,
+            o.reason,
+        )
         for o in outcomes
-        if o.final
+        if o.status in FINAL_MESSAGE_STATUSES
     ]
     return finalized_body(final, at) if final else None
 
 
 def needs_publishing(outcomes: Sequence[Outcome]) -> bool:
-    return any(o.route is not None or o.final for o in outcomes)
+    return any(o.route is not None or o.status in FINAL_MESSAGE_STATUSES for o in outcomes)
 
 
 class AmqpBus:

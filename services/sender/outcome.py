@@ -3,6 +3,7 @@ written by the store, counted by the writer and published by the bus, in this on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -11,6 +12,8 @@ from shared.contracts import SendItem
 from shared.domain.retry import ProviderResult, RetryPolicy, decide_retry
 from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus, Route
 from shared.topology import Topology
+
+_SENT = MessageStatus.SENT
 
 
 class Outcome(NamedTuple):
@@ -73,12 +76,13 @@ def after_call(
     end_at: datetime,
     policy: RetryPolicy,
     topology: Topology,
-    rand: float,
+    rand: Callable[[], float],
 ) -> Outcome:
-    """The outcome of a call: sent; or retrying on its tier, failed to the parking lot, or expired."""
+    """The outcome of a call: sent; or retrying on its tier, failed to the parking lot, or expired.
+    `rand` (in [0, 1), for the retry's jitter) is drawn only for a failure."""
     if result.ok:
-        return sent(claim, now)
-    decision = decide_retry(policy, claim.attempts, result, now, end_at, rand)
+        return Outcome(claim, _SENT, None, None, now)
+    decision = decide_retry(policy, claim.attempts, result, now, end_at, rand())
     # An attempt that was not the message's fault (a refused token) is given back.
     attempts = None if decision.counts else claim.attempts - 1
     if decision.action == Route.RETRY:

@@ -325,7 +325,7 @@ class Sender:
             end_at=mailing.end_at,
             policy=self.policy,
             topology=topology,
-            rand=self.rng.random(),
+            rand=self.rng.random,
         )
         if decided.status is not MessageStatus.SENT:
             _about(claim).info(

@@ -175,7 +175,7 @@ class _Connection:
             async with transaction:
                 for statement, params in statements:
                     cursor = await conn.execute(statement, params, prepare=True, binary=True)
-                    ids.update(row[0] for row in await cursor.fetchall())
+                    ids.update([row[0] for row in await cursor.fetchall()])
         return ids
 
     async def close(self) -> None:

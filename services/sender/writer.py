@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Protocol, TypeVar
 
 from loguru import logger
@@ -17,6 +18,7 @@ from services.sender.outcome import Outcome
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
 W = TypeVar("W")
+_status = attrgetter("status")
 
 
 class OutcomeStore(Protocol):
@@ -129,7 +131,7 @@ class OutcomeWriter:
             logger.warning(
                 "{} outcomes not written: the message was final already or its claim had passed on", lost
             )
-        for status, count in Counter(o.status for o in written).items():
+        for status, count in Counter(map(_status, written)).items():
             self.metrics.outcomes.labels(status).inc(count)
 
     async def _publish(self, written: list[Outcome], at: datetime, future: asyncio.Future[None]) -> None:

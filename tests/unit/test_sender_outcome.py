@@ -37,7 +37,7 @@ def after(answer: int | None, attempts: int = 1, end_in: timedelta = timedelta(h
         end_at=NOW + end_in,
         policy=POLICY,
         topology=TOPOLOGY,
-        rand=0.5,
+        rand=lambda: 0.5,
     )
 
 
