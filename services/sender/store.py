@@ -20,6 +20,7 @@ from shared.domain.windows import DailyWindow
 from shared.settings import CommonSettings
 
 _QUEUED, _SENT = MessageStatus.QUEUED.sql, MessageStatus.SENT.sql
+_SENT_STATUS = MessageStatus.SENT
 _MAILING_COLUMNS = (
     "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL,"
     " g.filter_tags, g.filter_operator_codes"
@@ -217,8 +218,9 @@ class Store:
     async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write these outcomes, successes and the rest in one transaction; returns those written (a
         message already final, or whose claim has passed on, is left as it is)."""
-        successes = [o for o in outcomes if o.status is MessageStatus.SENT]
-        others = [o for o in outcomes if o.status is not MessageStatus.SENT]
+        sent = _SENT_STATUS
+        successes = [o for o in outcomes if o.status is sent]
+        others = [o for o in outcomes if o.status is not sent] if len(successes) < len(outcomes) else []
         statements: list[tuple[str, dict[str, Any]]] = []
         if successes:
             statements.append((_WRITE_SENT, _sent_params(successes)))
