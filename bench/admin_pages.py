@@ -11,7 +11,7 @@ relay off) behind httpx's ASGI transport, signed in as an admin with a signed se
 
 While the pages are timed, a writer process does to the big mailing what a sender does: through the
 real `services.sender.store.Store`, it claims 1,000 of its queued messages and writes them `sent`
-(`Store.claim`, `Store.write_sent`), records their outcomes as the reporter does, and sleeps 50 ms, over
+(`Store.claim`, `Store.write`), records their outcomes as the reporter does, and sleeps 50 ms, over
 and over (the sent ones of a batch are put back to `queued` first, so the list can come round again).
 """
 
@@ -35,6 +35,7 @@ from bench.counts import _create, _drop
 from bench.report import ZONES, rewrite_section
 from services.api.app import build_api
 from services.api.settings import ApiSettings
+from services.sender import outcome
 from services.sender.store import Store
 from shared.db import make_engine
 from shared.logging import configure_logging
@@ -191,9 +192,7 @@ async def _writer(database_url: str) -> None:
             )
             claims = await store.claim(batch, 60.0)
             now = datetime.now(UTC)
-            done = await store.write_sent(
-                [c.message_id for c in claims], [now] * len(claims), [c.token for c in claims]
-            )
+            done = await store.write([outcome.sent(c, now) for c in claims])
             # What the reporter records when it hears of them.
             await conn.execute(
                 "INSERT INTO report_outcomes (message_id, mailing_id, client_id, status, attempts,"
@@ -379,7 +378,7 @@ async def run() -> tuple[str, str]:
         + ("" if not failed else f"; over the limit: {', '.join(failed)}"),
         f"- while timing, the writer wrote {written:,} messages `sent` in {batches:,} batches of up to"
         f" {WRITER_BATCH:,} over {elapsed:.0f} s ({written / elapsed:,.0f}/s), through `Store.claim` and"
-        " `Store.write_sent`, each batch's outcomes recorded in `report_outcomes`",
+        " `Store.write`, each batch's outcomes recorded in `report_outcomes`",
         f"- load average (1 / 5 / 15 min) before timing {load_before}, after {load_after}; seeding took"
         f" {seeded:.0f} s",
     ]
@@ -404,7 +403,7 @@ def main() -> None:
             "signed in as an admin; a request is timed from the client's call to the whole body read",
             "(the template rendered). Meanwhile a separate writer process delivers the big mailing as a",
             "sender does: `Store.claim` then",
-            f"`Store.write_sent` of {WRITER_BATCH:,} of its queued messages, their outcomes inserted as the",
+            f"`Store.write` of {WRITER_BATCH:,} of its queued messages, their outcomes inserted as the",
             f"reporter does, every {WRITER_PAUSE * 1000:.0f} ms. {rounds} round-robin over the pages after",
             f"{WARMUP} warm-up rounds; a page passes when its p95 is under {LIMIT_MS:.0f} ms (the max is",
             "shown too: on this shared host a single request now and then waits for a core).",

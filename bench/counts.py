@@ -3,7 +3,7 @@
 In its own database (`mailing_bench_counts_<random>`, dropped at the end), with the triggers on and off
 (`ALTER TABLE messages DISABLE/ENABLE TRIGGER`), in interleaved rounds so the host's drift falls on both:
 - the scheduler's expansion (`services.scheduler.store.insert_messages`) of 1,000,000 clients;
-- the sender's claim and success write (`services.sender.store.Store.claim` / `write_sent`, the real
+- the sender's claim and success write (`services.sender.store.Store.claim` / `write`, the real
   statements on the real connections) in batches of 1,000 messages of one mailing, with the update
   trigger as deployed and as first written (old and new rows joined by id);
 - two senders writing successes of the same mailing at once, with the triggers off, with each writer on
@@ -38,6 +38,7 @@ from bench.report import ZONES, rewrite_section
 from services.api.mailings_service import mailing_stats_page, status_counts
 from services.scheduler.planning import MailingPlan, plan_timezones
 from services.scheduler.store import insert_messages
+from services.sender import outcome
 from services.sender.checks import Claim
 from services.sender.store import Store
 from shared.db import make_engine
@@ -276,9 +277,7 @@ async def _sender(settings: CommonSettings, db: Db, ids: list[int]) -> tuple[lis
                         claim.add(mode, time.perf_counter() - started, _cpu(claim_pid) - cpu)
                     now = datetime.now(UTC)
                     cpu, started = _cpu(write_pid), time.perf_counter()
-                    written = await store.write_sent(
-                        [c.message_id for c in claims], [now] * len(claims), [c.token for c in claims]
-                    )
+                    written = await store.write([outcome.sent(c, now) for c in claims])
                     if n:
                         write.add(mode, time.perf_counter() - started, _cpu(write_pid) - cpu)
                     if len(claims) != len(batch) or len(written) != len(batch):
@@ -288,7 +287,7 @@ async def _sender(settings: CommonSettings, db: Db, ids: list[int]) -> tuple[lis
         await store.close()
         await engine.dispose()
     claim_stage = f"sender: claim of {BATCH:,} messages (`Store.claim`, no status change)"
-    write_stage = f"sender: success write of {BATCH:,} messages (`Store.write_sent`)"
+    write_stage = f"sender: success write of {BATCH:,} messages (`Store.write`)"
     rows = [
         claim.row(claim_stage, "on", "ms", 1000),
         write.row(write_stage, "on", "ms", 1000),
@@ -302,7 +301,7 @@ async def _write_all(store: Store, batches: list[list[Claim]], latencies: list[f
     for batch in batches:
         started = time.perf_counter()
         now = datetime.now(UTC)
-        await store.write_sent([c.message_id for c in batch], [now] * len(batch), [c.token for c in batch])
+        await store.write([outcome.sent(c, now) for c in batch])
         latencies.append(time.perf_counter() - started)
 
 

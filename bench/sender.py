@@ -27,7 +27,7 @@ from psycopg import sql
 
 from bench.report import rewrite_section
 from services.probe_stub.token import make_token
-from services.sender.bootstrap import ProviderFactory, start_sender
+from services.sender.bootstrap import ProviderFactory, build_sender
 from services.sender.metrics import SenderMetrics
 from services.sender.provider import ProbeClient, make_session
 from services.sender.settings import SenderSettings
@@ -257,9 +257,10 @@ async def sender_rate(
             probe_token=token,
             max_in_flight=in_flight,
         )
-        app = await start_sender(
+        app = build_sender(
             settings, registry=CollectorRegistry(), serve_ops=False, make_provider=make_provider
         )
+        await app.start()
         # Throughput, not start-up: the clock starts once the sender consumes. The end is read from
         # the sender's own count of committed `sent` rows, so measuring puts no load on PostgreSQL.
         started = time.perf_counter()

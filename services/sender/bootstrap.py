@@ -8,11 +8,11 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -20,19 +20,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from services.sender.bus import AmqpBus
 from services.sender.metrics import SenderMetrics
 from services.sender.pacing import Pacer
 from services.sender.provider import AnswerHook, ProbeClient, Provider, make_session
 from services.sender.ratelimit import PostgresTokenBucket, RateLimiter
-from services.sender.service import Clocks, Sender
+from services.sender.service import Clocks, Guards, Sender, SenderParts
 from services.sender.settings import SenderSettings
 from services.sender.store import Store
-from services.sender.writer import OutcomeWriter, WorkCopy
+from services.sender.writer import OutcomeWriter
 from shared.broker import (
-    PUBLISH_TIMEOUT_SECONDS,
     Consumer,
-    amqp_message,
-    confirm_all,
     confirm_channel,
     connect,
     consumed_queue,
@@ -40,69 +38,16 @@ from shared.broker import (
     service_consumer,
 )
 from shared.clock import utc_now
-from shared.contracts import FINALIZED_ROUTING_KEY, SendMessages
+from shared.contracts import SendMessages
 from shared.db import make_engine
 from shared.ops import release, start_service_ops
 from shared.readiness import READINESS_TIMEOUT_SECONDS
-from shared.topology import Topology, declare
+from shared.topology import declare, exchanges
 
 GC_YOUNG_THRESHOLD = 50_000
 
 # The external API's client: ProbeClient over the shared session; benchmarks put an instant one in.
 ProviderFactory = Callable[[aiohttp.ClientSession, str, AnswerHook], Provider]
-
-
-class AmqpBus:
-    def __init__(self, work: AbstractExchange, events: AbstractExchange, topology: Topology) -> None:
-        self.work = work
-        self.events = events
-        self.topology = topology
-
-    async def publish(self, copies: Sequence[WorkCopy], finalized: bytes | None) -> None:
-        sends = [
-            self.work.publish(
-                amqp_message(
-                    c.command.encode(), headers=c.headers, expiration=self.topology.expiration(c.routing_key)
-                ),
-                c.routing_key,
-            )
-            for c in copies
-        ]
-        if finalized is not None:
-            # An outcome is a fact for whoever subscribes; having no subscriber yet is not an error.
-            sends.append(self.events.publish(amqp_message(finalized), FINALIZED_ROUTING_KEY, mandatory=False))
-        await confirm_all(sends, within=PUBLISH_TIMEOUT_SECONDS)
-
-
-@dataclass
-class SenderApp:
-    settings: SenderSettings
-    metrics: SenderMetrics
-    engine: AsyncEngine
-    store: Store
-    connection: AbstractRobustConnection
-    session: aiohttp.ClientSession
-    writer: OutcomeWriter
-    sender: Sender
-    consumer: Consumer[SendMessages]
-    ops: web.AppRunner | None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def stop(self) -> None:
-        """Stop consuming, let calls in flight finish, give back what was not called, write it all."""
-        logger.info("sender stopping")
-        self.sender.stop()
-        await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
-        # Callers first, so every outcome they produce reaches the writer before its last flush.
-        await self.sender.close(grace_seconds=self.settings.request_timeout_seconds)
-        await self.writer.close()
-        await self.store.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.session.close()
-        await release(self.connection, self.engine, self.ops)
-        logger.info("sender stopped")
 
 
 @dataclass(frozen=True)
@@ -174,108 +119,145 @@ async def _watch(
         await asyncio.sleep(settings.queue_depth_interval_seconds)
 
 
-async def start_sender(
+def build_sender(
     settings: SenderSettings,
     *,
     registry: CollectorRegistry | None = None,
     serve_ops: bool = True,
     rng: random.Random | None = None,
     make_provider: ProviderFactory = ProbeClient,
-) -> SenderApp:
+) -> SenderService:
+    """The sender, not yet connected; benchmarks put in an instant provider, tests a seeded jitter."""
     metrics = SenderMetrics(registry if registry is not None else CollectorRegistry())
-    topology = settings.topology()
-    engine = make_engine(settings)
-    connection = await connect(settings.amqp_url)
-    publish_channel = await confirm_channel(connection)
-    await declare(publish_channel, topology)
-    events = await publish_channel.get_exchange(topology.events_exchange, ensure=False)
-    work = await publish_channel.get_exchange(topology.work_exchange, ensure=False)
-    consume_channel = await connection.channel()
-    await consume_channel.set_qos(prefetch_count=settings.prefetch)
-    send_queue = await consumed_queue(consume_channel, topology.send_queue)
+    return SenderService(settings, metrics, serve_ops, rng, make_provider)
 
-    clocks = Clocks(now=utc_now, monotonic=time.monotonic)
-    store = Store(engine, settings, topology.send_queue)
-    writer = OutcomeWriter(
-        store,
-        AmqpBus(work, events, topology),
-        metrics,
-        parking_key=topology.parking_key,
-        now=clocks.now,
-        monotonic=clocks.monotonic,
-        interval=settings.flush_interval_ms / 1000,
-        max_rows=settings.flush_max_rows,
-    )
 
-    def on_breaker(state: BreakerState) -> None:
-        metrics.circuit_state.set(int(state))
-        if state is BreakerState.OPEN:
-            metrics.circuit_opened.inc()
-        logger.warning("circuit breaker {}", state.name.lower().replace("_", "-"))
+class SenderService:
+    # Set by start().
+    engine: AsyncEngine
+    connection: AbstractRobustConnection
+    session: aiohttp.ClientSession
+    store: Store
+    writer: OutcomeWriter
+    sender: Sender
+    consumer: Consumer[SendMessages]
 
-    breaker = CircuitBreaker(
-        BreakerConfig(
+    def __init__(
+        self,
+        settings: SenderSettings,
+        metrics: SenderMetrics,
+        serve_ops: bool,
+        rng: random.Random | None,
+        make_provider: ProviderFactory,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.serve_ops = serve_ops
+        self.rng = rng
+        self.make_provider = make_provider
+        self.ops: web.AppRunner | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Connect, declare the topology, and consume the send queue."""
+        settings, metrics = self.settings, self.metrics
+        topology = settings.topology()
+        self.engine = make_engine(settings)
+        self.connection = connection = await connect(settings.amqp_url)
+        publish_channel = await confirm_channel(connection)
+        await declare(publish_channel, topology)
+        events, work = await exchanges(publish_channel, topology)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=settings.prefetch)
+        send_queue = await consumed_queue(consume_channel, topology.send_queue)
+
+        clocks = Clocks(now=utc_now, monotonic=time.monotonic)
+        self.store = Store(self.engine, settings, topology.send_queue)
+        self.writer = OutcomeWriter(
+            self.store,
+            AmqpBus(work, events, topology),
+            metrics,
+            now=clocks.now,
+            monotonic=clocks.monotonic,
+            interval=settings.flush_interval_ms / 1000,
+            max_rows=settings.flush_max_rows,
+        )
+        breaker = self._breaker(clocks)
+        pacer = Pacer(settings.max_in_flight, clocks.monotonic)
+        self.session = make_session(
+            settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight
+        )
+
+        def on_answer(label: str, duration: float) -> None:
+            metrics.calls.record(label, duration)
+            pacer.observe(duration)
+
+        provider = self.make_provider(self.session, settings.probe_base_url, on_answer)
+        parts = SenderParts(self.store, provider, self.writer, metrics)
+        guards = Guards(breaker, pacer, self._limiter())
+        self.sender = sender = Sender(settings, parts, guards, clocks, self.rng)
+        # Read when scraped, not kept up to date on every call.
+        metrics.in_flight.set_function(lambda: sender.calls_in_flight)
+        metrics.pacing_interval.set_function(lambda: pacer.interval)
+        self.writer.start()
+        self.consumer = service_consumer(
+            send_queue, SendMessages, sender.handle, work=work, topology=topology
+        )
+        if self.serve_ops:
+            self.ops = await start_service_ops(
+                settings.metrics_host, settings.metrics_port, metrics.registry, self.engine, connection
+            )
+        # Everything built so far lives as long as the process: keep the collector from walking it again
+        # and again, and let it run less often under a load that allocates thousands of objects a second.
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        await self.consumer.start()
+        health = HealthReport(f"{socket.gethostname()}:{os.getpid()}", breaker, sender)
+        self.tasks = [asyncio.create_task(_watch(connection, self.engine, settings, metrics, health))]
+        logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
+            "sender consuming {}", topology.send_queue
+        )
+
+    def _breaker(self, clocks: Clocks) -> CircuitBreaker:
+        settings, metrics = self.settings, self.metrics
+
+        def on_change(state: BreakerState) -> None:
+            metrics.circuit_state.set(int(state))
+            if state is BreakerState.OPEN:
+                metrics.circuit_opened.inc()
+            logger.warning("circuit breaker {}", state.name.lower().replace("_", "-"))
+
+        config = BreakerConfig(
             window=settings.breaker_window,
             min_calls=settings.breaker_min_calls,
             failure_ratio=settings.breaker_failure_ratio,
             cooldown_seconds=settings.breaker_cooldown_seconds,
             probes=settings.breaker_probes,
-        ),
-        clocks.monotonic,
-        on_breaker,
-    )
-    limiter = None
-    if settings.rate_limit_per_second > 0:
-        rate = settings.rate_limit_per_second
-        bucket = PostgresTokenBucket(engine, settings.rate_limit_name, rate, capacity=max(1.0, rate))
-        limiter = RateLimiter(bucket, rate, chunk=max(1, int(rate / 10)))
-    session = make_session(settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight)
-
-    pacer = Pacer(settings.max_in_flight, clocks.monotonic)
-
-    def on_answer(label: str, duration: float) -> None:
-        metrics.calls.record(label, duration)
-        pacer.observe(duration)
-
-    provider = make_provider(session, settings.probe_base_url, on_answer)
-    sender = Sender(
-        store=store,
-        provider=provider,
-        writer=writer,
-        breaker=breaker,
-        metrics=metrics,
-        topology=topology,
-        policy=settings.retry_policy(),
-        clocks=clocks,
-        max_in_flight=settings.max_in_flight,
-        request_timeout=settings.request_timeout_seconds,
-        lease_seconds=settings.lease_seconds,
-        mailing_recheck_seconds=settings.mailing_recheck_seconds,
-        fence_after_seconds=settings.fence_after_seconds,
-        pacer=pacer,
-        limiter=limiter,
-        rng=rng,
-    )
-    # Read when scraped, not kept up to date on every call.
-    metrics.in_flight.set_function(lambda: sender.calls_in_flight)
-    metrics.pacing_interval.set_function(lambda: pacer.interval)
-    writer.start()
-    consumer = service_consumer(send_queue, SendMessages, sender.handle, work=work, topology=topology)
-    ops = None
-    if serve_ops:
-        ops = await start_service_ops(
-            settings.metrics_host, settings.metrics_port, metrics.registry, engine, connection
         )
-    # Everything built so far lives as long as the process: keep the collector from walking it again
-    # and again, and let it run less often under a load that allocates thousands of objects a second.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    await consumer.start()
-    health = HealthReport(f"{socket.gethostname()}:{os.getpid()}", breaker, sender)
-    tasks = [asyncio.create_task(_watch(connection, engine, settings, metrics, health))]
-    logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
-        "sender consuming {}", topology.send_queue
-    )
-    return SenderApp(
-        settings, metrics, engine, store, connection, session, writer, sender, consumer, ops, tasks
-    )
+        return CircuitBreaker(config, clocks.monotonic, on_change)
+
+    def _limiter(self) -> RateLimiter | None:
+        """The rate limit shared by every sender through PostgreSQL, when one is set."""
+        rate = self.settings.rate_limit_per_second
+        if rate <= 0:
+            return None
+        bucket = PostgresTokenBucket(
+            self.engine, self.settings.rate_limit_name, rate, capacity=max(1.0, rate)
+        )
+        return RateLimiter(bucket, rate, chunk=max(1, int(rate / 10)))
+
+    async def stop(self) -> None:
+        """Stop consuming, let calls in flight finish, give back what was not called, write it all."""
+        logger.info("sender stopping")
+        self.sender.stop()
+        await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
+        # Callers first, so every outcome they produce reaches the writer before its last flush.
+        await self.sender.close(grace_seconds=self.settings.request_timeout_seconds)
+        await self.writer.close()
+        await self.store.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+        await release(self.connection, self.engine, self.ops)
+        logger.info("sender stopped")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from types import TracebackType
+
+# While the breaker is open, a waiting call looks again this often at most (and at the cool-down's end).
+POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 1.0
 
 
 class BreakerState(IntEnum):
@@ -68,6 +74,12 @@ class CircuitBreaker:
             return True
         return False
 
+    def slot(self, until: float, abandoned: Callable[[], bool]) -> CallSlot:
+        """A call's turn: `async with breaker.slot(until, abandoned) as slot`; `slot.acquired` says
+        whether it may call; `slot.record(success)` counts the call; a slot left unrecorded is
+        released on the way out, whatever the exit (see CallSlot)."""
+        return CallSlot(self, until, abandoned)
+
     def release(self) -> None:
         """An acquired call that was not made after all: a half-open probe slot becomes free again."""
         if self._state is BreakerState.HALF_OPEN and self._probes_out > 0:
@@ -116,3 +128,39 @@ class CircuitBreaker:
             self._state = state
             if self.on_change is not None:
                 self.on_change(state)
+
+
+class CallSlot:
+    """Waits (until `until` on the breaker's clock, or until `abandoned()`) for the breaker to let a
+    call through. A half-open breaker lets only a few probes through: a slot taken but left without a
+    recorded call (the call was not made after all) is given back on exit, so no exit path keeps it."""
+
+    __slots__ = ("_abandoned", "_breaker", "_recorded", "_until", "acquired")
+
+    def __init__(self, breaker: CircuitBreaker, until: float, abandoned: Callable[[], bool]) -> None:
+        self._breaker = breaker
+        self._until = until
+        self._abandoned = abandoned
+        self._recorded = False
+        self.acquired = False
+
+    async def __aenter__(self) -> CallSlot:
+        breaker = self._breaker
+        self.acquired = breaker.try_acquire()
+        while not self.acquired and not self._abandoned() and breaker.clock() < self._until:
+            await asyncio.sleep(max(POLL_SECONDS, min(breaker.cooldown_left(), MAX_POLL_SECONDS)))
+            self.acquired = breaker.try_acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.acquired and not self._recorded:
+            self._breaker.release()
+
+    def record(self, success: bool) -> None:
+        self._recorded = True
+        self._breaker.record(success)

@@ -10,26 +10,28 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
+from services.sender import outcome
 from services.sender.breaker import CircuitBreaker
 from services.sender.checks import Claim, MailingInfo, Verdict, check_sendable
 from services.sender.metrics import SenderMetrics
 from services.sender.pacing import Pacer
 from services.sender.provider import Provider
 from services.sender.ratelimit import RateLimiter
-from services.sender.store import OutcomeRow
+from services.sender.settings import SenderSettings
 from services.sender.writer import OutcomeWriter
 from shared.broker import Delivery
-from shared.contracts import SendItem, SendMessages
-from shared.domain.retry import FailureKind, ProviderResult, RetryPolicy, decide_retry
+from shared.contracts import SendMessages
+from shared.domain.retry import FailureKind
 from shared.domain.statuses import MessageStatus, Route
-from shared.topology import Topology
 
-BREAKER_POLL_SECONDS = 0.05
+if TYPE_CHECKING:
+    from loguru import Logger
+
 FENCE_POLL_SECONDS = 0.25
 RECHECK_AFTER_WAIT_SECONDS = 0.05
 
@@ -88,9 +90,28 @@ class Clocks:
     monotonic: Callable[[], float]
 
 
-# A claimed message waiting for a caller: claim, item, give_up_at (monotonic), its delivery's batch.
-# A plain tuple: one is built per message, and a named tuple's constructor costs ten times as much.
-_Job = tuple[Claim, SendItem, float, "_Batch"]
+@dataclass(frozen=True)
+class SenderParts:
+    """What the sender works with: where claims and mailings come from, whom it calls, where outcomes
+    go, what it counts."""
+
+    store: ClaimStore
+    provider: Provider
+    writer: OutcomeWriter
+    metrics: SenderMetrics
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What holds calls back: the circuit breaker, the pacing of call starts, the shared rate limit."""
+
+    breaker: CircuitBreaker
+    pacer: Pacer | None = None
+    limiter: RateLimiter | None = None
+
+
+# A claimed message waiting for a caller: its claim, when to give up waiting (monotonic), its batch.
+_Job = tuple[Claim, float, "_Batch"]
 
 
 class _Batch:
@@ -115,40 +136,28 @@ class _Batch:
 class Sender:
     def __init__(
         self,
-        *,
-        store: ClaimStore,
-        provider: Provider,
-        writer: OutcomeWriter,
-        breaker: CircuitBreaker,
-        metrics: SenderMetrics,
-        topology: Topology,
-        policy: RetryPolicy,
+        settings: SenderSettings,
+        parts: SenderParts,
+        guards: Guards,
         clocks: Clocks,
-        max_in_flight: int,
-        request_timeout: float,
-        lease_seconds: float,
-        mailing_recheck_seconds: float,
-        fence_after_seconds: float,
-        pacer: Pacer | None = None,
-        limiter: RateLimiter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.store = store
-        self.provider = provider
-        self.writer = writer
-        self.breaker = breaker
-        self.metrics = metrics
-        self.topology = topology
-        self.policy = policy
+        self.store = parts.store
+        self.provider = parts.provider
+        self.writer = parts.writer
+        self.metrics = parts.metrics
+        self.breaker = guards.breaker
+        self.pacer = guards.pacer
+        self.limiter = guards.limiter
         self.clocks = clocks
-        self.lease_seconds = lease_seconds
-        self.fence_after_seconds = fence_after_seconds
-        self.pacer = pacer
-        self.limiter = limiter
+        self.topology = settings.topology()
+        self.policy = settings.retry_policy()
+        self.lease_seconds = settings.lease_seconds
+        self.fence_after_seconds = settings.fence_after_seconds
+        self.max_in_flight = settings.max_in_flight
+        self.request_timeout = settings.request_timeout_seconds
         self.rng = rng or random.Random()  # noqa: S311 retry jitter, not security
-        self.cache = MailingCache(store, mailing_recheck_seconds, clocks.monotonic)
-        self.max_in_flight = max_in_flight
-        self.request_timeout = request_timeout
+        self.cache = MailingCache(parts.store, settings.mailing_recheck_seconds, clocks.monotonic)
         # A fixed pool of callers, one per request allowed in flight: cheaper than a task per message.
         # Jobs wait in a plain deque and idle callers on futures of their own: an asyncio.Queue does
         # the same with several more calls per message.
@@ -185,14 +194,14 @@ class Sender:
         # Claimed as soon as received, breaker open or not: a delivery held unclaimed would look lost to
         # the scheduler's sweep. Each message then waits for the breaker within its own give-up time.
         await self._wait_for_fence()
-        items = {item.message_id: item for item in delivery.body.messages}
-        claims = await self.store.claim(list(items), self.lease_seconds)
+        ids = [item.message_id for item in delivery.body.messages]
+        claims = await self.store.claim(ids, self.lease_seconds)
         if claims:
             # Give up waiting (breaker, callers) well before the lease runs out, so no other copy can
             # claim the message while this one might still call.
             give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
             batch = _Batch(len(claims))
-            self._jobs.extend([(claim, items[claim.message_id], give_up_at, batch) for claim in claims])
+            self._jobs.extend([(claim, give_up_at, batch) for claim in claims])
             self._wake_callers(len(claims))
             # Shielded: a flush is shared by many deliveries, and one delivery's cancellation (its channel
             # closed) must not cancel what the others wait for.
@@ -236,10 +245,10 @@ class Sender:
                 self._idle_callers.append(waiter)
                 await waiter
                 continue
-            claim, item, give_up_at, batch = jobs.popleft()
+            claim, give_up_at, batch = jobs.popleft()
             self._busy += 1
             try:
-                flush = await self._deliver(claim, item, give_up_at)
+                flush = await self._deliver(claim, give_up_at)
             except Exception as exc:
                 logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id).exception(
                     "delivery step failed"
@@ -259,55 +268,70 @@ class Sender:
         while self._fenced() and not self.stopping:  # noqa: ASYNC110
             await asyncio.sleep(FENCE_POLL_SECONDS)
 
-    async def _deliver(self, claim: Claim, item: SendItem, give_up_at: float) -> asyncio.Future[None]:
+    def _abandoned(self) -> bool:
+        return self.stopping
+
+    async def _deliver(self, claim: Claim, give_up_at: float) -> asyncio.Future[None]:
         monotonic = self.clocks.monotonic
+        topology = self.topology
         started = monotonic()
         if self.stopping or started >= give_up_at:
-            return self._give_back(claim, item, self.topology.send_key)
+            return self._give_back(claim, topology.send_key)
         mailing = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
         if mailing is None:
-            return self._give_back(claim, item, self.topology.retry_key(0))
+            return self._give_back(claim, topology.retry_key(0))
         now, checked = self.clocks.now(), monotonic()
         verdict = check_sendable(claim, mailing, now)
         if verdict.action != Route.SEND:
-            return self._not_sent(claim, item, verdict)
+            return self._not_sent(claim, verdict)
         # Every wait below (pacing, breaker, rate limit) may let a pause, cancel, the end or the
         # window's close come first: a long one is followed by the check again.
         if self.pacer is not None and (pause := self.pacer.reserve()):
             await asyncio.sleep(min(pause, max(0.0, give_up_at - started)))
             if self.stopping or monotonic() >= give_up_at:
-                return self._give_back(claim, item, self.topology.send_key)
-        if not self.breaker.try_acquire() and not await self._acquire_breaker(give_up_at):
-            return self._give_back(claim, item, self.topology.retry_key(0))
-        if self.limiter is not None and not await self.limiter.acquire(give_up_at):
-            self.breaker.release()
-            return self._give_back(claim, item, self.topology.retry_key(0))
-        if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
-            rechecked = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
-            if rechecked is None:
-                self.breaker.release()
-                return self._give_back(claim, item, self.topology.retry_key(0))
-            mailing, now, checked = rechecked, self.clocks.now(), monotonic()
-            verdict = check_sendable(claim, mailing, now)
-            if verdict.action != Route.SEND:
-                self.breaker.release()
-                return self._not_sent(claim, item, verdict)
-        # Never let a call still be under way when the mailing ends.
-        left = (mailing.end_at - now).total_seconds() - (monotonic() - checked)
-        if left <= 0:
-            self.breaker.release()
-            return self._not_sent(claim, item, check_sendable(claim, mailing, mailing.end_at))
-        if self._fenced():
-            self.breaker.release()
-            return self._give_back(claim, item, self.topology.send_key)
-        timeout = left if left < self.request_timeout else None
-        self.calls_in_flight += 1
-        try:
-            result = await self.provider.send(claim, mailing.text, timeout)
-        finally:
-            self.calls_in_flight -= 1
-        self.breaker.record(result.ok or result.kind is FailureKind.PERMANENT)
-        return self._after_call(claim, item, mailing, result)
+                return self._give_back(claim, topology.send_key)
+        async with self.breaker.slot(give_up_at, self._abandoned) as slot:
+            if not slot.acquired:
+                return self._give_back(claim, topology.retry_key(0))
+            if self.limiter is not None and not await self.limiter.acquire(give_up_at):
+                return self._give_back(claim, topology.retry_key(0))
+            if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
+                rechecked = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
+                if rechecked is None:
+                    return self._give_back(claim, topology.retry_key(0))
+                mailing, now, checked = rechecked, self.clocks.now(), monotonic()
+                verdict = check_sendable(claim, mailing, now)
+                if verdict.action != Route.SEND:
+                    return self._not_sent(claim, verdict)
+            # Never let a call still be under way when the mailing ends.
+            left = (mailing.end_at - now).total_seconds() - (monotonic() - checked)
+            if left <= 0:
+                return self._not_sent(claim, check_sendable(claim, mailing, mailing.end_at))
+            if self._fenced():
+                return self._give_back(claim, topology.send_key)
+            self.calls_in_flight += 1
+            try:
+                result = await self.provider.send(
+                    claim, mailing.text, left if left < self.request_timeout else None
+                )
+            finally:
+                self.calls_in_flight -= 1
+            slot.record(result.ok or result.kind is FailureKind.PERMANENT)
+        # Decided once, right after the call.
+        decided = outcome.after_call(
+            claim,
+            result,
+            now=self.clocks.now(),
+            end_at=mailing.end_at,
+            policy=self.policy,
+            topology=topology,
+            rand=self.rng.random,
+        )
+        if decided.status is not MessageStatus.SENT:
+            _about(claim).info(
+                "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decided.status, decided.reason
+            )
+        return self.writer.submit(decided)
 
     async def _read_mailing(self, claim: Claim) -> MailingInfo | None:
         """The mailing's state from the database, or None when it cannot be read now (the message is
@@ -320,63 +344,14 @@ class Sender:
             )
             return None
 
-    async def _acquire_breaker(self, give_up_at: float) -> bool:
-        while not self.breaker.try_acquire():
-            if self.stopping or self.clocks.monotonic() >= give_up_at:
-                return False
-            await asyncio.sleep(max(BREAKER_POLL_SECONDS, min(self.breaker.cooldown_left(), 1.0)))
-        return True
+    def _give_back(self, claim: Claim, route: str) -> asyncio.Future[None]:
+        return self.writer.submit(outcome.given_back(claim, route))
 
-    def _give_back(self, claim: Claim, item: SendItem, route: str) -> asyncio.Future[None]:
-        row = OutcomeRow(claim.message_id, claim.token, MessageStatus.QUEUED, attempts=claim.attempts - 1)
-        return self.writer.submit(row, item, route)
+    def _not_sent(self, claim: Claim, verdict: Verdict) -> asyncio.Future[None]:
+        decided = outcome.not_sent(claim, verdict)
+        _about(claim).info("not sending: {} -> {}", verdict.reason, decided.status)
+        return self.writer.submit(decided)
 
-    def _not_sent(self, claim: Claim, item: SendItem, verdict: Verdict) -> asyncio.Future[None]:
-        status = verdict.action.status
-        logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
-            "not sending: {} -> {}", verdict.reason, status
-        )
-        row = OutcomeRow(
-            claim.message_id,
-            claim.token,
-            status,
-            last_error=verdict.reason,
-            not_before=verdict.not_before,
-            attempts=claim.attempts - 1,
-        )
-        return self.writer.submit(row, item)
 
-    def _after_call(
-        self, claim: Claim, item: SendItem, mailing: MailingInfo, result: ProviderResult
-    ) -> asyncio.Future[None]:
-        now = self.clocks.now()
-        if result.ok:
-            return self.writer.sent(claim, now)
-        decision = decide_retry(self.policy, claim.attempts, result, now, mailing.end_at, self.rng.random())
-        logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id).info(
-            "attempt {} failed ({}): {} {}", claim.attempts, result.reason, decision.action, decision.reason
-        )
-        # An attempt that was not the message's fault (a refused token) is given back.
-        attempts = None if decision.counts else claim.attempts - 1
-        if decision.action == Route.RETRY:
-            assert decision.tier is not None and decision.delay is not None  # noqa: S101 narrows a type for mypy; the lines above establish it
-            row = OutcomeRow(
-                claim.message_id,
-                claim.token,
-                MessageStatus.RETRYING,
-                last_error=decision.reason,
-                next_attempt_at=now + timedelta(seconds=decision.delay),
-                attempts=attempts,
-            )
-            return self.writer.submit(row, item, self.topology.retry_key(decision.tier))
-        if decision.action == Route.FAIL:
-            row = OutcomeRow(claim.message_id, claim.token, MessageStatus.FAILED, last_error=decision.reason)
-            return self.writer.submit(row, item, self.topology.parking_key)
-        row = OutcomeRow(
-            claim.message_id,
-            claim.token,
-            MessageStatus.EXPIRED,
-            last_error=decision.reason,
-            attempts=attempts,
-        )
-        return self.writer.submit(row, item)
+def _about(claim: Claim) -> Logger:
+    return logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id, client_id=claim.client_id)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.checks import Claim, MailingInfo
+from services.sender.outcome import Outcome
 from shared.domain.filters import ClientFilter
 from shared.domain.statuses import FINAL_SQL, IN_FLIGHT_SQL, MessageStatus
 from shared.domain.windows import DailyWindow
 from shared.settings import CommonSettings
 
 _QUEUED, _SENT = MessageStatus.QUEUED.sql, MessageStatus.SENT.sql
+_SENT_STATUS = MessageStatus.SENT
 _MAILING_COLUMNS = (
     "g.id, g.text, g.status, g.end_at, g.window_start, g.window_end, g.deleted_at IS NOT NULL,"
     " g.filter_tags, g.filter_operator_codes"
@@ -83,12 +85,11 @@ _WRITE = f"""
         %(tokens)b::bigint[]
     ) AS u(id, status, last_error, next_attempt_at, not_before, attempts, token)
     WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
-    RETURNING m.id, m.mailing_id, m.client_id, m.status, m.attempts, m.last_error
+    RETURNING m.id
     """
 
 
-# The common case, successes only: two arrays to send instead of six, and only the ids back (the
-# writer has the rest from the claims).
+# The common case, successes only: three arrays to send instead of seven.
 _WRITE_SENT = f"""
     UPDATE messages AS m
     SET status = {_SENT}, sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
@@ -98,28 +99,24 @@ _WRITE_SENT = f"""
     """
 
 
-class OutcomeRow(NamedTuple):
-    """One status write other than `sent` (see `Store.write_sent`). `status` is the current one
-    (queued/retrying) when the call never happened."""
-
-    message_id: int
-    token: int
-    status: str
-    last_error: str | None = None
-    next_attempt_at: datetime | None = None
-    not_before: datetime | None = None
-    # The message's attempts after this write, when it changes (an attempt given back): set, not added,
-    # so a write repeated after a lost reply (the writer retries) leaves the same row.
-    attempts: int | None = None
+def _sent_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.claim.message_id for o in outcomes],
+        "sent_at": [o.sent_at for o in outcomes],
+        "tokens": [o.claim.token for o in outcomes],
+    }
 
 
-class Written(NamedTuple):
-    message_id: int
-    mailing_id: int
-    client_id: int
-    status: str
-    attempts: int
-    last_error: str | None
+def _params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.claim.message_id for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "errors": [o.reason for o in outcomes],
+        "next_at": [o.next_attempt_at for o in outcomes],
+        "not_before": [o.not_before for o in outcomes],
+        "attempts": [o.attempts for o in outcomes],
+        "tokens": [o.claim.token for o in outcomes],
+    }
 
 
 def _mailing(row: Sequence[Any]) -> MailingInfo:
@@ -149,14 +146,14 @@ class _Connection:
                 )
             return self._conn
 
-    async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._open()
         try:
             async with asyncio.timeout(self.deadline):
-                cursor = await conn.execute(statement, params, prepare=True, binary=True)
-                return await cursor.fetchall()
+                yield conn
         except (psycopg.Error, TimeoutError):
             # The caller retries (the writer) or requeues (the claim) on a fresh connection. Only this
             # connection is dropped: a statement running on a newer one must not lose it.
@@ -164,6 +161,23 @@ class _Connection:
                 self._conn = None
             await conn.close()
             raise
+
+    async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._using() as conn:
+            cursor = await conn.execute(statement, params, prepare=True, binary=True)
+            return await cursor.fetchall()
+
+    async def fetch_ids(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> set[int]:
+        """Run these statements in one transaction (all are written or none); the ids their rows return."""
+        ids: set[int] = set()
+        async with self._using() as conn:
+            # One statement commits on its own (autocommit): no BEGIN and COMMIT round trips for it.
+            transaction = conn.transaction() if len(statements) > 1 else contextlib.nullcontext()
+            async with transaction:
+                for statement, params in statements:
+                    cursor = await conn.execute(statement, params, prepare=True, binary=True)
+                    ids.update([row[0] for row in await cursor.fetchall()])
+        return ids
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -201,21 +215,18 @@ class Store:
             rows = (await conn.execute(_MAILINGS, {"ids": list(ids)})).all()
         return {row[0]: _mailing(row) for row in rows}
 
-    async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]:
-        """Write these outcomes; returns the rows written (a message already final is left as it is)."""
-        params = {
-            "ids": [r.message_id for r in rows],
-            "statuses": [r.status for r in rows],
-            "errors": [r.last_error for r in rows],
-            "next_at": [r.next_attempt_at for r in rows],
-            "not_before": [r.not_before for r in rows],
-            "attempts": [r.attempts for r in rows],
-            "tokens": [r.token for r in rows],
-        }
-        return list(map(Written._make, await self._writes.fetch(_WRITE, params)))
-
-    async def write_sent(self, ids: list[int], sent_at: list[datetime], tokens: list[int]) -> set[int]:
-        """Mark these messages sent, each at its time; returns the ids written (still held by their
-        claim and not already final)."""
-        rows = await self._writes.fetch(_WRITE_SENT, {"ids": ids, "sent_at": sent_at, "tokens": tokens})
-        return {row[0] for row in rows}
+    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write these outcomes, successes and the rest in one transaction; returns those written (a
+        message already final, or whose claim has passed on, is left as it is)."""
+        sent = _SENT_STATUS
+        successes = [o for o in outcomes if o.status is sent]
+        others = [o for o in outcomes if o.status is not sent] if len(successes) < len(outcomes) else []
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if successes:
+            statements.append((_WRITE_SENT, _sent_params(successes)))
+        if others:
+            statements.append((_WRITE, _params(others)))
+        if not statements:
+            return []
+        written = await self._writes.fetch_ids(statements)
+        return [o for o in outcomes if o.claim.message_id in written]

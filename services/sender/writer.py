@@ -1,54 +1,35 @@
-"""Batched status writes: outcomes of many messages go out in one UPDATE, then their follow-up copies."""
+"""Batched status writes: the outcomes of many messages go out in one write, then their copies."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol, TypeVar
+from operator import attrgetter
+from typing import Protocol, TypeVar
 
 from loguru import logger
 
-from services.sender.checks import Claim
+from services.sender.bus import needs_publishing
 from services.sender.metrics import SenderMetrics
-from services.sender.store import OutcomeRow, Written
-from shared.contracts import SendItem, SendMessages, finalized_body
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
+from services.sender.outcome import Outcome
 
 WRITE_RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
-_FINAL = frozenset(status.value for status in FINAL_MESSAGE_STATUSES)
 W = TypeVar("W")
-# One `message.finalized` outcome: message_id, mailing_id, client_id, status, attempts, reason.
-Outcome = tuple[int, int, int, str, int, str | None]
+_status = attrgetter("status")
 
 
 class OutcomeStore(Protocol):
-    async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]: ...
-
-    async def write_sent(self, ids: list[int], sent_at: list[datetime], tokens: list[int]) -> set[int]: ...
-
-
-@dataclass(frozen=True)
-class WorkCopy:
-    command: SendMessages
-    routing_key: str
-    headers: dict[str, str] | None = None
+    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write the outcomes; returns those written (not already final, claim still held)."""
 
 
 class Bus(Protocol):
-    async def publish(self, copies: Sequence[WorkCopy], finalized: bytes | None) -> None:
-        """Publish every copy to the work exchange and the encoded `MessagesFinalized` event to the
-        events exchange, with confirms."""
-
-
-class _Pending(NamedTuple):
-    row: OutcomeRow
-    item: SendItem
-    # Where a copy of the message goes once the row is written (retry tier, parking lot, send queue).
-    route: str | None
+    async def publish(self, outcomes: Sequence[Outcome], at: datetime) -> None:
+        """Publish the copies these written outcomes ask for and the `message.finalized` event of the
+        final ones, with confirms."""
 
 
 class OutcomeWriter:
@@ -58,7 +39,6 @@ class OutcomeWriter:
         bus: Bus,
         metrics: SenderMetrics,
         *,
-        parking_key: str,
         now: Callable[[], datetime],
         monotonic: Callable[[], float],
         interval: float,
@@ -67,15 +47,11 @@ class OutcomeWriter:
         self.store = store
         self.bus = bus
         self.metrics = metrics
-        self.parking_key = parking_key
         self.now = now
         self.monotonic = monotonic
         self.interval = interval
         self.max_rows = max_rows
-        # The common outcome, a success, is kept as the caller's own claim and the time: no row object
-        # is built per message for it. Every other outcome is a full row.
-        self._sent: list[tuple[Claim, datetime]] = []
-        self._batch: list[_Pending] = []
+        self._batch: list[Outcome] = []
         self._batch_written: asyncio.Future[None] | None = None
         # When the oldest outcome not yet committed was handed over (monotonic), None when all are.
         self._pending_since: float | None = None
@@ -88,32 +64,24 @@ class OutcomeWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sender-outcome-writer")
 
-    def submit(self, row: OutcomeRow, item: SendItem, route: str | None = None) -> asyncio.Future[None]:
-        """Queue a status write; the future (shared by the whole batch) resolves once it is committed
-        and its follow-up copies are confirmed."""
-        self._batch.append(_Pending(row, item, route))
-        return self._queued()
-
-    def sent(self, claim: Claim, at: datetime) -> asyncio.Future[None]:
-        """Queue `sent` at `at` for a claimed message: `submit` for the outcome of nearly every call."""
-        self._sent.append((claim, at))
-        return self._queued()
+    def submit(self, outcome: Outcome) -> asyncio.Future[None]:
+        """Queue an outcome's write; the future (shared by the whole batch) resolves once it is committed
+        and its copies and event are confirmed."""
+        self._batch.append(outcome)
+        future = self._batch_written
+        if future is None:
+            future = self._batch_written = asyncio.get_running_loop().create_future()
+            self._pending_since = self.monotonic()
+            self._wake.set()
+        elif len(self._batch) >= self.max_rows:
+            self._wake.set()
+        return future
 
     def unwritten_for(self) -> float:
         """Seconds the oldest outcome handed over has waited for its commit (0 when none waits):
         the sender stops calling once outcomes cannot be recorded (see Sender's fence)."""
         since = self._flushing_since if self._flushing_since is not None else self._pending_since
         return 0.0 if since is None else self.monotonic() - since
-
-    def _queued(self) -> asyncio.Future[None]:
-        future = self._batch_written
-        if future is None:
-            future = self._batch_written = asyncio.get_running_loop().create_future()
-            self._pending_since = self.monotonic()
-            self._wake.set()
-        elif len(self._sent) + len(self._batch) >= self.max_rows:
-            self._wake.set()
-        return future
 
     async def close(self) -> None:
         """Write what is left, publish its copies, and stop."""
@@ -127,72 +95,53 @@ class OutcomeWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._sent) + len(self._batch) < self.max_rows and not self._closing:
+            if len(self._batch) < self.max_rows and not self._closing:
                 await asyncio.sleep(self.interval)
             while self._batch_written is not None:
-                sent, batch, future = self._sent, self._batch, self._batch_written
+                batch, future = self._batch, self._batch_written
                 self._flushing_since = self._pending_since
-                self._sent, self._batch, self._batch_written, self._pending_since = [], [], None, None
-                await self._flush(sent, batch, future)
+                self._batch, self._batch_written, self._pending_since = [], None, None
+                await self._flush(batch, future)
             if self._closing:
                 return
 
-    async def _flush(
-        self, sent: list[tuple[Claim, datetime]], batch: list[_Pending], future: asyncio.Future[None]
-    ) -> None:
+    async def _flush(self, batch: list[Outcome], future: asyncio.Future[None]) -> None:
         """Write the outcomes, then publish their copies in the background: the next batch's write does
         not wait for the broker (which may be restarting) and the fence looks at writes alone."""
         try:
-            outcomes: list[Outcome] = []
-            if sent:
-                outcomes = await self._write_sent(sent)
-            written = await self._write([p.row for p in batch]) if batch else []
-            lost = len(sent) + len(batch) - len(outcomes) - len(written)
-            if lost:
-                self.metrics.outcomes_unwritten.inc(lost)
-                logger.warning(
-                    "{} outcomes not written: the message was final already or its claim had passed on",
-                    lost,
-                )
-            copies, finalized = self._follow_up(batch, written, outcomes)
+            written = await self._retrying(lambda: self.store.write(batch), "write", len(batch))
         except Exception as exc:
-            logger.exception("status write of {} messages failed", len(sent) + len(batch))
+            logger.exception("status write of {} messages failed", len(batch))
             _fail(future, exc)
             return
         finally:
             self._flushing_since = None
-        if not copies and finalized is None:
+        self._count(batch, written)
+        if not needs_publishing(written):
             _resolve(future)
             return
-        task = asyncio.create_task(self._publish(copies, finalized, future))
+        task = asyncio.create_task(self._publish(written, self.now(), future))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _publish(
-        self, copies: list[WorkCopy], finalized: bytes | None, future: asyncio.Future[None]
-    ) -> None:
+    def _count(self, batch: list[Outcome], written: list[Outcome]) -> None:
+        lost = len(batch) - len(written)
+        if lost:
+            self.metrics.outcomes_unwritten.inc(lost)
+            logger.warning(
+                "{} outcomes not written: the message was final already or its claim had passed on", lost
+            )
+        for status, count in Counter(map(_status, written)).items():
+            self.metrics.outcomes.labels(status).inc(count)
+
+    async def _publish(self, written: list[Outcome], at: datetime, future: asyncio.Future[None]) -> None:
         try:
-            await self._retrying(lambda: self.bus.publish(copies, finalized), "publish", len(copies))
+            await self._retrying(lambda: self.bus.publish(written, at), "publish", len(written))
         except Exception as exc:
-            logger.exception("publishing the copies of {} outcomes failed", len(copies))
+            logger.exception("publishing the copies of {} outcomes failed", len(written))
             _fail(future, exc)
             return
         _resolve(future)
-
-    async def _write_sent(self, sent: list[tuple[Claim, datetime]]) -> list[Outcome]:
-        """Write the successes; returns the outcomes of those written (not already final)."""
-        ids = [claim.message_id for claim, _ in sent]
-        times = [at for _, at in sent]
-        tokens = [claim.token for claim, _ in sent]
-        written = await self._retrying(lambda: self.store.write_sent(ids, times, tokens), "write", len(ids))
-        return [
-            (claim.message_id, claim.mailing_id, claim.client_id, MessageStatus.SENT, claim.attempts, None)
-            for claim, _ in sent
-            if claim.message_id in written
-        ]
-
-    async def _write(self, rows: list[OutcomeRow]) -> list[Written]:
-        return await self._retrying(lambda: self.store.write(rows), "write", len(rows))
 
     async def _retrying(self, step: Callable[[], Awaitable[W]], what: str, rows: int) -> W:
         # Outcomes of calls already made must not be dropped: giving up would let the lease run out and
@@ -218,40 +167,6 @@ class OutcomeWriter:
                 self.metrics.flush_seconds.observe(time.perf_counter() - started)
                 self.metrics.flush_rows.inc(rows)
             return done
-
-    def _follow_up(
-        self, batch: list[_Pending], written: list[Written], outcomes: list[Outcome]
-    ) -> tuple[list[WorkCopy], bytes | None]:
-        """Count the outcomes written; returns the copies to publish (retry tiers, parking lot, send
-        queue) and the `message.finalized` event; `outcomes` holds the successes already."""
-        done = {w.message_id: w for w in written}
-        routed: dict[str, list[SendItem]] = defaultdict(list)
-        parked: list[WorkCopy] = []
-        by_status: Counter[str] = Counter()
-        if outcomes:
-            by_status[MessageStatus.SENT] = len(outcomes)
-        at = self.now()
-        for pending in batch:
-            row = done.get(pending.row.message_id)
-            if row is None or row.status != pending.row.status:
-                # Already final (a concurrent cancel or another copy): the guard kept it.
-                continue
-            status = row.status
-            by_status[status] += 1
-            if status in _FINAL:
-                outcomes.append(
-                    (row.message_id, row.mailing_id, row.client_id, status, row.attempts, row.last_error)
-                )
-            if pending.route == self.parking_key:
-                command = SendMessages(messages=[pending.item])
-                reason = (row.last_error or "")[:500]
-                parked.append(WorkCopy(command, self.parking_key, {"x-parked-reason": reason}))
-            elif pending.route is not None:
-                routed[pending.route].append(pending.item)
-        for label, count in by_status.items():
-            self.metrics.outcomes.labels(label).inc(count)
-        copies = [WorkCopy(SendMessages(messages=items), key) for key, items in routed.items()] + parked
-        return copies, finalized_body(outcomes, at) if outcomes else None
 
 
 # A batch's future may have been cancelled by a delivery whose handler was cancelled (its channel closed

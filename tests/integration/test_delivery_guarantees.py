@@ -14,11 +14,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.chaos import FreezingProxy
+from services.sender import outcome
 from services.sender.bootstrap import HealthReport
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from services.sender.outcome import Outcome
 from services.sender.service import Sender
-from services.sender.store import OutcomeRow, Store
+from services.sender.store import Store
 from shared.db import make_engine
+from shared.domain.statuses import MessageStatus
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
@@ -64,16 +67,15 @@ async def test_a_stale_claim_can_neither_overwrite_nor_release_the_claim_that_to
     assert {c.token for c in stale.values()}.isdisjoint({c.token for c in current.values()})
 
     stale_sent = stale[sent.message_id]
-    assert await store.write_sent([sent.message_id], [datetime.now(UTC)], [stale_sent.token]) == set()
+    assert await store.write([outcome.sent(stale_sent, datetime.now(UTC))]) == []
     stale_back = stale[given_back.message_id]
-    assert (
-        await store.write([OutcomeRow(given_back.message_id, stale_back.token, "queued", attempts=0)]) == []
-    )
+    assert await store.write([Outcome(stale_back, MessageStatus.QUEUED, attempts=0)]) == []
 
     rows = await db.statuses(mailing)
     assert all(row[0] == "queued" and row[1] == 2 and row[5] is not None for row in rows.values()), rows
     holder = current[sent.message_id]
-    assert await store.write_sent([sent.message_id], [datetime.now(UTC)], [holder.token]) == {sent.message_id}
+    (written,) = await store.write([outcome.sent(holder, datetime.now(UTC))])
+    assert written.claim.message_id == sent.message_id
     assert (await db.statuses(mailing))[sent.message_id][0] == "sent"
 
 
@@ -137,13 +139,15 @@ async def test_a_frozen_database_connection_fails_the_statement_within_its_deadl
         engine = make_engine(settings)
         store = Store(engine, settings, "frozen.send")
         try:
-            assert [c.message_id for c in await store.claim([item.message_id], 60.0)] == [item.message_id]
+            (held,) = await store.claim([item.message_id], 60.0)
+            assert held.message_id == item.message_id
             # Both of the store's connections are open (a write under another token changes nothing).
-            assert await store.write_sent([item.message_id], [datetime.now(UTC)], [0]) == set()
+            other_claim = outcome.sent(held._replace(token=0), datetime.now(UTC))
+            assert await store.write([other_claim]) == []
             proxy.freeze()
             started = time.monotonic()
             with pytest.raises(TimeoutError):
-                await store.write_sent([item.message_id], [datetime.now(UTC)], [0])
+                await store.write([other_claim])
             # The client's deadline (statement timeout + 5 s), then psycopg's own cancel request and its
             # wait for the server (5 s each) before it drops the connection.
             assert time.monotonic() - started < settings.db_deadline_seconds + 12

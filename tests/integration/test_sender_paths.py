@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from services.sender.bootstrap import SenderApp, start_sender
+from services.sender.bootstrap import SenderService, build_sender
 from shared.contracts import MessagesFinalized, SendMessages, decode
 from shared.settings import CommonSettings
 from shared.topology import Topology
@@ -53,18 +53,19 @@ class Senders:
     def __init__(self, settings: CommonSettings, stub: Stub) -> None:
         self.settings = settings
         self.stub = stub
-        self.apps: list[SenderApp] = []
+        self.apps: list[SenderService] = []
 
-    async def start(self, **overrides: Any) -> SenderApp:
-        app = await start_sender(
+    async def start(self, **overrides: Any) -> SenderService:
+        app = build_sender(
             sender_settings(self.settings, self.stub.base_url, **overrides),
             registry=CollectorRegistry(),
             serve_ops=False,
         )
+        await app.start()
         self.apps.append(app)
         return app
 
-    async def stop(self, app: SenderApp) -> None:
+    async def stop(self, app: SenderService) -> None:
         self.apps.remove(app)
         await app.stop()
 

@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.sender.store import OutcomeRow, Store
+from services.sender.outcome import Outcome
+from services.sender.store import Store
 from shared.db import make_engine
+from shared.domain.statuses import MessageStatus
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
@@ -29,21 +31,20 @@ async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
         given_back, refused = (claims[i.message_id] for i in items)
         assert given_back.attempts == refused.attempts == 1
         retry_at = datetime.now(UTC) + timedelta(minutes=2)
-        rows = [
-            OutcomeRow(given_back.message_id, given_back.token, "queued", attempts=given_back.attempts - 1),
-            OutcomeRow(
-                refused.message_id,
-                refused.token,
-                "retrying",
-                last_error="http 401",
+        outcomes = [
+            Outcome(given_back, MessageStatus.QUEUED, attempts=given_back.attempts - 1),
+            Outcome(
+                refused,
+                MessageStatus.RETRYING,
+                reason="http 401",
                 next_attempt_at=retry_at,
                 attempts=refused.attempts - 1,
             ),
         ]
 
         for _ in range(2):
-            written = await store.write(rows)
-            assert sorted((w.message_id, w.status, w.attempts) for w in written) == [
+            written = await store.write(outcomes)
+            assert sorted((w.claim.message_id, w.status, w.attempts_after) for w in written) == [
                 (given_back.message_id, "queued", 0),
                 (refused.message_id, "retrying", 0),
             ]

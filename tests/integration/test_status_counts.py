@@ -18,9 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.mailings_service import status_counts
 from services.scheduler.planning import MailingPlan, plan_timezones
 from services.scheduler.store import cancel_unmatched, claim_due, finalize_unfinished, insert_messages
+from services.sender import outcome
 from services.sender.checks import Claim
-from services.sender.store import OutcomeRow, Store
+from services.sender.outcome import Outcome
+from services.sender.store import Store
 from shared.db import make_engine
+from shared.domain.statuses import MessageStatus
 from shared.migrate import ROOT
 from shared.settings import CommonSettings
 
@@ -119,15 +122,14 @@ async def test_the_scheduler_and_the_senders_writes_keep_the_counts_exact(settin
         claims = await store.claim(ids, 60.0)
         assert len(claims) == 250
         sent, others = claims[:150], claims[150:]
-        await store.write_sent([c.message_id for c in sent], [now] * len(sent), [c.token for c in sent])
+        await store.write([outcome.sent(c, now) for c in sent])
         await assert_exact(db)
-        statuses = ("retrying", "failed", "pending", "queued")
+        statuses = (MessageStatus.RETRYING, MessageStatus.FAILED, MessageStatus.PENDING, MessageStatus.QUEUED)
         rows = [
-            OutcomeRow(
-                c.message_id,
-                c.token,
+            Outcome(
+                c,
                 statuses[n % 4],
-                last_error="boom",
+                reason="boom",
                 next_attempt_at=now + timedelta(seconds=5) if n % 4 == 0 else None,
                 not_before=now + timedelta(hours=1) if n % 4 == 2 else None,
             )
@@ -158,10 +160,9 @@ async def _write_batches(store: Store, claims: list[Claim], batch: int, now: dat
     for offset in range(0, len(claims), batch):
         part = claims[offset : offset + batch]
         if offset // batch % 3 == 2:
-            rows = [OutcomeRow(c.message_id, c.token, "failed", last_error="no") for c in part]
-            await store.write(rows)
+            await store.write([Outcome(c, MessageStatus.FAILED, reason="no") for c in part])
         else:
-            await store.write_sent([c.message_id for c in part], [now] * len(part), [c.token for c in part])
+            await store.write([outcome.sent(c, now) for c in part])
 
 
 async def _dispatch_held(dsn: str, mailing_id: int, rounds: int) -> None:
@@ -248,9 +249,7 @@ async def test_a_senders_write_does_not_wait_for_a_long_transaction_of_another_s
         # Status changes of the same mailing (queued to retrying, as the writer's rows leave queued).
         await holder.execute("UPDATE messages SET status = 'retrying' WHERE id = ANY(%s)", (ids[100:],))
         async with asyncio.timeout(5):
-            written = await store.write_sent(
-                [c.message_id for c in claims], [datetime.now(UTC)] * 100, [c.token for c in claims]
-            )
+            written = await store.write([outcome.sent(c, datetime.now(UTC)) for c in claims])
         assert len(written) == 100
         await holder.commit()
         await assert_exact(db)

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.sender import outcome
+from services.sender.bus import copies
 from services.sender.checks import Claim
 from services.sender.metrics import SenderMetrics
-from services.sender.store import OutcomeRow, Written
-from services.sender.writer import OutcomeWriter, WorkCopy
-from shared.contracts import SendItem
+from services.sender.outcome import Outcome
+from services.sender.writer import OutcomeWriter
+from shared.domain.statuses import MessageStatus
 
 pytestmark = pytest.mark.unit
 
@@ -24,13 +26,12 @@ class FakeStore:
         self.sent: list[int] = []
         self.wrote_sent = asyncio.Event()
 
-    async def write(self, rows: Sequence[OutcomeRow]) -> list[Written]:
-        return [Written(r.message_id, 7, r.message_id, r.status, 1, r.last_error) for r in rows]
-
-    async def write_sent(self, ids: list[int], sent_at: list[datetime], tokens: list[int]) -> set[int]:
-        self.sent += ids
-        self.wrote_sent.set()
-        return set(ids)
+    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        successes = [o.claim.message_id for o in outcomes if o.status is MessageStatus.SENT]
+        if successes:
+            self.sent += successes
+            self.wrote_sent.set()
+        return list(outcomes)
 
 
 class FlakyBus:
@@ -38,14 +39,14 @@ class FlakyBus:
 
     def __init__(self) -> None:
         self.broker_up = asyncio.Event()
-        self.published: list[WorkCopy] = []
+        self.published: list[Outcome] = []
         self.refused = asyncio.Event()
 
-    async def publish(self, copies: Sequence[WorkCopy], finalized: bytes | None) -> None:
+    async def publish(self, outcomes: Sequence[Outcome], at: datetime) -> None:
         if not self.broker_up.is_set():
             self.refused.set()
             raise ConnectionError("channel closed")
-        self.published += copies
+        self.published += outcomes
 
 
 def claim(message_id: int) -> Claim:
@@ -57,7 +58,6 @@ def writer_for(store: FakeStore, bus: FlakyBus) -> OutcomeWriter:
         store,
         bus,
         SenderMetrics(CollectorRegistry()),
-        parking_key="parking",
         now=lambda: datetime.now(UTC),
         monotonic=time.monotonic,
         interval=0.001,
@@ -69,18 +69,17 @@ async def test_outcomes_are_recorded_while_their_copies_wait_for_the_broker_and_
     store, bus = FakeStore(), FlakyBus()
     writer = writer_for(store, bus)
     writer.start()
-    item = SendItem(message_id=2, mailing_id=7, client_id=2)
-    retried = writer.submit(OutcomeRow(2, 42, "retrying", last_error="http 503"), item, "retry.1000ms")
+    retried = writer.submit(Outcome(claim(2), MessageStatus.RETRYING, "retry.1000ms", reason="http 503"))
     await asyncio.wait_for(bus.refused.wait(), 5)
     assert writer.unwritten_for() == 0.0, "written is recorded, whatever the broker does: no fence"
-    sent = writer.sent(claim(1), datetime.now(UTC))
+    sent = writer.submit(outcome.sent(claim(1), datetime.now(UTC)))
     await asyncio.wait_for(store.wrote_sent.wait(), 5)
     assert store.sent == [1], "the next batch was written while the first one's copies waited"
     assert not retried.done() and not sent.done(), "a delivery is done once its copies are confirmed"
 
     bus.broker_up.set()
     await asyncio.wait_for(asyncio.gather(retried, sent), 5)
-    assert [c.routing_key for c in bus.published] == ["retry.1000ms"]
+    assert [c.routing_key for c in copies(bus.published, "parking")] == ["retry.1000ms"]
     await writer.close()
 
 
@@ -89,10 +88,10 @@ async def test_a_delivery_cancelled_with_its_channel_does_not_stop_the_writer() 
     bus.broker_up.set()
     writer = writer_for(store, bus)
     writer.start()
-    first = writer.sent(claim(1), datetime.now(UTC))
+    first = writer.submit(outcome.sent(claim(1), datetime.now(UTC)))
     first.cancel()  # the handler waiting on it was cancelled when the broker closed its channel
     await asyncio.sleep(0.05)
-    second = writer.sent(claim(2), datetime.now(UTC))
+    second = writer.submit(outcome.sent(claim(2), datetime.now(UTC)))
     await asyncio.wait_for(second, 5)
     assert store.sent == [1, 2]
     await writer.close()
