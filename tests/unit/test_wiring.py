@@ -16,6 +16,8 @@ from services.reporter.app import build_reporter
 from services.reporter.settings import ReporterSettings
 from services.scheduler.app import build_scheduler
 from services.scheduler.settings import SchedulerSettings
+from services.sender.bootstrap import build_sender
+from services.sender.settings import SenderSettings
 from shared.service import Service
 
 pytestmark = pytest.mark.unit
@@ -29,6 +31,7 @@ BUILDS: dict[str, Callable[[], Service]] = {
     "scheduler": lambda: build_scheduler(
         SchedulerSettings(database_url=DATABASE, amqp_url=BROKER, _env_file=None)
     ),
+    "sender": lambda: build_sender(SenderSettings(database_url=DATABASE, amqp_url=BROKER, _env_file=None)),
     "reporter": lambda: build_reporter(
         ReporterSettings(database_url=DATABASE, amqp_url=BROKER, _env_file=None)
     ),
