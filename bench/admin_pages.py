@@ -6,7 +6,7 @@ In its own database (`mailing_bench_pages_<random>`, dropped at the end), seeded
 every status, 1,000,000 messages (one running mailing of 300,000 over the last 2 days, the others of
 about 700 each, each sent from its start in 24 hourly bursts, the starts 10 minutes apart over the last
 7 days) in mixed statuses, a `report_outcomes` row for each final message (as the reporter records
-them, which fills the per-minute counts), and a few API keys. The app runs in-process (`create_app`,
+them, which fills the per-minute counts), and a few API keys. The app runs in-process (`build_api(...).app`,
 relay off) behind httpx's ASGI transport, signed in as an admin with a signed session cookie.
 
 While the pages are timed, a writer process does to the big mailing what a sender does: through the
@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from bench.counts import _create, _drop
 from bench.report import ZONES, rewrite_section
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from services.sender import outcome
 from services.sender.store import Store
@@ -282,7 +282,7 @@ def _pages(day: date) -> list[tuple[str, str, bool]]:
 
 
 async def _time_pages(settings: ApiSettings, day: date) -> list[Timed]:
-    app = create_app(settings)
+    app = build_api(settings).app
     pages = _pages(day)
     results: dict[str, list[float]] = {path: [] for _, path, _ in pages}
     async with (
@@ -399,7 +399,7 @@ def main() -> None:
             "and 1,000,000 messages (one running mailing of 300,000 over 2 days, the others of about 700,",
             "each sent in 24 hourly bursts from its start, the starts spread over 7 days), with a",
             "`report_outcomes` row for every final message and a few API keys, seeded set-wise.",
-            "The app runs in-process (`create_app`, relay off) behind httpx's ASGI transport,",
+            "The app runs in-process (`build_api(...).app`, relay off) behind httpx's ASGI transport,",
             "signed in as an admin; a request is timed from the client's call to the whole body read",
             "(the template rendered). Meanwhile a separate writer process delivers the big mailing as a",
             "sender does: `Store.claim` then",

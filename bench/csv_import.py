@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from bench.report import DOC, ZONES, rewrite_section
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.migrate import upgrade
 
@@ -77,7 +77,7 @@ async def run() -> list[tuple[str, float, dict[str, int]]]:
     )
     _recreate(database_url)
     try:
-        app = create_app(settings)
+        app = build_api(settings).app
         body = make_csv(ROWS)
         results = []
         async with (

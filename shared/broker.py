@@ -140,6 +140,27 @@ class Delivery(Generic[T]):
 Handler = Callable[[Delivery[C]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class ParkingLot:
+    """Where a consumer parks what can never be processed: `routing_key` on the publisher's exchange, each
+    parked copy expiring after `ttl_seconds`."""
+
+    publisher: Publisher
+    routing_key: str
+    ttl_seconds: float = PARKED_TTL_SECONDS
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How a consumer waits: `requeue_pause` before it requeues a failed delivery; a handler that raises
+    one of `transient` (a dependency is down) is called again, the delivery in hand, for up to
+    `outage_seconds`."""
+
+    requeue_pause: float = 1.0
+    transient: tuple[type[BaseException], ...] = ()
+    outage_seconds: float = 300.0
+
+
 class Consumer(Generic[C]):
     """Owns the ack decision for every handler: ack on success, park on Reject or an unreadable body,
     requeue on any other error (the queue's delivery limit parks a poison message)."""
@@ -150,22 +171,14 @@ class Consumer(Generic[C]):
         contract: type[C],
         handler: Callable[[Delivery[C]], Awaitable[None]],
         *,
-        parking: Publisher,
-        parking_key: str,
-        requeue_pause: float = 1.0,
-        parked_ttl_seconds: float = PARKED_TTL_SECONDS,
-        transient: tuple[type[BaseException], ...] = (),
-        outage_patience_seconds: float = 300.0,
+        parking: ParkingLot,
+        patience: Patience = Patience(),
     ) -> None:
         self.queue = queue
         self.contract = contract
         self.handler = handler
         self.parking = parking
-        self.parking_key = parking_key
-        self.parked_ttl_seconds = parked_ttl_seconds
-        self.requeue_pause = requeue_pause
-        self.transient = transient
-        self.outage_patience_seconds = outage_patience_seconds
+        self.patience = patience
         self._tag: str | None = None
         self._active: set[asyncio.Task[None]] = set()
 
@@ -202,7 +215,7 @@ class Consumer(Generic[C]):
             raise
         except Exception:
             logger.exception("handler failed on {} (delivery {}); requeueing", self.queue.name, count + 1)
-            await asyncio.sleep(self.requeue_pause)
+            await asyncio.sleep(self.patience.requeue_pause)
             await message.nack(requeue=True)
         else:
             await message.ack()
@@ -211,12 +224,12 @@ class Consumer(Generic[C]):
         # A dependency that is down (the database restarting) is waited for with the delivery in hand:
         # each requeue would count towards the queue's delivery limit and park a healthy delivery.
         pauses = iter(OUTAGE_PAUSES)
-        deadline = asyncio.get_running_loop().time() + self.outage_patience_seconds
+        deadline = asyncio.get_running_loop().time() + self.patience.outage_seconds
         while True:
             try:
                 await self.handler(delivery)
                 return
-            except self.transient as exc:
+            except self.patience.transient as exc:
                 pause = next(pauses, OUTAGE_PAUSES[-1])
                 if asyncio.get_running_loop().time() + pause > deadline:
                     raise
@@ -230,11 +243,11 @@ class Consumer(Generic[C]):
         parked = parked_message(
             message.body,
             reason,
-            ttl_seconds=self.parked_ttl_seconds,
+            ttl_seconds=self.parking.ttl_seconds,
             headers={**message.headers, "x-parked-from": self.queue.name},
             content_type=message.content_type,
         )
-        await self.parking.exchange.publish(parked, self.parking_key)
+        await self.parking.publisher.exchange.publish(parked, self.parking.routing_key)
         await message.ack()
 
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
@@ -292,8 +305,6 @@ def service_consumer(
         queue,
         contract,
         handler,
-        parking=Publisher(work),
-        parking_key=topology.parking_key,
-        parked_ttl_seconds=topology.parked_ttl_seconds,
-        transient=TRANSIENT_DB_ERRORS,
+        parking=ParkingLot(Publisher(work), topology.parking_key, topology.parked_ttl_seconds),
+        patience=Patience(transient=TRANSIENT_DB_ERRORS),
     )

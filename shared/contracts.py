@@ -9,9 +9,8 @@ from typing import Annotated, Final, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MessageStatus
+from shared.domain.statuses import FINAL_MESSAGE_STATUSES, MailingEventType, MessageStatus
 
-MailingEventType = Literal["created", "updated", "paused", "resumed", "cancelled", "deleted"]
 FINALIZED_ROUTING_KEY: Final = "message.finalized"
 
 
@@ -40,7 +39,7 @@ class MailingChanged(Contract):
 
     @property
     def routing_key(self) -> str:
-        return f"mailing.{self.type}"
+        return self.type.routing_key
 
 
 class SendItem(Contract):

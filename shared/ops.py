@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.domain.statuses import Health
 from shared.readiness import broker_ready, database_ready
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -22,13 +23,14 @@ def build_ops_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": Health.OK})
 
     async def readyz(_: web.Request) -> web.Response:
         checks = await readiness()
         ready = all(checks.values())
         return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+            {"status": Health.READY if ready else Health.NOT_READY, "checks": checks},
+            status=200 if ready else 503,
         )
 
     app = web.Application()

@@ -7,10 +7,11 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loguru import logger
@@ -31,6 +32,7 @@ from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
 from services.api.tokens import TokenVerifier
 from shared.db import make_engine, make_sessionmaker
+from shared.domain.statuses import Health
 from shared.readiness import broker_ready, database_ready
 
 DESCRIPTION = """
@@ -53,6 +55,8 @@ SESSION_COOKIE = "mailing_session"
 BOOTSTRAP_WAIT_SECONDS = 5.0
 BOOTSTRAP_FIRST_PAUSE_SECONDS = 0.5
 BOOTSTRAP_MAX_PAUSE_SECONDS = 10.0
+GRACEFUL_SHUTDOWN_SECONDS = 10
+STARTED_POLL_SECONDS = 0.05
 
 TAGS = [
     {"name": "clients", "description": "The client directory."},
@@ -63,9 +67,72 @@ TAGS = [
 ]
 
 
-def create_app(settings: ApiSettings, *, registry: CollectorRegistry | None = None) -> FastAPI:
-    metrics = ApiMetrics(registry or CollectorRegistry())
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers of its own: `shared.service.serve` owns SIGTERM and SIGINT in every
+    service and stops this one as it stops the others (uvicorn's handlers would replace it, and re-raise
+    the signal once the server is down)."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Api:
+    """The operator API. `app` is the ASGI application, whose lifespan opens and closes the database pool,
+    the bootstrap key and the outbox relay (tests drive it in-process); `start()` serves it on
+    `MAILING_API_HOST:MAILING_API_PORT` and returns once it listens; `stop()` stops taking connections,
+    lets the requests under way finish (`GRACEFUL_SHUTDOWN_SECONDS` at most), then ends the lifespan."""
+
+    def __init__(self, settings: ApiSettings, app: FastAPI) -> None:
+        self.settings = settings
+        self.app = app
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=self.settings.api_host,
+                port=self.settings.api_port,
+                lifespan="on",
+                log_config=None,
+                access_log=False,
+                # The client address behind proxies is decided by MAILING_TRUSTED_PROXY_HOPS, not by uvicorn.
+                proxy_headers=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+        )
+        serving = asyncio.create_task(_serve(server), name="api-server")
+        while not server.started:
+            if serving.done():
+                await serving
+                raise RuntimeError("the API server ended before it started")
+            await asyncio.sleep(STARTED_POLL_SECONDS)
+        self._server, self._serving = server, serving
+
+    async def stop(self) -> None:
+        if self._server is None or self._serving is None:
+            return
+        self._server.should_exit = True
+        await self._serving
+        self._server = self._serving = None
+        logger.info("api stopped")
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        # uvicorn exits the process when the lifespan's start fails or the address is taken.
+        raise RuntimeError(f"the API could not start (uvicorn exit status {exc.code})") from None
+
+
+def build_api(settings: ApiSettings, *, registry: CollectorRegistry | None = None) -> Api:
+    return Api(settings, _create_app(settings, ApiMetrics(registry or CollectorRegistry())))
+
+
+def _create_app(settings: ApiSettings, metrics: ApiMetrics) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine: AsyncEngine = make_engine(settings)
@@ -271,7 +338,7 @@ def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
-        return {"status": "ok"}
+        return {"status": Health.OK}
 
     @app.get("/readyz", tags=["service"], responses={503: {"description": "a dependency is unreachable"}})
     async def readyz(request: Request) -> JSONResponse:
@@ -282,7 +349,8 @@ def _install_service_routes(app: FastAPI, metrics: ApiMetrics) -> None:
         }
         ready = all(checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+            {"status": Health.READY if ready else Health.NOT_READY, "checks": checks},
+            status_code=200 if ready else 503,
         )
 
     @app.get("/metrics", tags=["service"], response_class=Response)

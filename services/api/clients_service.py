@@ -1,14 +1,36 @@
-"""Reading the client directory: the listing filters and how many clients a mailing filter matches."""
+"""The client directory: adding, changing and deleting a client (a deleted client's unsent messages are
+cancelled with it), in the caller's transaction, which the caller commits; the listing filters; and how
+many clients a mailing filter matches."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, func, literal, select
+from loguru import logger
+from sqlalchemy import ColumnElement, Executable, func, insert, literal, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from shared.models import Client
+from services.api.errors import Conflict, NotFound
+from services.api.schemas import MAX_ID
+from shared.domain.clients import operator_code_sql, resolve_operator_code
+from shared.domain.statuses import Reason
+from shared.messages import cancel_open_messages
+from shared.models import Client, Message
+
+LIVE_PHONE_INDEX = "uq_clients_phone_live"
+
+
+class ClientFields(TypedDict, total=False):
+    """A client's attributes as given; an `operator_code` of None is derived from the phone."""
+
+    phone: str
+    operator_code: str | None
+    tag: str
+    timezone: str
 
 
 def next_prefix(digits: str) -> str | None:
@@ -87,3 +109,83 @@ async def count_matching(session: AsyncSession, tags: Sequence[str], operator_co
     if operator_codes:
         conditions.append(Client.operator_code.in_(sorted(set(operator_codes))))
     return int(await session.scalar(select(func.count()).select_from(Client).where(*conditions)) or 0)
+
+
+def _live(client_id: int) -> ColumnElement[bool]:
+    if not 1 <= client_id <= MAX_ID:
+        raise NotFound("client", client_id)
+    return (Client.id == client_id) & Client.deleted_at.is_(None)
+
+
+async def _write(session: AsyncSession, statement: Executable, phone: str | None) -> Client | None:
+    try:
+        row: Client | None = (await session.scalars(statement)).one_or_none()
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        await session.rollback()
+        if constraint == LIVE_PHONE_INDEX:
+            raise Conflict("phone", f"phone {phone} belongs to another client") from None
+        raise
+    return row
+
+
+async def create_client(session: AsyncSession, fields: ClientFields) -> Client:
+    """Add a client; `Conflict` when the phone belongs to another live client."""
+    values: dict[str, Any] = {
+        **fields,
+        "operator_code": resolve_operator_code(fields["phone"], fields.get("operator_code")),
+    }
+    row = await _write(session, insert(Client).values(**values).returning(Client), fields["phone"])
+    assert row is not None  # noqa: S101 narrows a type for mypy; an INSERT ... RETURNING returns its row
+    logger.bind(client_id=row.id).info("client {} created: {}", row.id, values)
+    return row
+
+
+async def get_client(session: AsyncSession, client_id: int) -> Client:
+    row = (await session.scalars(select(Client).where(_live(client_id)))).one_or_none()
+    if row is None:
+        raise NotFound("client", client_id)
+    return row
+
+
+async def require_client(session: AsyncSession, client_id: int) -> None:
+    """`NotFound` unless the client exists and is not deleted."""
+    if await session.scalar(select(Client.id).where(_live(client_id))) is None:
+        raise NotFound("client", client_id)
+
+
+async def update_client(session: AsyncSession, client_id: int, changes: ClientFields) -> Client:
+    """Change the attributes given. A new phone without an operator code re-derives the code from it; an
+    operator code given as None alone derives it from the phone the client has."""
+    values: dict[str, Any] = dict(changes)
+    if values.get("operator_code") is None and "phone" in values:
+        values["operator_code"] = resolve_operator_code(values["phone"], None)
+    elif "operator_code" in values and values["operator_code"] is None:
+        values["operator_code"] = literal_column(operator_code_sql(Client.phone.name))
+    if not values:
+        return await get_client(session, client_id)
+    where = _live(client_id)
+    statement = update(Client).where(where).values(**values, updated_at=func.now()).returning(Client)
+    row = await _write(session, statement, values.get("phone"))
+    if row is None:
+        raise NotFound("client", client_id)
+    logger.bind(client_id=row.id).info("client {} updated: {}", row.id, values)
+    return row
+
+
+async def delete_client(session: AsyncSession, client_id: int, now: datetime) -> list[int]:
+    """Delete a client (soft: its sent messages keep their history) and cancel its messages not final
+    yet; answers the ids of the cancelled ones."""
+    deleted = await session.scalar(
+        update(Client).where(_live(client_id)).values(deleted_at=func.now()).returning(Client.id)
+    )
+    if deleted is None:
+        raise NotFound("client", client_id)
+    cancelled = await session.scalars(
+        cancel_open_messages(Message.client_id == client_id, Reason.CLIENT_DELETED, now)
+    )
+    cancelled_ids = list(cancelled.all())
+    logger.bind(client_id=client_id).info(
+        "client {} deleted, its unsent messages cancelled: {}", client_id, cancelled_ids
+    )
+    return cancelled_ids

@@ -3,14 +3,15 @@ from __future__ import annotations
 import sys
 import warnings
 
-import uvicorn
+import uvloop
 from loguru import logger
 from pydantic import SecretStr, ValidationError
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.local_state import ensure_admin_key, ensure_session_secret
 from services.api.settings import ApiSettings
 from shared.logging import configure_logging
+from shared.service import serve
 
 
 def with_development_secrets(settings: ApiSettings) -> ApiSettings:
@@ -55,16 +56,5 @@ def main() -> int:
         return 2
     configure_logging("api", json=settings.log_json, level=settings.log_level)
     settings = with_development_secrets(settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        # The client address behind proxies is decided by MAILING_TRUSTED_PROXY_HOPS, not by uvicorn.
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    uvloop.run(serve(build_api(settings)))
     return 0

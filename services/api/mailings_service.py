@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound
 from services.api.schemas import MAX_ID
-from shared.contracts import MailingEventType
 from shared.domain.errors import DomainValidationError
 from shared.domain.statuses import (
     FINAL_MAILING_STATUSES,
+    MailingEventType,
     MailingStatus,
     MessageStatus,
     Reason,
@@ -120,7 +120,7 @@ async def create_mailing(
     )
     session.add(mailing)
     await session.flush()
-    _record(session, "created", mailing, now)
+    _record(session, MailingEventType.CREATED, mailing, now)
     logger.bind(mailing_id=mailing.id).info(
         "mailing created: start {} end {}, {} tags, {} operator codes, window {}",
         start_at.isoformat(),
@@ -181,7 +181,7 @@ async def update_mailing(
             changed.append("window")
     if changed:
         mailing.updated_at = now
-        _record(session, "updated", mailing, now)
+        _record(session, MailingEventType.UPDATED, mailing, now)
         log.info("mailing updated: {}", ", ".join(changed))
     else:
         log.info("mailing update changed nothing")
@@ -211,7 +211,7 @@ async def pause_mailing(session: AsyncSession, mailing_id: int, now: datetime) -
             "status", f"only a scheduled or running mailing can be paused, this one is {mailing.status}"
         )
     _move(mailing, MailingStatus.PAUSED, now)
-    _record(session, "paused", mailing, now)
+    _record(session, MailingEventType.PAUSED, mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing paused")
     return mailing
 
@@ -222,7 +222,7 @@ async def resume_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
         raise Conflict("status", f"only a paused mailing can be resumed, this one is {mailing.status}")
     target = MailingStatus.RUNNING if mailing.start_at <= now else MailingStatus.SCHEDULED
     _move(mailing, target, now)
-    _record(session, "resumed", mailing, now)
+    _record(session, MailingEventType.RESUMED, mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing resumed as {}", target)
     return mailing
 
@@ -231,7 +231,7 @@ async def cancel_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
     mailing = await _locked(session, mailing_id)
     _move(mailing, MailingStatus.CANCELLED, now)
     cancelled = await _cancel_open_messages(session, mailing_id, Reason.MAILING_CANCELLED, now)
-    _record(session, "cancelled", mailing, now)
+    _record(session, MailingEventType.CANCELLED, mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing cancelled with {} messages not yet sent", cancelled)
     return mailing
 
@@ -244,7 +244,7 @@ async def delete_mailing(session: AsyncSession, mailing_id: int, now: datetime) 
     mailing.deleted_at = now
     mailing.updated_at = now
     cancelled = await _cancel_open_messages(session, mailing_id, Reason.MAILING_DELETED, now)
-    _record(session, "deleted", mailing, now)
+    _record(session, MailingEventType.DELETED, mailing, now)
     logger.bind(mailing_id=mailing_id).info("mailing deleted; {} messages not yet sent cancelled", cancelled)
 
 
@@ -307,7 +307,7 @@ async def requeue_parked(session: AsyncSession, mailing_id: int, now: datetime, 
     )
     requeued_count = int(count or 0)
     if requeued_count:
-        _record(session, "updated", mailing, now)
+        _record(session, MailingEventType.UPDATED, mailing, now)
     log.info("{} parked messages requeued by {}", requeued_count, by)
     return requeued_count
 

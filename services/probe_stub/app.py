@@ -13,6 +13,7 @@ from typing import Any, Final
 import jwt
 from aiohttp import web
 from jwt.warnings import InsecureKeyLengthWarning
+from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
@@ -21,6 +22,7 @@ from services.probe_stub.faults import Faults
 from services.probe_stub.metrics import ProbeStubMetrics, Result
 from services.probe_stub.recorder import Recorder
 from services.probe_stub.settings import ProbeStubSettings
+from shared.domain.statuses import Health, MessageStatus
 
 # A "timeout" never answers; the wait ends earlier when the client hangs up or the server stops.
 HANG_SECONDS: Final = 3600.0
@@ -39,9 +41,17 @@ _ERRORS: Final = (
 )
 _MALFORMED: Final = (
     ("text/html", b"<html><body>OK</body></html>"),
-    (_JSON, b'{"status": "sent", "result": true}'),
+    (_JSON, json.dumps({"status": MessageStatus.SENT, "result": True}).encode()),
     (_JSON, b'{"code": 1, "message": "internal"}'),
 )
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """`monotonic` times outages and hangs; `wall` stamps what the stand-in records and checks tokens."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
 
 
 @dataclass
@@ -49,13 +59,12 @@ class ProbeStub:
     secret: str
     faults: Faults
     metrics: ProbeStubMetrics
-    clock: Callable[[], float]
-    wall_clock: Callable[[], float]
+    clocks: Clocks
     rng: random.Random
     recorder: Recorder = field(default_factory=Recorder)
-    outage_until: float | None = None
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    _tokens: dict[str, float | None] = field(default_factory=dict)
+    outage_until: float | None = field(default=None, init=False)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tokens: dict[str, float | None] = field(default_factory=dict, init=False)
 
     def set_faults(self, update: Faults) -> None:
         changes = update.model_dump(exclude_unset=True)
@@ -64,18 +73,19 @@ class ProbeStub:
             self.start_outage(self.faults.outage_seconds)
 
     def start_outage(self, seconds: float) -> None:
-        self.outage_until = self.clock() + seconds if seconds > 0 else None
+        self.outage_until = self.clocks.monotonic() + seconds if seconds > 0 else None
 
     def in_outage(self) -> bool:
         if self.outage_until is None:
             return False
-        if self.clock() < self.outage_until:
+        if self.clocks.monotonic() < self.outage_until:
             return True
         self.outage_until = None
         return False
 
     def faults_view(self) -> dict[str, Any]:
-        remaining = 0.0 if self.outage_until is None else max(0.0, self.outage_until - self.clock())
+        until = self.outage_until
+        remaining = 0.0 if until is None else max(0.0, until - self.clocks.monotonic())
         return {**self.faults.model_dump(), "outage_remaining_seconds": remaining}
 
     def reset(self) -> None:
@@ -106,7 +116,7 @@ class ProbeStub:
                 self._tokens.clear()
             self._tokens[token] = claimed
         exp = self._tokens[token]
-        if exp is not None and self.wall_clock() >= exp:
+        if exp is not None and self.clocks.wall() >= exp:
             return "token expired"
         return None
 
@@ -130,8 +140,8 @@ def _drop(request: web.Request) -> web.Response:
 
 
 async def _hang(stub: ProbeStub, request: web.Request) -> None:
-    deadline = stub.clock() + HANG_SECONDS
-    while not stub.stopping.is_set() and stub.clock() < deadline:
+    deadline = stub.clocks.monotonic() + HANG_SECONDS
+    while not stub.stopping.is_set() and stub.clocks.monotonic() < deadline:
         transport = request.transport
         if transport is None or transport.is_closing():
             return
@@ -144,13 +154,13 @@ async def _hang(stub: ProbeStub, request: web.Request) -> None:
 
 async def send(request: web.Request) -> web.Response:
     stub = request.app[STUB]
-    call = _Call(stub, request.match_info["msg_id"], stub.wall_clock())
+    call = _Call(stub, request.match_info["msg_id"], stub.clocks.wall())
     stub.recorder.requests += 1
     try:
         return await _answer(stub, request, call)
     finally:
         # Also when the handler is cancelled because the client hung up: the call happened all the same.
-        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.wall_clock(), call.result)
+        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.clocks.wall(), call.result)
 
 
 @dataclass
@@ -167,7 +177,7 @@ class _Call:
 
 async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Response:
     if stub.outage_until is not None and stub.in_outage():
-        call.answered("outage")
+        call.answered(Result.OUTAGE)
         return _drop(request)
 
     faults = stub.faults
@@ -178,37 +188,37 @@ async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Res
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
     if faults.timeout_rate and rng.random() < faults.timeout_rate:
-        call.answered("timeout")
+        call.answered(Result.TIMEOUT)
         await _hang(stub, request)
         return _drop(request)
 
     problem = stub.token_problem(request.headers.get("Authorization"))
     if problem is not None:
-        call.answered("unauthorized")
+        call.answered(Result.UNAUTHORIZED)
         return _error(401, problem)
     try:
         message = parse_send_request(request.match_info["msg_id"], await request.read())
     except InvalidSendRequest as exc:
-        call.answered("rejected")
+        call.answered(Result.REJECTED)
         return _error(400, str(exc))
 
     if faults.error_rate and rng.random() < faults.error_rate:
-        call.answered("error")
+        call.answered(Result.ERROR)
         status, body = rng.choice(_ERRORS)
         return web.Response(status=status, body=body, content_type=_JSON)
     if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
-        call.answered("rate_limited")
+        call.answered(Result.RATE_LIMITED)
         return web.Response(status=429, body=_RATE_LIMITED, content_type=_JSON, headers={"Retry-After": "1"})
     if faults.reject_rate and rng.random() < faults.reject_rate:
-        call.answered("rejected")
+        call.answered(Result.REJECTED)
         return web.Response(status=400, body=_REJECTED, content_type=_JSON)
     if faults.malformed_rate and rng.random() < faults.malformed_rate:
-        call.answered("malformed")
+        call.answered(Result.MALFORMED)
         content_type, body = rng.choice(_MALFORMED)
         return web.Response(status=200, body=body, content_type=content_type)
 
-    call.answered("accepted")
-    stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.wall_clock())
+    call.answered(Result.ACCEPTED)
+    stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.clocks.wall())
     return web.Response(status=200, body=_OK, content_type=_JSON)
 
 
@@ -255,11 +265,11 @@ async def get_requests(request: web.Request) -> web.Response:
 
 async def reset(request: web.Request) -> web.Response:
     request.app[STUB].reset()
-    return _json(200, {"status": "reset"})
+    return _json(200, {"status": Health.OK})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json(200, {"status": "ok"})
+    return _json(200, {"status": Health.OK})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -271,27 +281,7 @@ async def _wake_hanging_requests(app: web.Application) -> None:
     app[STUB].stopping.set()
 
 
-def build_app(
-    settings: ProbeStubSettings,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
-    wall_clock: Callable[[], float] = time.time,
-) -> web.Application:
-    stub = ProbeStub(
-        secret=settings.jwt_secret,
-        faults=Faults.from_settings(settings),
-        metrics=ProbeStubMetrics(registry if registry is not None else CollectorRegistry()),
-        clock=clock,
-        wall_clock=wall_clock,
-        rng=rng if rng is not None else random.Random(),  # noqa: S311 simulated faults, not security
-        recorder=Recorder(request_log_size=settings.request_log_size),
-    )
-    stub.start_outage(settings.outage_seconds)
-    app = web.Application()
-    app[STUB] = stub
-    app.on_shutdown.append(_wake_hanging_requests)
+def _routes(app: web.Application) -> None:
     app.router.add_post("/v1/send/{msg_id}", send)
     app.router.add_get("/_stub/faults", get_faults)
     app.router.add_put("/_stub/faults", put_faults)
@@ -302,4 +292,58 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/metrics", metrics)
-    return app
+
+
+class ProbeStubService:
+    """The stand-in as a process: `app` is its aiohttp application (tests serve it themselves);
+    `start()` listens on the configured address, `stop()` wakes hanging calls and closes."""
+
+    def __init__(self, settings: ProbeStubSettings, stub: ProbeStub) -> None:
+        self.settings = settings
+        self.stub = stub
+        self.app = web.Application()
+        self.app[STUB] = stub
+        self.app.on_shutdown.append(_wake_hanging_requests)
+        _routes(self.app)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        # handler_cancellation stops the sleeps of requests whose client has already given up.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        logger.bind(host=self.settings.host, port=self.settings.port).info(
+            "probe stub listening on http://{}:{}", self.settings.host, self.settings.port
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, wake the hanging "timeout" requests, give the others 5 s to finish."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        logger.info("probe stub stopped")
+
+
+def build_probe_stub(
+    settings: ProbeStubSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    registry: CollectorRegistry | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> ProbeStubService:
+    stub = ProbeStub(
+        secret=settings.jwt_secret,
+        faults=Faults.from_settings(settings),
+        metrics=ProbeStubMetrics(registry if registry is not None else CollectorRegistry()),
+        clocks=Clocks(monotonic=clock, wall=wall_clock),
+        rng=rng if rng is not None else random.Random(),  # noqa: S311 simulated faults, not security
+        recorder=Recorder(request_log_size=settings.request_log_size),
+    )
+    stub.start_outage(settings.outage_seconds)
+    return ProbeStubService(settings, stub)

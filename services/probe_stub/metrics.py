@@ -1,20 +1,19 @@
-from typing import Literal
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter
 
-Result = Literal[
-    "accepted", "error", "timeout", "malformed", "rejected", "rate_limited", "unauthorized", "outage"
-]
-RESULTS: tuple[Result, ...] = (
-    "accepted",
-    "error",
-    "timeout",
-    "malformed",
-    "rejected",
-    "rate_limited",
-    "unauthorized",
-    "outage",
-)
+
+class Result(StrEnum):
+    """How the stand-in answered a send: its metric's label and its request log's `result`."""
+
+    ACCEPTED = "accepted"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    MALFORMED = "malformed"
+    REJECTED = "rejected"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    OUTAGE = "outage"
 
 
 class ProbeStubMetrics:
@@ -27,7 +26,7 @@ class ProbeStubMetrics:
             registry=registry,
         )
         # Resolved once: looking up a labelled child on every request costs more than the increment.
-        self._requests = {result: requests.labels(result=result) for result in RESULTS}
+        self._requests = {result: requests.labels(result=result) for result in Result}
 
     def count(self, result: Result) -> None:
         self._requests[result].inc()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 
-from aio_pika.abc import AbstractRobustConnection
-from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,11 +14,11 @@ from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.service import Reporter
 from services.reporter.settings import ReporterSettings
-from shared.broker import Consumer, confirm_channel, connect, consumed_queue, service_consumer
+from shared.broker import confirm_channel, connect, consumed_queue, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
-from shared.ops import release, start_service_ops, stop_on_signals
+from shared.ops import start_service_ops
 from shared.topology import declare, exchanges
 
 
@@ -35,70 +33,88 @@ async def run_loop(reporter: Reporter, tick_seconds: float, stop: asyncio.Event)
             await asyncio.wait_for(stop.wait(), timeout=tick_seconds)
 
 
-@dataclass
-class ReporterApp:
-    reporter: Reporter
-    metrics: ReporterMetrics
-    engine: AsyncEngine
-    connection: AbstractRobustConnection
-    consumer: Consumer[MessagesFinalized]
-    ops: web.AppRunner | None
-    loop: asyncio.Task[None]
-    stopping: asyncio.Event
+class ReporterService:
+    """The reporter process: records outcomes from its queue, sends each day's report from its loop."""
+
+    def __init__(self, settings: ReporterSettings, reporter: Reporter, *, serve_ops: bool) -> None:
+        self.settings = settings
+        self.reporter = reporter
+        self.serve_ops = serve_ops
+        self._running = AsyncExitStack()
+
+    @property
+    def metrics(self) -> ReporterMetrics:
+        return self.reporter.metrics
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.reporter.engine
+
+    async def start(self) -> None:
+        try:
+            await self._start(self._running)
+        except BaseException:
+            await self._running.aclose()
+            raise
+
+    async def _start(self, running: AsyncExitStack) -> None:
+        settings = self.settings
+        topology = settings.topology()
+        running.push_async_callback(self.engine.dispose)
+        connection = await connect(settings.amqp_url)
+        running.push_async_callback(connection.close)
+        channel = await confirm_channel(connection)
+        await declare(channel, topology)
+        _, work = await exchanges(channel, topology)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=settings.prefetch)
+        queue = await consumed_queue(consume_channel, topology.service_queue("reporter"))
+        consumer = service_consumer(
+            queue, MessagesFinalized, self.reporter.on_finalized, work=work, topology=topology
+        )
+        if self.serve_ops:
+            ops = await start_service_ops(
+                settings.metrics_host, settings.metrics_port, self.metrics.registry, self.engine, connection
+            )
+            running.push_async_callback(ops.cleanup)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(run_loop(self.reporter, settings.tick_seconds, stop), name="reporter")
+
+        async def end_loop() -> None:
+            stop.set()
+            await loop
+
+        running.push_async_callback(end_loop)
+        await consumer.start()
+        running.push_async_callback(consumer.stop)
+        logger.info(
+            "reporter running: reports at {} {} to {} via {}:{}, tick {}s, metrics on {}:{}",
+            settings.send_at.isoformat(timespec="minutes"),
+            settings.timezone,
+            ", ".join(settings.mail_to),
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.tick_seconds,
+            settings.metrics_host,
+            settings.metrics_port,
+        )
 
     async def stop(self) -> None:
-        self.stopping.set()
-        await self.consumer.stop()
-        await self.loop
-        await release(self.connection, self.engine, self.ops)
+        """The consumer first, then the day under way, the ops server, RabbitMQ and the database pool."""
+        await self._running.aclose()
         logger.info("reporter stopped")
 
 
-async def start_reporter(
+def build_reporter(
     settings: ReporterSettings,
     *,
     clock: Clock = utc_now,
     mailer: Mailer | None = None,
     registry: CollectorRegistry | None = None,
     serve_ops: bool = True,
-) -> ReporterApp:
+) -> ReporterService:
     metrics = ReporterMetrics(registry if registry is not None else CollectorRegistry())
-    topology = settings.topology()
+    # An engine opens no connection until it is used: building one here connects to nothing.
     engine = make_engine(settings, pool_size=2)
-    connection = await connect(settings.amqp_url)
-    channel = await confirm_channel(connection)
-    await declare(channel, topology)
-    _, work = await exchanges(channel, topology)
     reporter = Reporter(engine, mailer or SmtpMailer(settings), settings, metrics, clock=clock)
-    consume_channel = await connection.channel()
-    await consume_channel.set_qos(prefetch_count=settings.prefetch)
-    queue = await consumed_queue(consume_channel, topology.service_queue("reporter"))
-    consumer = service_consumer(queue, MessagesFinalized, reporter.on_finalized, work=work, topology=topology)
-    ops = None
-    if serve_ops:
-        ops = await start_service_ops(
-            settings.metrics_host, settings.metrics_port, metrics.registry, engine, connection
-        )
-    await consumer.start()
-    stopping = asyncio.Event()
-    loop = asyncio.create_task(run_loop(reporter, settings.tick_seconds, stopping))
-    logger.info(
-        "reporter running: reports at {} {} to {} via {}:{}, tick {}s, metrics on {}:{}",
-        settings.send_at.isoformat(timespec="minutes"),
-        settings.timezone,
-        ", ".join(settings.mail_to),
-        settings.smtp_host,
-        settings.smtp_port,
-        settings.tick_seconds,
-        settings.metrics_host,
-        settings.metrics_port,
-    )
-    return ReporterApp(reporter, metrics, engine, connection, consumer, ops, loop, stopping)
-
-
-async def serve(settings: ReporterSettings) -> None:
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        app = await start_reporter(settings)
-        await stop.wait()
-        await app.stop()
+    return ReporterService(settings, reporter, serve_ops=serve_ops)

@@ -4,9 +4,10 @@ import sys
 
 import uvloop
 
-from services.reporter.app import serve
+from services.reporter.app import build_reporter
 from services.reporter.settings import ReporterSettings
 from shared.logging import configure_logging
+from shared.service import serve
 
 
 def main() -> None:
@@ -16,4 +17,4 @@ def main() -> None:
         from services.reporter.cli import run
 
         raise SystemExit(uvloop.run(run(sys.argv[1:], settings)))
-    uvloop.run(serve(settings))
+    uvloop.run(serve(build_reporter(settings)))

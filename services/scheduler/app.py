@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -15,7 +16,7 @@ from shared.broker import Delivery, Publisher, confirm_channel, connect, consume
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import release, start_service_ops, stop_on_signals
+from shared.ops import start_service_ops
 from shared.topology import declare, exchanges
 
 
@@ -37,18 +38,37 @@ async def run_loop(
                 waiter.cancel()
 
 
-async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock = utc_now) -> None:
-    registry = CollectorRegistry()
-    metrics = SchedulerMetrics(registry)
-    engine = make_engine(settings)
-    connection = await connect(settings.amqp_url)
-    try:
+class SchedulerService:
+    """The scheduler process: the tick loop, woken early by mailing events, and its ops server."""
+
+    def __init__(
+        self, settings: SchedulerSettings, *, clock: Clock, metrics: SchedulerMetrics, serve_ops: bool
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.serve_ops = serve_ops
+        self._running = AsyncExitStack()
+
+    async def start(self) -> None:
+        try:
+            await self._start(self._running)
+        except BaseException:
+            await self._running.aclose()
+            raise
+
+    async def _start(self, running: AsyncExitStack) -> None:
+        settings = self.settings
         topology = settings.topology()
+        engine = make_engine(settings)
+        running.push_async_callback(engine.dispose)
+        connection = await connect(settings.amqp_url)
+        running.push_async_callback(connection.close)
         channel = await confirm_channel(connection)
         await declare(channel, topology)
         events, work = await exchanges(channel, topology)
         publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
-        scheduler = Scheduler(engine, publisher, settings, metrics, clock=clock)
+        scheduler = Scheduler(engine, publisher, settings, self.metrics, clock=self.clock)
         wake = asyncio.Event()
 
         async def on_event(delivery: Delivery[MailingChanged]) -> None:
@@ -59,10 +79,22 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
         await consumer_channel.set_qos(prefetch_count=16)
         queue = await consumed_queue(consumer_channel, topology.service_queue("scheduler"))
         consumer = service_consumer(queue, MailingChanged, on_event, work=work, topology=topology)
-        ops = await start_service_ops(
-            settings.metrics_host, settings.metrics_port, registry, engine, connection
-        )
+        if self.serve_ops:
+            ops = await start_service_ops(
+                settings.metrics_host, settings.metrics_port, self.metrics.registry, engine, connection
+            )
+            running.push_async_callback(ops.cleanup)
         await consumer.start()
+        running.push_async_callback(consumer.stop)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(run_loop(scheduler, settings.tick_seconds, wake, stop), name="scheduler")
+
+        async def end_loop() -> None:
+            # The tick under way stops after its current batch; what is left waits for the next start.
+            stop.set()
+            await loop
+
+        running.push_async_callback(end_loop)
         logger.info(
             "scheduler running: tick {}s, batch {}, {} per event, max outstanding {}, metrics on {}:{}",
             settings.tick_seconds,
@@ -72,17 +104,19 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Clock 
             settings.metrics_host,
             settings.metrics_port,
         )
-        try:
-            await run_loop(scheduler, settings.tick_seconds, wake, stop)
-        finally:
-            await consumer.stop()
-            await ops.cleanup()
-    finally:
-        await release(connection, engine)
+
+    async def stop(self) -> None:
+        """The loop first, then the consumer, the ops server, RabbitMQ and the database pool."""
+        await self._running.aclose()
         logger.info("scheduler stopped")
 
 
-async def serve(settings: SchedulerSettings) -> None:
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        await run(settings, stop)
+def build_scheduler(
+    settings: SchedulerSettings,
+    *,
+    clock: Clock = utc_now,
+    registry: CollectorRegistry | None = None,
+    serve_ops: bool = True,
+) -> SchedulerService:
+    metrics = SchedulerMetrics(registry if registry is not None else CollectorRegistry())
+    return SchedulerService(settings, clock=clock, metrics=metrics, serve_ops=serve_ops)

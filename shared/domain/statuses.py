@@ -91,11 +91,34 @@ def can_transition_mailing(old: MailingStatus, new: MailingStatus) -> bool:
     return new in _MAILING_MOVES.get(old, frozenset())
 
 
+class MailingEventType(StrEnum):
+    """What an operator did to a mailing, as its event says; relayed under `routing_key`."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    CANCELLED = "cancelled"
+    DELETED = "deleted"
+
+    @property
+    def routing_key(self) -> str:
+        return f"mailing.{self.value}"
+
+
 class ReportStatus(SqlVocabulary):
     """A day's report: sending until the SMTP server took it, then sent."""
 
     SENDING = "sending"
     SENT = "sent"
+
+
+class Health(StrEnum):
+    """A process's answer on `/healthz` (alive) and `/readyz` (its dependencies answer)."""
+
+    OK = "ok"
+    READY = "ready"
+    NOT_READY = "not ready"
 
 
 class Route(StrEnum):

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.settings import CommonSettings
 from shared.topology import Topology
@@ -42,7 +42,7 @@ def api_settings(settings: CommonSettings) -> ApiSettings:
 
 @pytest.fixture
 def api_app(api_settings: ApiSettings) -> FastAPI:
-    return create_app(api_settings)
+    return build_api(api_settings).app
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from scripts.dev_oidc import running
 from scripts.dev_token import access_token
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
-from services.api.app import SESSION_COOKIE, create_app
+from services.api.app import SESSION_COOKIE, build_api
 from services.api.settings import DEV_OIDC_CLIENT_ID, ApiSettings
 
 from .test_api_mailings import mailing_body
@@ -71,7 +71,7 @@ def login_settings(api_settings: ApiSettings, issuer: str, **changes: Any) -> Ap
 
 
 def ui_app(settings: ApiSettings) -> FastAPI:
-    app = create_app(settings)
+    app = build_api(settings).app
     app.include_router(pages)
     return app
 

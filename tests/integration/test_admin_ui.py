@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.api.admin import pages
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from tests.admin_session import COOKIE_NAME, CSRF, SESSION_SECRET, session_cookie
 from tests.integration.test_api_mailings import add_messages, create, db, set_status
@@ -27,7 +27,7 @@ Login = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 @pytest.fixture
 def ui_app(api_settings: ApiSettings) -> FastAPI:
-    return create_app(api_settings.model_copy(update={"session_secret": SecretStr(SESSION_SECRET)}))
+    return build_api(api_settings.model_copy(update={"session_secret": SecretStr(SESSION_SECRET)})).app
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 
 from .conftest import ADMIN_HEADERS
@@ -24,7 +24,7 @@ WRONG = {"Authorization": "Bearer mk_guessed"}
 
 @pytest.fixture
 def guarded_app(api_settings: ApiSettings) -> FastAPI:
-    return create_app(
+    return build_api(
         api_settings.model_copy(
             update={
                 "auth_failures_before_delay": 2,
@@ -34,7 +34,7 @@ def guarded_app(api_settings: ApiSettings) -> FastAPI:
                 "trusted_proxy_hops": 1,
             }
         )
-    )
+    ).app
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ async def test_cors_is_closed_unless_origins_are_configured(
     got = await api.get("/api/v1/clients", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in got.headers
 
-    app = create_app(api_settings.model_copy(update={"cors_origins": ["https://ops.example"]}))
+    app = build_api(api_settings.model_copy(update={"cors_origins": ["https://ops.example"]})).app
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
         allowed = await client.options(
             "/api/v1/clients/1", headers={**preflight, "Origin": "https://ops.example"}

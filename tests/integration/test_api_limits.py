@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.models import Client
 
@@ -33,7 +33,7 @@ def limited_settings(api_settings: ApiSettings) -> ApiSettings:
 
 @pytest.fixture
 async def limited(limited_settings: ApiSettings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(limited_settings)
+    app = build_api(limited_settings).app
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,

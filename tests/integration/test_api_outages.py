@@ -15,7 +15,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
@@ -61,7 +61,7 @@ def outage_settings(postgres: PrivatePostgres, amqp_namespace: str) -> ApiSettin
 
 @asynccontextmanager
 async def serving(settings: ApiSettings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
+    app = build_api(settings).app
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

@@ -22,7 +22,7 @@ from jwt.algorithms import RSAAlgorithm
 from loguru import logger
 from pydantic import SecretStr
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 
 from .conftest import ADMIN_KEY
@@ -111,7 +111,7 @@ def token_settings(api_settings: ApiSettings, provider: Provider, **changes: Any
 @pytest.fixture
 async def client(api_settings: ApiSettings, provider: Provider) -> AsyncIterator[httpx.AsyncClient]:
     """The API (lifespan running) trusting `provider`; requests send no credentials unless told."""
-    app = create_app(token_settings(api_settings, provider))
+    app = build_api(token_settings(api_settings, provider)).app
     async with app.router.lifespan_context(app), _client(app) as http:
         yield http
 
@@ -241,7 +241,7 @@ async def test_the_role_claim_and_its_mapping_come_from_settings(
         oidc_role_claim="realm_access.roles",
         oidc_role_map={"mailing-readers": "viewer", "mailing-writers": "operator"},
     )
-    app = create_app(settings)
+    app = build_api(settings).app
     async with app.router.lifespan_context(app), _client(app) as http:
         token = provider.token(roles=["admin"], realm_access={"roles": ["offline", "mailing-writers"]})
         assert (
@@ -276,7 +276,7 @@ async def test_a_token_of_a_rotated_key_is_accepted_after_one_refetch(
 async def test_unknown_key_ids_refetch_the_keys_at_most_once_per_interval(
     api_settings: ApiSettings, provider: Provider
 ) -> None:
-    app = create_app(token_settings(api_settings, provider, oidc_jwks_refetch_seconds=3600.0))
+    app = build_api(token_settings(api_settings, provider, oidc_jwks_refetch_seconds=3600.0)).app
     async with app.router.lifespan_context(app), _client(app) as http:
         assert (await http.get("/api/v1/mailings", headers=bearer(provider.token()))).status_code == 200
         for n in range(5):
@@ -288,7 +288,7 @@ async def test_unknown_key_ids_refetch_the_keys_at_most_once_per_interval(
 async def test_an_unreachable_provider_is_503_not_401(api_settings: ApiSettings, provider: Provider) -> None:
     token = provider.token()
     settings = token_settings(api_settings, provider, oidc_issuer="http://127.0.0.1:9")
-    app = create_app(settings)
+    app = build_api(settings).app
     async with app.router.lifespan_context(app), _client(app) as http:
         response = await http.get("/api/v1/mailings", headers=bearer(token))
     assert response.status_code == 503

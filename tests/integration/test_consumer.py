@@ -5,7 +5,16 @@ import asyncio
 import aio_pika
 import pytest
 
-from shared.broker import Consumer, Delivery, Publisher, Reject, confirm_channel, connect
+from shared.broker import (
+    Consumer,
+    Delivery,
+    ParkingLot,
+    Patience,
+    Publisher,
+    Reject,
+    confirm_channel,
+    connect,
+)
 from shared.contracts import SendItem, SendMessages
 from shared.topology import Topology
 
@@ -56,9 +65,8 @@ async def test_the_consumer_acks_parks_and_requeues_by_the_handlers_outcome(topo
             queue,
             SendMessages,
             handler,
-            parking=Publisher(work),
-            parking_key=topology.parking_key,
-            requeue_pause=0.01,
+            parking=ParkingLot(Publisher(work), topology.parking_key),
+            patience=Patience(requeue_pause=0.01),
         )
         await consumer.start()
         publisher = Publisher(work)

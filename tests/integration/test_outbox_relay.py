@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from services.api.app import create_app
+from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.broker import connect
 from shared.contracts import MailingChanged, decode
@@ -73,7 +73,7 @@ class TcpProxy:
 
 @asynccontextmanager
 async def running_api(settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+    app = build_api(settings).app
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

@@ -6,7 +6,16 @@ import dataclasses
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from shared.broker import Consumer, Delivery, Publisher, Reject, amqp_message, confirm_channel, connect
+from shared.broker import (
+    Consumer,
+    Delivery,
+    ParkingLot,
+    Publisher,
+    Reject,
+    amqp_message,
+    confirm_channel,
+    connect,
+)
 from shared.contracts import SendItem, SendMessages
 from shared.settings import CommonSettings
 from shared.topology import PARKED_TTL_SECONDS, Topology
@@ -62,9 +71,7 @@ async def test_a_delivery_the_consumer_parks_leaves_the_parking_lot_when_its_ttl
             await channel.get_queue(topology.send_queue),
             SendMessages,
             refuse,
-            parking=Publisher(work),
-            parking_key=topology.parking_key,
-            parked_ttl_seconds=TINY_TTL,
+            parking=ParkingLot(Publisher(work), topology.parking_key, TINY_TTL),
         )
         await consumer.start()
         await Publisher(work).publish(command(1), topology.send_key)

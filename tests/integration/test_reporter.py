@@ -20,7 +20,7 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.reporter import store
-from services.reporter.app import start_reporter
+from services.reporter.app import build_reporter
 from services.reporter.mailer import SmtpMailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.service import Reporter
@@ -172,7 +172,8 @@ async def test_a_redelivered_outcome_is_counted_once(
 ) -> None:
     at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     registry = CollectorRegistry()
-    app = await start_reporter(reporter_settings, clock=lambda: EARLY, registry=registry, serve_ops=False)
+    app = build_reporter(reporter_settings, clock=lambda: EARLY, registry=registry, serve_ops=False)
+    await app.start()
     try:
         connection = await connect(AMQP_URL)
         async with connection:
@@ -293,7 +294,8 @@ async def test_missed_days_are_sent_on_start_oldest_first(
     reporter_settings: ReporterSettings, topology: Topology, smtp: SmtpServer, engine: AsyncEngine
 ) -> None:
     await mark_sent(engine, date(2026, 11, 22))
-    app = await start_reporter(reporter_settings, clock=lambda: NOW, serve_ops=False)
+    app = build_reporter(reporter_settings, clock=lambda: NOW, serve_ops=False)
+    await app.start()
     try:
 
         async def three_mails() -> bool:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.scheduler.app import run
+from services.scheduler.app import build_scheduler
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import MailingChanged
+from shared.domain.statuses import MailingEventType
 from shared.topology import Topology, exchanges
 
 from ..conftest import AMQP_URL, TEST_RETRY_DELAYS
@@ -41,23 +42,23 @@ async def test_mailing_event_starts_delivery_without_waiting_for_the_tick(
         ticked.set()
         return current[0]
 
-    stop = asyncio.Event()
-    service = asyncio.create_task(run(settings, stop, clock=clock))
+    scheduler = build_scheduler(settings, clock=clock)
+    await scheduler.start()
     connection = await connect(AMQP_URL)
     try:
         # The first tick runs before the start; the next one is minutes away, so only the event can start it.
         await asyncio.wait_for(ticked.wait(), timeout=10)
         current[0] = start + timedelta(seconds=1)
         events, _ = await exchanges(await confirm_channel(connection), topology)
-        event = MailingChanged(event_id=1, type="updated", mailing_id=mailing, occurred_at=current[0])
+        event = MailingChanged(
+            event_id=1, type=MailingEventType.UPDATED, mailing_id=mailing, occurred_at=current[0]
+        )
         await Publisher(events).publish(event, event.routing_key)
         deadline = time.monotonic() + 10
         while (await status_counts(engine)).get("queued", 0) != 1:
             assert time.monotonic() < deadline, "the event did not start the mailing"
-            assert not service.done()
             await asyncio.sleep(0.05)
     finally:
-        stop.set()
-        await asyncio.wait_for(service, timeout=15)
+        await asyncio.wait_for(scheduler.stop(), timeout=15)
         await connection.close()
         await engine.dispose()

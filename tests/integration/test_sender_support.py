@@ -13,7 +13,7 @@ import aiohttp
 import psycopg
 from aiohttp.test_utils import TestServer
 
-from services.probe_stub.app import build_app
+from services.probe_stub.app import build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 from services.sender.settings import SenderSettings
@@ -28,7 +28,7 @@ def stub_settings() -> ProbeStubSettings:
 
 
 async def start_stub() -> TestServer:
-    server = TestServer(build_app(stub_settings()), host="127.0.0.1")
+    server = TestServer(build_probe_stub(stub_settings()).app, host="127.0.0.1")
     await server.start_server()
     return server
 

@@ -5,6 +5,7 @@ import pytest
 from shared.domain.statuses import (
     FINAL_MAILING_STATUSES,
     FINAL_MESSAGE_STATUSES,
+    MailingEventType,
     MailingStatus,
     MessageStatus,
     can_transition,
@@ -36,6 +37,17 @@ def test_statuses_have_their_wire_values() -> None:
         "cancelled",
     ]
     assert [s.value for s in MailingStatus] == ["scheduled", "running", "paused", "finished", "cancelled"]
+
+
+def test_mailing_events_have_their_wire_values_and_routing_keys() -> None:
+    assert [(e.value, e.routing_key) for e in MailingEventType] == [
+        ("created", "mailing.created"),
+        ("updated", "mailing.updated"),
+        ("paused", "mailing.paused"),
+        ("resumed", "mailing.resumed"),
+        ("cancelled", "mailing.cancelled"),
+        ("deleted", "mailing.deleted"),
+    ]
 
 
 def test_final_message_statuses_are_sent_failed_expired_cancelled() -> None:

@@ -1,5 +1,6 @@
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from services.probe_stub.app import build_app
+from services.probe_stub.app import build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 
@@ -50,14 +51,14 @@ async def make_client(clock: FakeClock, registry: CollectorRegistry) -> AsyncIte
 
     async def make(**settings: Any) -> Client:
         # model_construct keeps MAILING_PROBE_* variables of the machine out of the tests.
-        app = build_app(
+        stub = build_probe_stub(
             ProbeStubSettings.model_construct(jwt_secret=SECRET, **settings),
             clock=clock,
             rng=random.Random(20240301),
             registry=registry,
             wall_clock=RECEIVED_AT.timestamp,
         )
-        client = TestClient(TestServer(app))
+        client = TestClient(TestServer(stub.app))
         await client.start_server()
         clients.append(client)
         return client
@@ -497,3 +498,34 @@ async def test_reset_forgets_the_request_log(client: Client) -> None:
     await client.post("/_stub/reset")
 
     assert await requests_seen(client) == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_the_service_listens_from_start_and_its_stop_ends_a_hanging_call() -> None:
+    port = free_port()
+    service = build_probe_stub(
+        ProbeStubSettings.model_construct(jwt_secret=SECRET, host="127.0.0.1", port=port, timeout_rate=1.0)
+    )
+    await service.start()
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+        try:
+            async with http.get("/healthz") as response:
+                assert await response.json() == {"status": "ok"}
+            hanging = asyncio.create_task(http.post("/v1/send/1", json={"id": 1}))
+            for _ in range(200):
+                if service.stub.recorder.requests:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            # Woken at once: left to itself, the hanging call would hold the stop for its 5 s of grace.
+            await asyncio.wait_for(service.stop(), timeout=2)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await asyncio.wait_for(hanging, timeout=1)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get("/healthz")

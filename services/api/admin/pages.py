@@ -24,22 +24,22 @@ from services.api.clients_import import TooManyRows, import_clients_csv
 from services.api.deps import KeyCacheDep, SessionDep, SettingsDep
 from services.api.errors import Conflict, NotFound
 from services.api.routers.api_keys import ApiKeyCreate
-from services.api.routers.clients import (
-    ClientCreate,
-    create_client,
-    delete_client,
-    get_client,
-    replace_client,
-)
+from services.api.routers.clients import ClientCreate
 from services.api.routers.mailings import MailingCreate, MailingFilter, changes_from, create_from
 from shared.clock import utc_now
 from shared.domain.errors import DomainValidationError
-from shared.domain.statuses import FINAL_MAILING_STATUSES, MailingStatus, MessageStatus
+from shared.domain.statuses import (
+    FINAL_MAILING_STATUSES,
+    MailingStatus,
+    MessageStatus,
+    can_transition_mailing,
+)
 from shared.models import Mailing
 from shared.reports import FINAL_STATUSES, daily_report
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["statuses"] = [s.value for s in MessageStatus]
+templates.env.globals["MessageStatus"] = MessageStatus
 templates.env.globals["final_statuses"] = FINAL_STATUSES
 
 UserDep = Annotated[UiUser, Depends(current_user)]
@@ -51,6 +51,7 @@ writes = APIRouter(dependencies=[Depends(verify_csrf)])
 
 MESSAGES_PAGE = 25
 CLIENTS_PAGE = 50
+CLIENT_FORM_FIELDS = ("phone", "operator_code", "tag", "timezone")
 # Lists page through their first PAGED_ROWS rows only (an OFFSET walks every row it skips); beyond, a
 # filter or a search narrows the list. The clients list counts its matches up to the same bound and
 # shows "10000+" past it, instead of counting a million rows on each view.
@@ -366,6 +367,8 @@ async def _mailing_live(
         "sends": await dashboard_service.mailing_sends(session, mailing.id),
         "parked": await service.parked_summary(session, mailing.id),
         "final": status in FINAL_MAILING_STATUSES,
+        "can_pause": can_transition_mailing(status, MailingStatus.PAUSED),
+        "can_resume": status == MailingStatus.PAUSED,
         "poll": _may_send_soon(mailing, utc_now()),
         "refresh_seconds": settings.refresh_seconds,
     }
@@ -523,11 +526,12 @@ async def _save_client(session: SessionDep, form: dict[str, str], client_id: int
         "timezone": form.get("timezone", "").strip(),
     }
     try:
-        valid = ClientCreate.model_validate(body)
+        fields = ClientCreate.model_validate(body).fields()
         if client_id is None:
-            await create_client(valid, session)
+            await clients_service.create_client(session, fields)
         else:
-            await replace_client(client_id, valid, session)
+            await clients_service.update_client(session, client_id, fields)
+        await session.commit()
     except ValidationError as exc:
         return _errors(exc)
     except (Conflict, DomainValidationError) as exc:
@@ -576,8 +580,8 @@ async def import_clients(
 
 @router.get("/clients/{client_id}/edit", response_class=HTMLResponse)
 async def edit_client(request: Request, client_id: int, user: WriterDep, session: SessionDep) -> HTMLResponse:
-    client = await get_client(client_id, session)
-    form = client.model_dump(include={"phone", "operator_code", "tag", "timezone"})
+    client = await clients_service.get_client(session, client_id)
+    form = {name: getattr(client, name) for name in CLIENT_FORM_FIELDS}
     return render(request, user, "client_form.html", {"form": form, "errors": {}, "client_id": client_id})
 
 
@@ -596,13 +600,14 @@ async def update_client_page(
 async def confirm_delete_client(
     request: Request, client_id: int, user: WriterDep, session: SessionDep
 ) -> HTMLResponse:
-    client = await get_client(client_id, session)
+    client = await clients_service.get_client(session, client_id)
     return render(request, user, "confirm_client.html", {"client": client})
 
 
 @writes.post("/clients/{client_id}/delete")
 async def delete_client_page(client_id: int, user: WriterDep, session: SessionDep) -> Response:
-    await delete_client(client_id, session)
+    await clients_service.delete_client(session, client_id, utc_now())
+    await session.commit()
     return see_other("/admin/clients")
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
@@ -10,30 +10,23 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
-from sqlalchemy import ColumnElement, func, insert, literal_column, select, update
-from sqlalchemy.exc import IntegrityError
 
 from services.api import clients_service
 from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal, get_writer
-from services.api.errors import Conflict, NotFound
 from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
-from services.api.schemas import MAX_ID, Page
+from services.api.schemas import Page
 from shared.domain.clients import (
     MAX_TAG_LENGTH,
     normalize_phone,
-    operator_code_sql,
     resolve_operator_code,
     validate_tag,
     validate_timezone,
 )
 from shared.domain.errors import DomainValidationError
-from shared.domain.statuses import MessageStatus, Reason
-from shared.messages import cancel_open_messages
+from shared.domain.statuses import MessageStatus
 from shared.models import Client, Message
-
-LIVE_PHONE_INDEX = "uq_clients_phone_live"
 
 PHONE_SCHEMA: JsonDict = {"type": "string", "pattern": "^7[0-9]{10}$", "examples": ["79001234567"]}
 OPERATOR_CODE_SCHEMA: JsonDict = {"pattern": "^[0-9]{3}$", "examples": ["900"]}
@@ -102,6 +95,10 @@ class ClientCreate(BaseModel):
     _tag = field_validator("tag")(check_tag)
     _timezone = field_validator("timezone")(check_timezone)
 
+    def fields(self) -> clients_service.ClientFields:
+        """Every field; an omitted operator code is None, which the service derives from the phone."""
+        return cast(clients_service.ClientFields, self.model_dump())
+
 
 class ClientPatch(BaseModel):
     """Only the fields given change. A new phone without an `operator_code` re-derives the code from it."""
@@ -134,6 +131,10 @@ class ClientPatch(BaseModel):
 
     _operator_code = field_validator("operator_code")(check_operator_code)
     _tag = field_validator("tag")(check_tag)
+
+    def fields(self) -> clients_service.ClientFields:
+        """Only the fields the request names."""
+        return cast(clients_service.ClientFields, self.model_dump(exclude_unset=True))
 
 
 class ClientOut(BaseModel):
@@ -207,33 +208,11 @@ def _query_tag(tag: str) -> str:
         ) from None
 
 
-def _live(client_id: int) -> ColumnElement[bool]:
-    if not 1 <= client_id <= MAX_ID:
-        raise NotFound("client", client_id)
-    return (Client.id == client_id) & Client.deleted_at.is_(None)
-
-
-async def _write(session: SessionDep, statement: Any, phone: str | None) -> Client | None:
-    try:
-        row: Client | None = (await session.scalars(statement)).one_or_none()
-    except IntegrityError as exc:
-        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-        await session.rollback()
-        if constraint == LIVE_PHONE_INDEX:
-            raise Conflict("phone", f"phone {phone} belongs to another client") from None
-        raise
-    return row
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT, dependencies=WRITE)
 async def create_client(body: ClientCreate, session: SessionDep) -> ClientOut:
     """Add a client. The phone must not belong to another (live) client."""
-    values = body.model_dump()
-    values["operator_code"] = resolve_operator_code(body.phone, body.operator_code)
-    row = await _write(session, insert(Client).values(**values).returning(Client), body.phone)
-    assert row is not None  # noqa: S101 narrows a type for mypy; the lines above establish it
+    row = await clients_service.create_client(session, body.fields())
     await session.commit()
-    logger.bind(client_id=row.id).info("client {} created: {}", row.id, values)
     return _out(row)
 
 
@@ -266,12 +245,13 @@ async def list_clients(
 
 
 def _log_imported(clients: list[ImportedClient]) -> None:
+    created, updated = (
+        "client {} created by CSV import (line {})",
+        "client {} updated by CSV import (line {})",
+    )
     for client in clients:
         logger.bind(client_id=client.client_id).info(
-            "client {} {} by CSV import (line {})",
-            client.client_id,
-            "created" if client.created else "updated",
-            client.line,
+            created if client.created else updated, client.client_id, client.line
         )
 
 
@@ -312,42 +292,25 @@ async def import_clients(
 @router.get("/{client_id}", responses=NOT_FOUND)
 async def get_client(client_id: int, session: SessionDep) -> ClientOut:
     """One client."""
-    row = (await session.scalars(select(Client).where(_live(client_id)))).one_or_none()
-    if row is None:
-        raise NotFound("client", client_id)
-    return _out(row)
+    return _out(await clients_service.get_client(session, client_id))
 
 
-async def _update(session: SessionDep, client_id: int, values: dict[str, Any]) -> ClientOut:
-    where = _live(client_id)
-    statement = update(Client).where(where).values(**values, updated_at=func.now()).returning(Client)
-    row = await _write(session, statement, values.get("phone"))
-    if row is None:
-        raise NotFound("client", client_id)
+async def _update(session: SessionDep, client_id: int, body: ClientCreate | ClientPatch) -> ClientOut:
+    row = await clients_service.update_client(session, client_id, body.fields())
     await session.commit()
-    logger.bind(client_id=row.id).info("client {} updated: {}", row.id, values)
     return _out(row)
 
 
 @router.put("/{client_id}", responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 async def replace_client(client_id: int, body: ClientCreate, session: SessionDep) -> ClientOut:
     """Replace every attribute of a client (an omitted `operator_code` is derived from the phone)."""
-    values = body.model_dump()
-    values["operator_code"] = resolve_operator_code(body.phone, body.operator_code)
-    return await _update(session, client_id, values)
+    return await _update(session, client_id, body)
 
 
 @router.patch("/{client_id}", responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 async def update_client(client_id: int, body: ClientPatch, session: SessionDep) -> ClientOut:
     """Change the attributes given; the others keep their values."""
-    values: dict[str, Any] = body.model_dump(exclude_unset=True)
-    if values.get("operator_code") is None and "phone" in values:
-        values["operator_code"] = resolve_operator_code(values["phone"], None)
-    elif "operator_code" in values and values["operator_code"] is None:
-        values["operator_code"] = literal_column(operator_code_sql(Client.phone.name))
-    if not values:
-        return await get_client(client_id, session)
-    return await _update(session, client_id, values)
+    return await _update(session, client_id, body)
 
 
 @router.delete(
@@ -355,19 +318,8 @@ async def update_client(client_id: int, body: ClientPatch, session: SessionDep) 
 )
 async def delete_client(client_id: int, session: SessionDep) -> None:
     """Delete a client. Its messages not sent yet are cancelled; sent ones stay for the statistics."""
-    deleted = await session.scalar(
-        update(Client).where(_live(client_id)).values(deleted_at=func.now()).returning(Client.id)
-    )
-    if deleted is None:
-        raise NotFound("client", client_id)
-    cancelled = await session.scalars(
-        cancel_open_messages(Message.client_id == client_id, Reason.CLIENT_DELETED, datetime.now(UTC))
-    )
-    cancelled_ids = cancelled.all()
+    await clients_service.delete_client(session, client_id, datetime.now(UTC))
     await session.commit()
-    logger.bind(client_id=client_id).info(
-        "client {} deleted, its unsent messages cancelled: {}", client_id, cancelled_ids
-    )
 
 
 @router.get("/{client_id}/messages", responses=NOT_FOUND)
@@ -380,6 +332,5 @@ async def list_client_messages(
     ] = None,
 ) -> Page[MessageOut]:
     """Messages of one client across all mailings, oldest first."""
-    if await session.scalar(select(Client.id).where(_live(client_id))) is None:
-        raise NotFound("client", client_id)
+    await clients_service.require_client(session, client_id)
     return await message_page(session, Message.client_id == client_id, message_status, page)
