@@ -350,3 +350,105 @@ def test_alerts_cover_the_operational_signals() -> None:
         "parking",
     ):
         assert needle in exprs, f"no alert uses {needle}"
+    for needle in (
+        "mailing_sender_fenced",
+        "mailing_sender_outcomes_unwritten",
+        "mailing_reporter_leases_lost",
+    ):
+        assert needle in exprs, f"no alert uses {needle}"
+
+
+# --- every alert has its runbook and its tests ---
+
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub and GitLab give a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def runbook_anchors() -> dict[str, str]:
+    return {
+        heading_anchor(m.group(2)): m.group(2)
+        for m in re.finditer(r"^(#{1,6})\s+(.+?)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    }
+
+
+def seconds(duration: str) -> float:
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(int(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"|`[^`]*`', '""', expr)
+    return set(re.findall(r"\b(?:mailing_[a-z0-9_]+|up)\b(?=\s*[{\[)\s]|$)", without_strings))
+
+
+def test_every_alert_has_a_summary_a_description_and_its_own_runbook_section() -> None:
+    anchors = runbook_anchors()
+    seen = set()
+    for rule in alert_rules():
+        alert, annotations = rule["alert"], rule.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            assert str(annotations.get(key, "")).strip(), f"alert {alert} has no {key}"
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert path == "docs/runbooks.md", f"{alert}: runbook_url {annotations['runbook_url']!r}"
+        assert anchor == alert.lower(), f"{alert}: its runbook_url points at #{anchor}"
+        assert anchor in anchors, f"{alert}: docs/runbooks.md has no heading for #{anchor}"
+        assert anchor not in seen, f"two alerts share the runbook section #{anchor}"
+        seen.add(anchor)
+    sections = {a for a, heading in anchors.items() if heading.startswith("Mailing")}
+    assert sections == seen, f"runbook sections without an alert: {sorted(sections - seen)}"
+
+
+def test_every_runbook_section_says_what_it_means_how_to_confirm_and_what_to_do() -> None:
+    text = RUNBOOKS.read_text()
+    for rule in alert_rules():
+        start = text.index(f"## {rule['alert']}\n")
+        end = text.find("\n## ", start + 1)
+        section = text[start : end if end != -1 else len(text)]
+        for part in ("**Means.**", "**Confirm.**", "**Do.**"):
+            assert part in section, f"runbook of {rule['alert']} has no {part}"
+
+
+def test_every_alert_has_a_case_that_fires_it_and_a_near_miss_that_must_not() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
+    assert tests["rule_files"] == ["alerts.yml"]
+    firing: dict[str, list[dict[str, Any]]] = {}
+    quiet: dict[str, list[tuple[float, set[str]]]] = {}
+    for group in tests["tests"]:
+        series = {re.split(r"[{\s]", s["series"].strip(), maxsplit=1)[0] for s in group["input_series"]}
+        for case in group.get("alert_rule_test", []):
+            if case.get("exp_alerts"):
+                firing.setdefault(case["alertname"], []).extend(case["exp_alerts"])
+            else:
+                quiet.setdefault(case["alertname"], []).append((seconds(case["eval_time"]), series))
+    for rule in alert_rules():
+        alert = rule["alert"]
+        assert alert in firing, f"alerts_test.yml has no case where {alert} fires"
+        for expected in firing[alert]:
+            annotations = expected.get("exp_annotations", {})
+            assert set(annotations) == set(rule["annotations"]), (
+                f"a firing case of {alert} does not check every annotation: {sorted(annotations)}"
+            )
+        # A near miss: evaluated after the alert's `for:` could have passed, on input that has every
+        # series the expression reads (an empty input would miss nothing).
+        needed = metric_names(rule["expr"])
+        near = [
+            t
+            for t, series in quiet.get(alert, [])
+            if t >= seconds(rule.get("for", "0s")) and needed <= series
+        ]
+        assert near, (
+            f"alerts_test.yml has no near miss for {alert}: a case with exp_alerts: [] evaluated after"
+            f" {rule.get('for', '0s')} whose input has {sorted(needed)}"
+        )

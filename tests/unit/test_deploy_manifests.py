@@ -195,6 +195,16 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
 
 
 def test_generated_monitoring_files_match_their_sources() -> None:
+    module = load_render_monitoring()
+    files = module.rendered()
+    assert {p.name for p in files} >= {"prometheusrule.yaml"}
+    for path, text in files.items():
+        assert path.exists() and path.read_text() == text, (
+            f"{path.relative_to(ROOT)} differs from its source: run python deploy/render_monitoring.py"
+        )
+
+
+def load_render_monitoring() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -203,10 +213,25 @@ def test_generated_monitoring_files_match_their_sources() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for path, text in module.rendered().items():
-        assert path.exists() and path.read_text() == text, (
-            f"{path.relative_to(ROOT)} differs from its source: run python deploy/render_monitoring.py"
-        )
+    return module
+
+
+def test_a_runbook_base_url_makes_every_runbook_url_a_link_and_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_render_monitoring()
+    base = "https://gitlab.example.com/group/mailing/-/blob/main"
+    text = module.prometheus_rule(base + "/")
+    rules = [r for g in yaml.safe_load(text)["spec"]["groups"] for r in g["rules"]]
+    assert rules and all(
+        r["annotations"]["runbook_url"].startswith(base + "/docs/runbooks.md#") for r in rules
+    )
+    # A later run without --runbook-base-url keeps the base the file was written with.
+    monkeypatch.setattr(module, "PROMETHEUS_RULE", tmp_path / "prometheusrule.yaml")
+    (tmp_path / "prometheusrule.yaml").write_text(text)
+    assert module.recorded_runbook_base() == base
+    assert module.rendered()[tmp_path / "prometheusrule.yaml"] == text
+    assert "runbook_url: docs/runbooks.md#" in module.rendered("")[tmp_path / "prometheusrule.yaml"]
 
 
 # --- what each overlay promises ---
