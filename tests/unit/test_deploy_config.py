@@ -452,3 +452,34 @@ def test_every_alert_has_a_case_that_fires_it_and_a_near_miss_that_must_not() ->
             f"alerts_test.yml has no near miss for {alert}: a case with exp_alerts: [] evaluated after"
             f" {rule.get('for', '0s')} whose input has {sorted(needed)}"
         )
+
+
+# --- RabbitMQ scraped by its own plugin ---
+
+
+def test_compose_rabbitmq_serves_its_prometheus_endpoint_and_prometheus_scrapes_it() -> None:
+    rabbitmq = compose()["services"]["rabbitmq"]
+    plugins = next(m for m in rabbitmq["volumes"] if m.endswith(":/etc/rabbitmq/enabled_plugins:ro"))
+    enabled = (ROOT / plugins.split(":")[0]).read_text()
+    assert re.fullmatch(r"\[[a-z_,]+\]\.\n", enabled), f"not an Erlang list of plugins: {enabled!r}"
+    assert {"rabbitmq_prometheus", "rabbitmq_management"} <= set(enabled.strip("[].\n").split(","))
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for name, path in (("mailing-rabbitmq", "/metrics"), ("mailing-rabbitmq-queues", "/metrics/detailed")):
+        assert jobs[name]["metrics_path"] == path
+        assert jobs[name]["static_configs"][0]["targets"] == ["rabbitmq:15692"]
+    assert "queue_coarse_metrics" in jobs["mailing-rabbitmq-queues"]["params"]["family"]
+
+
+def test_cluster_scrapes_rabbitmq_with_the_same_jobs_as_compose() -> None:
+    monitors = load_yaml_documents(K8S / "components" / "monitoring" / "monitors.yaml")
+    (service_monitor,) = [d for d in monitors if d["kind"] == "ServiceMonitor"]
+    cluster_jobs = {
+        r["replacement"]: e for e in service_monitor["spec"]["endpoints"] for r in e["relabelings"]
+    }
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    compose_jobs = {j["job_name"]: j for j in config["scrape_configs"] if "rabbitmq" in j["job_name"]}
+    assert set(cluster_jobs) == set(compose_jobs)
+    for job, endpoint in cluster_jobs.items():
+        assert endpoint["port"] == "prometheus" and endpoint["path"] == compose_jobs[job]["metrics_path"]
+        assert endpoint.get("params", {}) == compose_jobs[job].get("params", {})
