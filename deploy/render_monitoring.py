@@ -86,10 +86,7 @@ def grafana_dashboard() -> str:
 def rendered(runbook_base_url: str | None = None) -> dict[Path, str]:
     """Every generated file and its text; the runbook base defaults to the one already recorded."""
     base = recorded_runbook_base() if runbook_base_url is None else runbook_base_url
-    files = {PROMETHEUS_RULE: prometheus_rule(base)}
-    if DASHBOARD.exists():
-        files[GRAFANA_DASHBOARD] = grafana_dashboard()
-    return files
+    return {PROMETHEUS_RULE: prometheus_rule(base), GRAFANA_DASHBOARD: grafana_dashboard()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -483,3 +483,96 @@ def test_cluster_scrapes_rabbitmq_with_the_same_jobs_as_compose() -> None:
     for job, endpoint in cluster_jobs.items():
         assert endpoint["port"] == "prometheus" and endpoint["path"] == compose_jobs[job]["metrics_path"]
         assert endpoint.get("params", {}) == compose_jobs[job].get("params", {})
+
+
+# --- the dashboard and what feeds it ---
+
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "mailing.json"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    import json
+
+    panels: list[dict[str, Any]] = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        panels += [panel, *panel.get("panels", [])]
+    return panels
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if t.get("expr")]
+
+
+def test_dashboard_only_uses_metrics_that_exist() -> None:
+    known = documented_metrics()
+    metrics_doc = (ROOT / "docs" / "metrics.md").read_text()
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 10
+    for expr in exprs:
+        without_strings = re.sub(r'"[^"]*"|`[^`]*`', '""', expr)
+        unknown = sorted(
+            n for n in re.findall(r"\bmailing_[a-z0-9_]+", without_strings) if base_metric(n) not in known
+        )
+        assert not unknown, f"dashboard expression {expr!r} uses metrics no service exports: {unknown}"
+        # RabbitMQ's own metrics: docs/metrics.md lists the ones the dashboard reads.
+        for name in re.findall(r"\brabbitmq_[a-z0-9_]+", without_strings):
+            assert f"`{name}`" in metrics_doc, f"dashboard uses {name}, which docs/metrics.md does not list"
+
+
+def test_dashboard_shows_what_operations_watches() -> None:
+    exprs = "\n".join(dashboard_exprs())
+    for needle in (
+        "mailing_sender_outcomes_total",  # delivery rate by outcome
+        "histogram_quantile(0.5, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "mailing_scheduler_due_backlog_messages",
+        'rabbitmq_detailed_queue_messages_ready{queue="$namespace.send"}',  # send queue, from the broker
+        "rabbitmq_detailed_queue_messages{queue=~`$namespace\\.send\\.retry\\..+`}",  # retry tiers
+        'rabbitmq_detailed_queue_messages{queue="$namespace.parking"}',  # parked
+        "mailing_sender_circuit_state",
+        "mailing_api_outbox_backlog",
+        "mailing_reporter_last_sent_day_timestamp_seconds",  # the daily report's state
+        "mailing_reporter_report_failures_total",
+    ):
+        assert needle in exprs, f"the dashboard has no panel with {needle}"
+    titles = [p["title"] for p in dashboard_panels()]
+    assert len(titles) == len(set(titles)), "two panels share a title"
+
+
+def test_dashboard_picks_its_data_source_and_namespace_through_variables() -> None:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    assert variables["namespace"]["current"]["value"] == "mailing"  # MAILING_AMQP_NAMESPACE's default
+    for panel in dashboard_panels():
+        if panel["type"] == "row":
+            continue
+        for where in [panel, *panel["targets"]]:
+            assert where["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
+def test_compose_grafana_provisions_the_prometheus_data_source_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"] if m.startswith("./")}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards_in = mounts["./deploy/grafana/dashboards"]
+    (datasource,) = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"] is True
+    host, port = datasource["url"].removeprefix("http://").split(":")
+    assert host in services and any(p.endswith(f":{port}") for p in services[host]["ports"])
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "mailing.yml").read_text())[
+        "providers"
+    ]
+    assert provider["type"] == "file" and provider["options"]["path"] == dashboards_in
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_in}/{DASHBOARD.name}"
+    assert all(p.startswith("127.0.0.1:") for p in grafana["ports"])
