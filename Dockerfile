@@ -1,5 +1,5 @@
 # One image for every Python service; each container picks its service with its command:
-#   python -m services.api | services.scheduler | services.sender | services.probe_stub | shared.migrate
+#   python -m services.api | services.scheduler | services.sender | services.reporter | services.probe_stub | shared.migrate
 # Build: docker build -t mailing-service .
 
 FROM python:3.11-slim AS build

@@ -33,7 +33,7 @@ test-unit: install
 lint: install ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared services bench tests scripts
+	$(RUN) mypy shared services bench tests scripts deploy
 
 format: install
 	$(RUN) ruff format .

@@ -350,3 +350,229 @@ def test_alerts_cover_the_operational_signals() -> None:
         "parking",
     ):
         assert needle in exprs, f"no alert uses {needle}"
+    for needle in (
+        "mailing_sender_fenced",
+        "mailing_sender_outcomes_unwritten",
+        "mailing_reporter_leases_lost",
+    ):
+        assert needle in exprs, f"no alert uses {needle}"
+
+
+# --- every alert has its runbook and its tests ---
+
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub and GitLab give a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def runbook_anchors() -> dict[str, str]:
+    return {
+        heading_anchor(m.group(2)): m.group(2)
+        for m in re.finditer(r"^(#{1,6})\s+(.+?)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    }
+
+
+def seconds(duration: str) -> float:
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(int(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"|`[^`]*`', '""', expr)
+    return set(re.findall(r"\b(?:mailing_[a-z0-9_]+|up)\b(?=\s*[{\[)\s]|$)", without_strings))
+
+
+def test_every_alert_has_a_summary_a_description_and_its_own_runbook_section() -> None:
+    anchors = runbook_anchors()
+    seen = set()
+    for rule in alert_rules():
+        alert, annotations = rule["alert"], rule.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            assert str(annotations.get(key, "")).strip(), f"alert {alert} has no {key}"
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert path == "docs/runbooks.md", f"{alert}: runbook_url {annotations['runbook_url']!r}"
+        assert anchor == alert.lower(), f"{alert}: its runbook_url points at #{anchor}"
+        assert anchor in anchors, f"{alert}: docs/runbooks.md has no heading for #{anchor}"
+        assert anchor not in seen, f"two alerts share the runbook section #{anchor}"
+        seen.add(anchor)
+    sections = {a for a, heading in anchors.items() if heading.startswith("Mailing")}
+    assert sections == seen, f"runbook sections without an alert: {sorted(sections - seen)}"
+
+
+def test_every_runbook_section_says_what_it_means_how_to_confirm_and_what_to_do() -> None:
+    text = RUNBOOKS.read_text()
+    for rule in alert_rules():
+        start = text.index(f"## {rule['alert']}\n")
+        end = text.find("\n## ", start + 1)
+        section = text[start : end if end != -1 else len(text)]
+        for part in ("**Means.**", "**Confirm.**", "**Do.**"):
+            assert part in section, f"runbook of {rule['alert']} has no {part}"
+
+
+def test_every_alert_has_a_case_that_fires_it_and_a_near_miss_that_must_not() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
+    assert tests["rule_files"] == ["alerts.yml"]
+    firing: dict[str, list[dict[str, Any]]] = {}
+    quiet: dict[str, list[tuple[float, set[str]]]] = {}
+    for group in tests["tests"]:
+        series = {re.split(r"[{\s]", s["series"].strip(), maxsplit=1)[0] for s in group["input_series"]}
+        for case in group.get("alert_rule_test", []):
+            if case.get("exp_alerts"):
+                firing.setdefault(case["alertname"], []).extend(case["exp_alerts"])
+            else:
+                quiet.setdefault(case["alertname"], []).append((seconds(case["eval_time"]), series))
+    for rule in alert_rules():
+        alert = rule["alert"]
+        assert alert in firing, f"alerts_test.yml has no case where {alert} fires"
+        for expected in firing[alert]:
+            annotations = expected.get("exp_annotations", {})
+            assert set(annotations) == set(rule["annotations"]), (
+                f"a firing case of {alert} does not check every annotation: {sorted(annotations)}"
+            )
+        # A near miss: evaluated after the alert's `for:` could have passed, on input that has every
+        # series the expression reads (an empty input would miss nothing).
+        needed = metric_names(rule["expr"])
+        near = [
+            t
+            for t, series in quiet.get(alert, [])
+            if t >= seconds(rule.get("for", "0s")) and needed <= series
+        ]
+        assert near, (
+            f"alerts_test.yml has no near miss for {alert}: a case with exp_alerts: [] evaluated after"
+            f" {rule.get('for', '0s')} whose input has {sorted(needed)}"
+        )
+
+
+# --- RabbitMQ scraped by its own plugin ---
+
+
+def test_compose_rabbitmq_serves_its_prometheus_endpoint_and_prometheus_scrapes_it() -> None:
+    rabbitmq = compose()["services"]["rabbitmq"]
+    plugins = next(m for m in rabbitmq["volumes"] if m.endswith(":/etc/rabbitmq/enabled_plugins:ro"))
+    enabled = (ROOT / plugins.split(":")[0]).read_text()
+    assert re.fullmatch(r"\[[a-z_,]+\]\.\n", enabled), f"not an Erlang list of plugins: {enabled!r}"
+    assert {"rabbitmq_prometheus", "rabbitmq_management"} <= set(enabled.strip("[].\n").split(","))
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for name, path in (("mailing-rabbitmq", "/metrics"), ("mailing-rabbitmq-queues", "/metrics/detailed")):
+        assert jobs[name]["metrics_path"] == path
+        assert jobs[name]["static_configs"][0]["targets"] == ["rabbitmq:15692"]
+    assert "queue_coarse_metrics" in jobs["mailing-rabbitmq-queues"]["params"]["family"]
+
+
+def test_cluster_scrapes_rabbitmq_with_the_same_jobs_as_compose() -> None:
+    monitors = load_yaml_documents(K8S / "components" / "monitoring" / "monitors.yaml")
+    (service_monitor,) = [d for d in monitors if d["kind"] == "ServiceMonitor"]
+    cluster_jobs = {
+        r["replacement"]: e for e in service_monitor["spec"]["endpoints"] for r in e["relabelings"]
+    }
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    compose_jobs = {j["job_name"]: j for j in config["scrape_configs"] if "rabbitmq" in j["job_name"]}
+    assert set(cluster_jobs) == set(compose_jobs)
+    for job, endpoint in cluster_jobs.items():
+        assert endpoint["port"] == "prometheus" and endpoint["path"] == compose_jobs[job]["metrics_path"]
+        assert endpoint.get("params", {}) == compose_jobs[job].get("params", {})
+
+
+# --- the dashboard and what feeds it ---
+
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "mailing.json"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    import json
+
+    panels: list[dict[str, Any]] = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        panels += [panel, *panel.get("panels", [])]
+    return panels
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if t.get("expr")]
+
+
+def test_dashboard_only_uses_metrics_that_exist() -> None:
+    known = documented_metrics()
+    metrics_doc = (ROOT / "docs" / "metrics.md").read_text()
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 10
+    for expr in exprs:
+        without_strings = re.sub(r'"[^"]*"|`[^`]*`', '""', expr)
+        unknown = sorted(
+            n for n in re.findall(r"\bmailing_[a-z0-9_]+", without_strings) if base_metric(n) not in known
+        )
+        assert not unknown, f"dashboard expression {expr!r} uses metrics no service exports: {unknown}"
+        # RabbitMQ's own metrics: docs/metrics.md lists the ones the dashboard reads.
+        for name in re.findall(r"\brabbitmq_[a-z0-9_]+", without_strings):
+            assert f"`{name}`" in metrics_doc, f"dashboard uses {name}, which docs/metrics.md does not list"
+
+
+def test_dashboard_shows_what_operations_watches() -> None:
+    exprs = "\n".join(dashboard_exprs())
+    for needle in (
+        "mailing_sender_outcomes_total",  # delivery rate by outcome
+        "histogram_quantile(0.5, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(mailing_sender_provider_latency_seconds_bucket",
+        "mailing_scheduler_due_backlog_messages",
+        'rabbitmq_detailed_queue_messages_ready{queue="$namespace.send"}',  # send queue, from the broker
+        "rabbitmq_detailed_queue_messages{queue=~`$namespace\\.send\\.retry\\..+`}",  # retry tiers
+        'rabbitmq_detailed_queue_messages{queue="$namespace.parking"}',  # parked
+        "mailing_sender_circuit_state",
+        "mailing_api_outbox_backlog",
+        "mailing_reporter_last_sent_day_timestamp_seconds",  # the daily report's state
+        "mailing_reporter_report_failures_total",
+    ):
+        assert needle in exprs, f"the dashboard has no panel with {needle}"
+    titles = [p["title"] for p in dashboard_panels()]
+    assert len(titles) == len(set(titles)), "two panels share a title"
+
+
+def test_dashboard_picks_its_data_source_and_namespace_through_variables() -> None:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    assert variables["namespace"]["current"]["value"] == "mailing"  # MAILING_AMQP_NAMESPACE's default
+    for panel in dashboard_panels():
+        if panel["type"] == "row":
+            continue
+        for where in [panel, *panel["targets"]]:
+            assert where["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
+def test_compose_grafana_provisions_the_prometheus_data_source_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"] if m.startswith("./")}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards_in = mounts["./deploy/grafana/dashboards"]
+    (datasource,) = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"] is True
+    host, port = datasource["url"].removeprefix("http://").split(":")
+    assert host in services and any(p.endswith(f":{port}") for p in services[host]["ports"])
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "mailing.yml").read_text())[
+        "providers"
+    ]
+    assert provider["type"] == "file" and provider["options"]["path"] == dashboards_in
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_in}/{DASHBOARD.name}"
+    assert all(p.startswith("127.0.0.1:") for p in grafana["ports"])

@@ -191,10 +191,70 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     run([promtool(), "test", "rules", str(prometheus / "alerts_test.yml")])
 
 
+# --- the dashboard's PromQL, parsed by promtool ---
+
+# Grafana's own variables, replaced by a value of their kind before PromQL sees them.
+GRAFANA_BUILTINS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expression) for every query of the dashboard, its variables replaced by their
+    default values as Grafana does before it sends the query."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "mailing.json").read_text())
+    values = dict(GRAFANA_BUILTINS)
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "datasource":
+            values[f"${variable['name']}"] = variable["current"]["value"]
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in [t for p in [panel, *panel.get("panels", [])] for t in p.get("targets", [])]:
+            expr = target["expr"]
+            for name in sorted(values, key=len, reverse=True):
+                expr = expr.replace(name, values[name]).replace("${" + name[1:] + "}", values[name])
+            assert "$" not in expr, f"{panel['title']}: unknown variable left in {expr!r}"
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def promtool_check_expressions(exprs: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """promtool has no "parse this query" command without a server: each expression becomes a recording
+    rule, and `promtool check rules` parses every rule's PromQL."""
+    rules = [{"record": f"mailing_dashboard:query_{n}", "expr": expr} for n, expr in enumerate(exprs)]
+    path = folder / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, width=1000))
+    return subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
+    queries = dashboard_queries()
+    assert len(queries) >= 10
+    result = promtool_check_expressions([expr for _, expr in queries], tmp_path)
+    assert result.returncode == 0, f"promtool refuses a dashboard query:\n{result.stdout}\n{result.stderr}"
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout, result.stdout
+
+
+def test_promtool_check_rules_refuses_an_expression_that_does_not_parse(tmp_path: Path) -> None:
+    """The check above would prove nothing if promtool accepted any text as a recording rule."""
+    result = promtool_check_expressions(["sum(rate(mailing_api_requests_total[5m])"], tmp_path)
+    assert result.returncode != 0 and "parse error" in result.stdout + result.stderr
+
+
 # --- the monitoring component has one source ---
 
 
 def test_generated_monitoring_files_match_their_sources() -> None:
+    module = load_render_monitoring()
+    files = module.rendered()
+    assert {p.name for p in files} == {"prometheusrule.yaml", "grafana-dashboard.yaml"}
+    for path, text in files.items():
+        assert path.exists() and path.read_text() == text, (
+            f"{path.relative_to(ROOT)} differs from its source: run python deploy/render_monitoring.py"
+        )
+
+
+def load_render_monitoring() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -203,10 +263,47 @@ def test_generated_monitoring_files_match_their_sources() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for path, text in module.rendered().items():
-        assert path.exists() and path.read_text() == text, (
-            f"{path.relative_to(ROOT)} differs from its source: run python deploy/render_monitoring.py"
-        )
+    return module
+
+
+def test_a_runbook_base_url_makes_every_runbook_url_a_link_and_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_render_monitoring()
+    base = "https://gitlab.example.com/group/mailing/-/blob/main"
+    text = module.prometheus_rule(base + "/")
+    rules = [r for g in yaml.safe_load(text)["spec"]["groups"] for r in g["rules"]]
+    assert rules and all(
+        r["annotations"]["runbook_url"].startswith(base + "/docs/runbooks.md#") for r in rules
+    )
+    # A later run without --runbook-base-url keeps the base the file was written with.
+    monkeypatch.setattr(module, "PROMETHEUS_RULE", tmp_path / "prometheusrule.yaml")
+    (tmp_path / "prometheusrule.yaml").write_text(text)
+    assert module.recorded_runbook_base() == base
+    assert module.rendered()[tmp_path / "prometheusrule.yaml"] == text
+    assert "runbook_url: docs/runbooks.md#" in module.rendered("")[tmp_path / "prometheusrule.yaml"]
+
+
+def test_prod_ships_the_dashboard_the_alerts_and_the_rabbitmq_monitor(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    prod = rendered["prod"]
+    dashboard = named(prod, "ConfigMap", "mailing-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "mailing.json").read_text())
+    assert json.loads(dashboard["data"]["mailing.json"]) == source
+    rule = named(prod, "PrometheusRule", "mailing-alerts")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert all({"summary", "description", "runbook_url"} <= set(r["annotations"]) for r in alerts)
+    # The ServiceMonitor selects the Service the operator makes for this RabbitmqCluster.
+    cluster = named(prod, "RabbitmqCluster", "mailing-rabbitmq")
+    monitor = named(prod, "ServiceMonitor", "mailing-rabbitmq")["spec"]
+    assert monitor["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": cluster["metadata"]["name"],
+        "app.kubernetes.io/component": "rabbitmq",
+    }
+    assert {e["port"] for e in monitor["endpoints"]} == {"prometheus"}
+    assert "rabbitmq_prometheus" in cluster["spec"]["rabbitmq"]["additionalPlugins"]
 
 
 # --- what each overlay promises ---
