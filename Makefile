@@ -16,9 +16,9 @@ preflight: install
 migrate: preflight ## create the database if missing and apply every migration
 	$(RUN) python -m shared.migrate
 
-run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in, dev sign-in)
+run: migrate ## migrate, then start every service of the Procfile (api, scheduler, sender, reporter, probe stand-in, dev sign-in)
 	@$(RUN) python -m scripts.first_run
-	$(RUN) honcho start -f Procfile
+	$(RUN) python -m scripts.procfile -f Procfile
 
 test: preflight browser deploy-tools ## every test: unit, integration, end-to-end, browser
 	$(RUN) pytest
