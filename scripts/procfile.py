@@ -32,6 +32,10 @@ import uvloop
 
 KILL_AFTER_SECONDS = 5.0
 READ_BYTES = 1 << 16
+# After a read that did not fill its buffer, the next waits this long, so that lines gather: a read and
+# its write cost a few system calls whatever they carry. Too short to notice on a terminal; a pipe that
+# fills faster (a burst) is read again at once.
+GATHER_SECONDS = 0.02
 # A line longer than this goes out in pieces rather than waiting whole in memory.
 LONGEST_LINE = 1 << 20
 # honcho's colours, in its order.
@@ -97,7 +101,8 @@ class Output:
 
 
 async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
-    """Every complete line waiting in the pipe, in one write; a partial line waits for its end."""
+    """Every complete line waiting in the pipe, in one write; a partial line waits for its end. Lines
+    are gathered for `GATHER_SECONDS` between reads unless the pipe keeps the reads full."""
     rest = b""
     while chunk := await stream.read(READ_BYTES):
         data = rest + chunk if rest else chunk
@@ -108,6 +113,8 @@ async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
         cut = cut or len(data)
         rest = data[cut:]
         out.lines(name, data[:cut])
+        if len(chunk) < READ_BYTES:
+            await asyncio.sleep(GATHER_SECONDS)
     out.lines(name, rest)
 
 
