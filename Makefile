@@ -46,6 +46,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.counts
 	$(RUN) python -m bench.sender
 	$(RUN) python -m bench.admin_pages
+	$(RUN) python -m bench.e2e
 
 soak: install ## every service as a process through restarts, kills and provider faults; audit in bench/results/
 	$(RUN) python -m bench.soak
