@@ -537,8 +537,9 @@ def cpu_table(cases: list[Case]) -> str:
         + " |"
     )
     for who in ("scheduler", "sender", "reporter", "api", "other"):
+        label = "other connections (the benchmark's polling)" if who == "other" else f"working for the {who}"
         lines.append(
-            f"| of those, working for the {who} | "
+            f"| of those, {label} | "
             + " | ".join(
                 f"{statistics.median(r.per_message_ms(r.our_backends.get(who, 0.0)) for r in c.rounds):.3f}"
                 for c in cases
@@ -572,10 +573,10 @@ def summary(cases: list[Case], clients: int) -> str:
     return "\n".join(lines)
 
 
-def rounds_text(cases: list[Case]) -> str:
+def rounds_text(cases: list[Case], first: int = 1) -> str:
     out = []
     for c in cases:
-        for i, r in enumerate(c.rounds, 1):
+        for i, r in enumerate(c.rounds, first):
             lines = ", ".join(f"{name} {n / r.clients:.2f}" for name, n in sorted(r.lines.items()))
             out.append(
                 f"- {c.latency_ms} ms, round {i}: {r.seconds:.1f} s ({r.rate:,.0f}/s; first `sent` after "
@@ -627,7 +628,7 @@ async def main_async(args: argparse.Namespace, base: str) -> int:
             result = await e2e_round(case.latency_ms, args.clients, args.relay, profile)
             result.sender = await sender_round(base, token, case.latency_ms, in_flight, SENDER_MESSAGES)
             case.rounds.append(result)
-            print(rounds_text([Case(case.latency_ms, in_flight, [result])]), flush=True)
+            print(rounds_text([Case(case.latency_ms, in_flight, [result])], first=i + 1), flush=True)
             print(cpu_table([Case(case.latency_ms, in_flight, [result])]), flush=True)
     print(summary(cases, args.clients))
     print(cpu_table(cases))
