@@ -16,9 +16,9 @@ preflight: install
 migrate: preflight ## create the database if missing and apply every migration
 	$(RUN) python -m shared.migrate
 
-run: migrate ## migrate, then start every service (api, scheduler, sender, reporter, probe stand-in, dev sign-in)
+run: migrate ## migrate, then start every service of the Procfile (api, scheduler, sender, reporter, probe stand-in, dev sign-in)
 	@$(RUN) python -m scripts.first_run
-	$(RUN) honcho start -f Procfile
+	$(RUN) python -m scripts.procfile -f Procfile
 
 test: preflight browser deploy-tools ## every test: unit, integration, end-to-end, browser
 	$(RUN) pytest
@@ -46,6 +46,7 @@ bench: preflight ## throughput benchmarks; figures go to docs/benchmarks.md
 	$(RUN) python -m bench.counts
 	$(RUN) python -m bench.sender
 	$(RUN) python -m bench.admin_pages
+	$(RUN) python -m bench.e2e
 
 soak: install ## every service as a process through restarts, kills and provider faults; audit in bench/results/
 	$(RUN) python -m bench.soak

@@ -8,6 +8,7 @@ costs nothing); the stand-in runs as its own process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,23 +283,37 @@ async def sender_rate(
         drop_database(name)
 
 
-async def run_case(base: str, token: str, latency_ms: int, in_flight: int, total: int) -> Row:
-    namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    topology = Topology(namespace)
-    row = Row(latency_ms, in_flight, total)
+@contextlib.asynccontextmanager
+async def private_topology(prefix: str = "bench") -> AsyncIterator[Topology]:
+    """Every exchange and queue of a namespace of its own, deleted again at the end."""
+    topology = Topology(f"{prefix}-{uuid.uuid4().hex[:8]}")
     connection = await connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
         await declare(channel, topology)
         try:
-            for _ in range(ROUNDS):
-                await stub_faults(base, latency_ms=latency_ms)
-                row.http.append(await http_ceiling(base, token, total, in_flight))
-                row.amqp.append(await amqp_ceiling(topology, total, prefetch=AMQP_CEILING_PREFETCH))
-                await stub_faults(base, latency_ms=latency_ms)
-                row.senders.append(await sender_rate(base, token, total, in_flight, namespace))
+            yield topology
         finally:
             await delete(channel, topology)
+
+
+async def sender_round(base: str, token: str, latency_ms: int, in_flight: int, total: int) -> float:
+    """One sender figure as `bench.sender` measures it, in a namespace of its own (`bench.e2e` pairs it
+    with its own rounds)."""
+    async with private_topology() as topology:
+        await stub_faults(base, latency_ms=latency_ms)
+        return await sender_rate(base, token, total, in_flight, topology.namespace)
+
+
+async def run_case(base: str, token: str, latency_ms: int, in_flight: int, total: int) -> Row:
+    row = Row(latency_ms, in_flight, total)
+    async with private_topology() as topology:
+        for _ in range(ROUNDS):
+            await stub_faults(base, latency_ms=latency_ms)
+            row.http.append(await http_ceiling(base, token, total, in_flight))
+            row.amqp.append(await amqp_ceiling(topology, total, prefetch=AMQP_CEILING_PREFETCH))
+            await stub_faults(base, latency_ms=latency_ms)
+            row.senders.append(await sender_rate(base, token, total, in_flight, topology.namespace))
     return row
 
 
@@ -339,16 +355,36 @@ def write_section(markdown: str) -> None:
     rewrite_section("Sender", section)
 
 
+async def wait_healthy(url: str, within: float = 30.0) -> None:
+    """Until `url` answers 200 (a service's /healthz), at most `within` seconds."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {within} s")
+
+
+@contextlib.contextmanager
+def stand_in() -> Iterator[str]:
+    """The stand-in as `bench.sender` runs it: its own process on a free port, logging at WARNING;
+    yields its base URL (wait for it with `wait_healthy`)."""
+    port = free_port()
+    env = {**os.environ, "MAILING_PROBE_PORT": str(port), "MAILING_PROBE_LOG_LEVEL": "WARNING"}
+    stub = subprocess.Popen([sys.executable, "-m", "services.probe_stub"], env=env, cwd=ROOT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stub.terminate()
+        stub.wait(timeout=10)
+
+
 async def main_async(base: str) -> int:
     configure_logging("bench", level="WARNING")
-    async with aiohttp.ClientSession() as http:
-        for _ in range(100):
-            try:
-                async with http.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
+    await wait_healthy(f"{base}/healthz", within=10)
     token = make_token(SECRET)
     rows = [
         await run_case(base, token, latency_ms=0, in_flight=100, total=30_000),
@@ -361,14 +397,8 @@ async def main_async(base: str) -> int:
 
 
 def main() -> None:
-    port = free_port()
-    env = {**os.environ, "MAILING_PROBE_PORT": str(port), "MAILING_PROBE_LOG_LEVEL": "WARNING"}
-    stub = subprocess.Popen([sys.executable, "-m", "services.probe_stub"], env=env, cwd=ROOT)
-    try:
-        code = uvloop.run(main_async(f"http://127.0.0.1:{port}"))
-    finally:
-        stub.terminate()
-        stub.wait(timeout=10)
+    with stand_in() as base:
+        code = uvloop.run(main_async(base))
     raise SystemExit(code)
 
 

@@ -4,7 +4,7 @@ oidc-provider-mock (discovery, JWKS, authorization code, token, userinfo, end_se
 `admin`, `operator` and `viewer` holding those roles in the `roles` claim of the id token and of the access
 token (a JWT whose audience is the client id), and PKCE (S256) required. Its login page asks only for a
 user name. When an issuer is configured, or in production, it does not start and just waits, so that
-honcho keeps the other processes running.
+`make run` (`scripts/procfile.py`) keeps the other processes running.
 """
 
 from __future__ import annotations

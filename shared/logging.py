@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
 import sys
+import threading
 import traceback
 from json import dumps
 from typing import TYPE_CHECKING, Any, TextIO
@@ -49,6 +51,9 @@ _PHONE = re.compile(r"(?<![0-9])(?:\+7|7|8)[0-9]{6}([0-9]{4})(?![0-9])")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _TRACEBACK = "_traceback"
+_SUFFIX = "_suffix"
+# Bound fields that are not listed after a plain-text line's message.
+_NOT_FIELDS = frozenset(("service", _TRACEBACK, _SUFFIX))
 
 
 def mask_phones(text: str) -> str:
@@ -86,15 +91,81 @@ def _patcher(plain: bool) -> Any:
     return patch
 
 
+_HUMAN = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
+    "<cyan>{extra[service]}</cyan> | {message}{extra[" + _SUFFIX + "]}"
+)
+_HUMAN_LINE = _HUMAN + "\n"
+_HUMAN_TRACEBACK = _HUMAN + "\n{extra[" + _TRACEBACK + "]}"
+
+
 def _human_format(record: Any) -> str:
-    extra = " ".join(f"{k}={v}" for k, v in record["extra"].items() if k not in ("service", _TRACEBACK))
-    suffix = f" | {extra}" if extra else ""
-    return (
-        "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
-        "<cyan>{extra[service]}</cyan> | {message}"
-        + suffix.replace("{", "{{").replace("}", "}}")
-        + ("\n{extra[" + _TRACEBACK + "]}" if _TRACEBACK in record["extra"] else "\n")
-    )
+    """One of two fixed templates, the bound fields going in as a value (` | key=value ...`).
+
+    loguru parses a template's colour markup once and keeps the result for the next record with the
+    same template (64 of them): a template that held the fields themselves would be new, and parsed
+    again, for every line that carries a message id. As a value, a field is not markup either."""
+    extra = record["extra"]
+    fields = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _NOT_FIELDS)
+    extra[_SUFFIX] = f" | {fields}" if fields else ""
+    return _HUMAN_TRACEBACK if _TRACEBACK in extra else _HUMAN_LINE
+
+
+class BatchedStream:
+    """Lines logged on an event loop's thread go out together, in one write, once the loop is through
+    with its current batch of callbacks; anywhere else (start-up, shutdown, a worker thread) a line
+    goes out at once, after whatever was waiting, so the order stays the order of logging.
+
+    A stream written and flushed a line at a time costs a system call a line (the scheduler logs every
+    message it hands to the sender, the sender every call; docs/benchmarks.md, "End to end"). What
+    waits is flushed when loguru removes the sink (at exit, or when logging is configured again)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.pending: list[str] = []
+        self.lock = threading.Lock()
+        self.flush_on: asyncio.AbstractEventLoop | None = None
+
+    def write(self, line: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock:
+            if loop is None:
+                self.pending.append(line)
+                self._write_pending()
+                return
+            self.pending.append(line)
+            if self.flush_on is not loop:
+                self.flush_on = loop
+                loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Write what waits. Not named `flush`: loguru would call that after every line."""
+        with self.lock:
+            self.flush_on = None
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self.pending:
+            text = "".join(self.pending)
+            self.pending.clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except ValueError:
+                # The stream was closed under us (at exit, after a test's capture): nowhere to write.
+                if not self.stream.closed:
+                    raise
+
+    def stop(self) -> None:
+        """Called by loguru when the sink is removed."""
+        self.drain()
+
+    def isatty(self) -> bool:
+        """So that loguru colours the lines exactly when the stream is a terminal."""
+        return self.stream.isatty()
 
 
 class JsonLines:
@@ -105,10 +176,10 @@ class JsonLines:
     process, thread, elapsed, ...), at about twice the cost a line (docs/benchmarks.md); the sender
     writes a line for every call to the sending API at INFO."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | BatchedStream) -> None:
         self.stream = stream
 
-    def __call__(self, message: Message) -> None:
+    def write(self, message: Message) -> None:
         record = message.record
         line: dict[str, Any] = {
             **record["extra"],
@@ -122,18 +193,24 @@ class JsonLines:
             line["exception"] = mask_phones(text)
         self.stream.write(dumps(line, default=str) + "\n")
 
+    def stop(self) -> None:
+        """Called by loguru when the sink is removed."""
+        if isinstance(self.stream, BatchedStream):
+            self.stream.stop()
+
 
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
+    stream = BatchedStream(sys.stderr)
     if json:
         logger.add(
-            JsonLines(sys.stderr), level=level.upper(), format="{message}", backtrace=False, diagnose=False
+            JsonLines(stream), level=level.upper(), format="{message}", backtrace=False, diagnose=False
         )
     else:
-        logger.add(sys.stderr, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
+        logger.add(stream, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq", "alembic"):
         std = logging.getLogger(name)

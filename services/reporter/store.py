@@ -8,44 +8,37 @@ from datetime import date, datetime
 from enum import StrEnum
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import reports
 from shared.contracts import MessageOutcome
 from shared.domain.statuses import FINAL_SQL, ReportStatus
-from shared.models import ReportOutcome
 from shared.reports import MailingFigures
 
 _SENT, _SENDING = ReportStatus.SENT.sql, ReportStatus.SENDING.sql
-# Rows per INSERT: 6 parameters each, well under PostgreSQL's 65,535 parameters a statement.
-INSERT_CHUNK = 5_000
+# One statement for any number of outcomes: six arrays, not six parameters a row (a statement takes at
+# most 65,535 parameters, and SQLAlchemy would compile a new INSERT for every other count of rows).
+_RECORD = text(
+    "INSERT INTO report_outcomes (message_id, mailing_id, client_id, status, attempts, occurred_at)"
+    " SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:mailings AS bigint[]),"
+    " CAST(:clients AS bigint[]), CAST(:statuses AS text[]), CAST(:attempts AS integer[]),"
+    " CAST(:times AS timestamptz[]))"
+    " ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+)
 
 
 async def record_outcomes(engine: AsyncEngine, outcomes: Sequence[MessageOutcome]) -> list[int]:
-    """Store outcomes not seen before (all in one transaction); returns the message ids inserted."""
-    rows = [
-        {
-            "message_id": o.message_id,
-            "mailing_id": o.mailing_id,
-            "client_id": o.client_id,
-            "status": o.status,
-            "attempts": o.attempts,
-            "occurred_at": o.occurred_at,
-        }
-        for o in outcomes
-    ]
-    inserted: list[int] = []
+    """Store outcomes not seen before (all in one statement); returns the message ids inserted."""
+    params = {
+        "ids": [o.message_id for o in outcomes],
+        "mailings": [o.mailing_id for o in outcomes],
+        "clients": [o.client_id for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "attempts": [o.attempts for o in outcomes],
+        "times": [o.occurred_at for o in outcomes],
+    }
     async with engine.begin() as conn:
-        for first in range(0, len(rows), INSERT_CHUNK):
-            statement = (
-                insert(ReportOutcome)
-                .values(rows[first : first + INSERT_CHUNK])
-                .on_conflict_do_nothing(index_elements=[ReportOutcome.message_id])
-                .returning(ReportOutcome.message_id)
-            )
-            inserted += (await conn.execute(statement)).scalars()
-    return inserted
+        return list((await conn.execute(_RECORD, params)).scalars())
 
 
 async def last_sent_day(engine: AsyncEngine) -> date | None:

@@ -387,14 +387,38 @@ async def test_a_day_begun_but_never_finished_is_sent_again_with_a_warning(
     assert message["Message-ID"] == "<mailing-report-2026-11-25@test.local>"
 
 
-async def test_an_event_with_more_outcomes_than_one_statement_takes_is_recorded(
+async def test_an_event_with_more_outcomes_than_a_statement_takes_parameters_is_recorded(
     reporter_settings: ReporterSettings, engine: AsyncEngine
 ) -> None:
+    # 12,000 rows of six columns each would be 72,000 parameters: more than PostgreSQL takes.
     reporter = make_reporter(engine, reporter_settings)
     at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     await reporter.record([outcome(i, 5, "sent", at) for i in range(1, 12_001)])
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM report_outcomes")) == 12_000
+
+
+async def test_recording_keeps_each_messages_first_outcome_with_every_field_and_returns_only_the_new_ones(
+    engine: AsyncEngine,
+) -> None:
+    at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    later = at + timedelta(minutes=3)
+    assert await store.record_outcomes(engine, [outcome(1, 5, "sent", at)]) == [1]
+    again = [outcome(1, 5, "failed", later), outcome(2, 6, "expired", later), outcome(2, 6, "sent", at)]
+    again[1] = again[1].model_copy(update={"client_id": 9, "attempts": 4})
+    assert await store.record_outcomes(engine, again) == [2]
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT message_id, mailing_id, client_id, status, attempts, occurred_at"
+                " FROM report_outcomes ORDER BY 1"
+            )
+        )
+        assert [tuple(r) for r in rows] == [(1, 5, 1, "sent", 1, at), (2, 6, 9, "expired", 4, later)]
+        minutes = await conn.execute(
+            text("SELECT mailing_id, status, minute, count FROM report_outcome_minutes ORDER BY 1")
+        )
+        assert [tuple(r) for r in minutes] == [(5, "sent", at, 1), (6, "expired", later, 1)]
 
 
 async def test_a_stop_between_two_due_days_ends_the_tick_after_the_day_under_way(

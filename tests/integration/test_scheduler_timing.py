@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
+from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .test_scheduler_helpers import (
@@ -17,6 +19,9 @@ from .test_scheduler_helpers import (
     scheduler_settings,
     set_mailing,
 )
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +47,26 @@ async def test_mailing_created_inside_its_period_starts_at_once(engine: AsyncEng
     ids = await message_ids_of(engine, mailing)
     assert sorted(publisher.sent_ids) == sorted(ids[c] for c in clients)
     assert {status for status, _, _ in (await messages(engine, mailing)).values()} == {"queued"}
+
+
+async def test_every_dispatched_message_has_a_log_line_of_its_own_with_its_ids(engine: AsyncEngine) -> None:
+    # Requirement 12: a message's (and a client's) story is found in the logs by its id.
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    clients = [await add_client(engine, "Europe/Moscow") for _ in range(3)]
+    mailing = await add_mailing(engine, T0 - timedelta(hours=1), T0 + timedelta(hours=5))
+    records: list[Record] = []
+    sink = logger.add(lambda m: records.append(m.record), level="INFO")
+    try:
+        await scheduler.tick(T0)
+    finally:
+        logger.remove(sink)
+
+    ids = await message_ids_of(engine, mailing)
+    handed = [r["extra"] for r in records if r["message"] == "message handed to the sender"]
+    assert sorted((e["mailing_id"], e["message_id"], e["client_id"]) for e in handed) == sorted(
+        (mailing, ids[c], c) for c in clients
+    )
 
 
 async def test_future_mailing_starts_at_its_start_even_after_a_restart(engine: AsyncEngine) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 from datetime import datetime
 
 import pytest
 from loguru import logger
 
-from shared.logging import configure_logging, info_enabled
+from shared.logging import BatchedStream, _human_format, configure_logging, info_enabled
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +94,106 @@ def test_phone_numbers_are_masked_to_their_last_four_digits_everywhere_in_a_line
         assert phone not in err
     assert "*******4567" in err and "*******4321" in err and "*******2233" in err
     assert "12345678" in err  # ids are not phones
+
+
+def test_plain_text_lines_list_the_bound_fields_after_the_message_as_they_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("sender")
+    try:
+        logger.bind(mailing_id=42, message_id=7).info("sent")
+        logger.info("sent", mailing_id=42, message_id=8)
+        logger.info("nothing bound")
+        logger.bind(note="{braces} and <red>no markup</red>").info("odd {}", "value")
+    finally:
+        configure_logging("test")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4
+    assert lines[0].endswith("| INFO    | sender | sent | mailing_id=42 message_id=7")
+    assert lines[1].endswith("| INFO    | sender | sent | mailing_id=42 message_id=8")
+    assert lines[2].endswith("| INFO    | sender | nothing bound")
+    assert lines[3].endswith("| sender | odd value | note={braces} and <red>no markup</red>")
+
+
+def test_plain_text_lines_of_different_ids_share_one_template() -> None:
+    # loguru prepares a template's markup once and reuses it for the next record of the same template.
+    first = {"extra": {"service": "scheduler", "message_id": 1}}
+    second = {"extra": {"service": "scheduler", "message_id": 2, "client_id": 3}}
+    assert _human_format(first) is _human_format(second)
+
+
+def test_a_plain_text_traceback_follows_its_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("api")
+    try:
+        try:
+            raise ValueError("no such thing")
+        except ValueError:
+            logger.bind(client_id=3).exception("failed")
+    finally:
+        configure_logging("test")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("| ERROR   | api | failed | client_id=3")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: no such thing"
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_on_an_event_loop_go_out_together_once_it_turns_in_the_order_logged() -> None:
+    stream = CountingStream()
+    batched = BatchedStream(stream)
+
+    async def scenario() -> None:
+        batched.write("one\n")
+        batched.write("two\n")
+        assert stream.getvalue() == ""
+        await asyncio.sleep(0)
+        assert (stream.getvalue(), stream.writes) == ("one\ntwo\n", 1)
+        batched.write("three\n")
+        # A worker thread's line goes out at once, after what waited on the loop.
+        await asyncio.to_thread(batched.write, "from a thread\n")
+        batched.write("four\n")
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert stream.getvalue() == "one\ntwo\nthree\nfrom a thread\nfour\n"
+    batched.write("outside any loop\n")
+    assert stream.getvalue().endswith("four\noutside any loop\n")
+
+
+def test_what_waits_is_written_when_the_sink_is_removed(capsys: pytest.CaptureFixture[str]) -> None:
+    async def log_and_stop() -> None:
+        logger.info("logged last", message_id=5)
+        configure_logging("test")  # removes the sink: nothing may be lost
+
+    configure_logging("scheduler")
+    asyncio.run(log_and_stop())
+    assert capsys.readouterr().err.rstrip().endswith("| scheduler | logged last | message_id=5")
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_a_service_logging_on_its_event_loop_loses_no_line(
+    capsys: pytest.CaptureFixture[str], json_lines: bool
+) -> None:
+    async def service() -> None:
+        for i in range(3):
+            logger.info("message handed to the sender", message_id=i)
+            await asyncio.sleep(0)
+        logger.info("stopped")
+
+    configure_logging("scheduler", json=json_lines)
+    try:
+        asyncio.run(service())
+    finally:
+        configure_logging("test")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and "stopped" in lines[-1]
+    assert all("message handed to the sender" in line for line in lines[:3])

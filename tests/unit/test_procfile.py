@@ -1,0 +1,89 @@
+"""`scripts.procfile`, the runner `make run` starts the services with."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.procfile import Entry, Output, parse_procfile, relay
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = re.compile(r"^\d\d:\d\d:\d\d (\S+)\s* \| (.*)$")
+
+
+def test_a_procfile_is_name_and_command_lines() -> None:
+    text = "# the services\napi: python -m services.api\n\n  smtp:python -m aiosmtpd -n -l 127.0.0.1:1025\n"
+    assert parse_procfile(text) == [
+        Entry("api", "python -m services.api"),
+        Entry("smtp", "python -m aiosmtpd -n -l 127.0.0.1:1025"),
+    ]
+    for bad in ("api python", "api:", ": python", "a: x\na: y"):
+        with pytest.raises(ValueError, match="line"):
+            parse_procfile(bad)
+
+
+def test_the_repositorys_procfile_parses() -> None:
+    names = [e.name for e in parse_procfile((ROOT / "Procfile").read_text())]
+    assert {"api", "scheduler", "sender", "reporter", "probe"} <= set(names)
+
+
+def test_each_line_gets_the_time_and_the_name_and_colour_only_on_a_terminal() -> None:
+    stream = io.BytesIO()
+    out = Output(stream, ["api", "scheduler"], colour=False)
+    out.lines("api", b"one\ntwo\n")
+    out.lines("scheduler", b"three")
+    lines = stream.getvalue().decode().splitlines()
+    assert [PREFIX.match(line).groups() for line in lines] == [  # type: ignore[union-attr]
+        ("api", "one"),
+        ("api", "two"),
+        ("scheduler", "three"),
+    ]
+    assert lines[0].index("|") == lines[2].index("|")
+    coloured = io.BytesIO()
+    Output(coloured, ["api"], colour=True).lines("api", b"x\n")
+    written = coloured.getvalue()
+    assert written.startswith(b"\x1b[0m\x1b[36m") and written.endswith(b"| \x1b[0mx\n")
+
+
+async def test_a_line_split_across_reads_goes_out_whole() -> None:
+    stream = io.BytesIO()
+    out = Output(stream, ["sender"], colour=False)
+    reader = asyncio.StreamReader()
+    for piece in (b"first li", b"ne\nsecond", b" line\nthird ", b"line\nno newline at the end"):
+        reader.feed_data(piece)
+        await asyncio.sleep(0)
+    reader.feed_eof()
+    await relay("sender", reader, out)
+    got = [PREFIX.match(line).group(2) for line in stream.getvalue().decode().splitlines()]  # type: ignore[union-attr]
+    assert got == ["first line", "second line", "third line", "no newline at the end"]
+
+
+def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(tmp_path: Path) -> None:
+    python = sys.executable
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        f'quick: {python} -c \'import sys; print("hello"); print("world", file=sys.stderr); sys.exit(3)\'\n'
+        f"slow: {python} -c 'import time; print(\"waiting\", flush=True); time.sleep(600)'\n"
+    )
+    # A guard against a hang, not a timing: the slow entry is stopped as soon as the quick one ends.
+    done = subprocess.run(
+        [python, "-m", "scripts.procfile", "-f", str(procfile)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    lines = [PREFIX.match(line) for line in done.stdout.decode().splitlines()]
+    pairs = [m.groups() for m in lines if m is not None]
+    assert ("quick", "hello") in pairs and ("quick", "world") in pairs
+    assert ("system", "quick stopped (rc=3)") in pairs
+    assert ("system", "slow stopped (rc=-15)") in pairs
