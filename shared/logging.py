@@ -4,7 +4,10 @@ import inspect
 import logging
 import re
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from json import dumps
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -86,13 +89,25 @@ def _patcher(plain: bool) -> Any:
     return patch
 
 
+def _extra_field(key: str, value: Any) -> str:
+    # By name: the format then depends on the bound keys only, not on their values, so loguru parses it
+    # once per set of keys (it caches a few dozen formats) instead of once per line; the values are
+    # substituted, never read as markup. A key that cannot be a field name goes in as text.
+    if key.isidentifier():
+        return f"{key}={{extra[{key}]}}"
+    text = f"{key}={value}".replace("{", "{{").replace("}", "}}")
+    return text.replace("<", "\\<")
+
+
 def _human_format(record: Any) -> str:
-    extra = " ".join(f"{k}={v}" for k, v in record["extra"].items() if k not in ("service", _TRACEBACK))
+    extra = " ".join(
+        _extra_field(k, v) for k, v in record["extra"].items() if k not in ("service", _TRACEBACK)
+    )
     suffix = f" | {extra}" if extra else ""
     return (
         "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
         "<cyan>{extra[service]}</cyan> | {message}"
-        + suffix.replace("{", "{{").replace("}", "}}")
+        + suffix
         + ("\n{extra[" + _TRACEBACK + "]}" if _TRACEBACK in record["extra"] else "\n")
     )
 
@@ -105,7 +120,7 @@ class JsonLines:
     process, thread, elapsed, ...), at about twice the cost a line (docs/benchmarks.md); the sender
     writes a line for every call to the sending API at INFO."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | LineWriter) -> None:
         self.stream = stream
 
     def __call__(self, message: Message) -> None:
@@ -123,17 +138,91 @@ class JsonLines:
         self.stream.write(dumps(line, default=str) + "\n")
 
 
+class LineWriter:
+    """The stream the one sink writes to: each line goes out (written and flushed) as it comes, except in
+    a thread inside `batched_lines()`, whose lines gather and go out together, up to `BATCH_LINES` a
+    write. Through a pipe (honcho, a container runtime) every write wakes the reader on the other end;
+    thousands of lines in one burst (a CSV import's line per client) then cost two processes a
+    wake-up each, where one write of a few hundred lines costs them one."""
+
+    BATCH_LINES = 500
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def isatty(self) -> bool:
+        # loguru colours the lines for a terminal only: it asks the stream.
+        return self.stream.isatty()
+
+    def write(self, text: str) -> None:
+        pending: list[str] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            with self._lock:
+                self.stream.write(text)
+                self.stream.flush()
+            return
+        pending.append(text)
+        if len(pending) >= self.BATCH_LINES:
+            self._write_pending(pending)
+
+    def flush(self) -> None:
+        # loguru flushes after every line; a batch is flushed when it is written.
+        if getattr(self._local, "pending", None) is None:
+            with self._lock:
+                self.stream.flush()
+
+    def _write_pending(self, pending: list[str]) -> None:
+        with self._lock:
+            self.stream.write("".join(pending))
+            self.stream.flush()
+        pending.clear()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        if getattr(self._local, "pending", None) is not None:
+            yield  # already batching in this thread
+            return
+        pending: list[str] = []
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = None
+            if pending:
+                self._write_pending(pending)
+
+
+class _Output:
+    writer: LineWriter | None = None
+
+
+@contextmanager
+def batched_lines() -> Iterator[None]:
+    """The lines this thread logs inside go out a few hundred at a time (each line the same as alone):
+    for a burst of lines such as a big import's line per client. Lines of other threads meanwhile go out
+    at once, so they can come before the end of a batch that was logged earlier; each keeps its own time.
+    What is pending when the process is killed is lost: at most `LineWriter.BATCH_LINES` lines."""
+    if _Output.writer is None:
+        yield
+        return
+    with _Output.writer.batched():
+        yield
+
+
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
+    writer = _Output.writer = LineWriter(sys.stderr)
     if json:
         logger.add(
-            JsonLines(sys.stderr), level=level.upper(), format="{message}", backtrace=False, diagnose=False
+            JsonLines(writer), level=level.upper(), format="{message}", backtrace=False, diagnose=False
         )
     else:
-        logger.add(sys.stderr, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
+        logger.add(writer, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq", "alembic"):
         std = logging.getLogger(name)
