@@ -201,23 +201,29 @@ WITH firsts AS (
 SELECT line, first, count(*) OVER () FROM gone ORDER BY line LIMIT %(limit)s
 """
 
-# One statement: the upsert, what it wrote (id, the row's line, created or updated) kept in a staging
-# table for the log lines, and the counts.
+# The upsert of one part of the staging table (parts by a hash of the phone, so that a phone repeated in
+# the file lands in one part, where the upsert refuses it), what it wrote (id, the row's line, created or
+# updated) kept in a staging table for the log lines, and the counts. A part of at most UPSERT_ROWS rows
+# a statement keeps each statement well inside the statement timeout, whatever the file's length.
 UPSERT = """
-WITH up AS (
+WITH part AS (
+    SELECT line, phone, operator_code, tag, timezone FROM client_import
+    WHERE (hashtext(phone) & 2147483647) %% %(parts)s = %(part)s
+), up AS (
     INSERT INTO clients (phone, operator_code, tag, timezone)
-    SELECT phone, operator_code, tag, timezone FROM client_import
+    SELECT phone, operator_code, tag, timezone FROM part
     ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
         SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
             timezone = EXCLUDED.timezone, updated_at = now()
     RETURNING id, phone, (xmax = 0) AS created
 ), written AS (
     INSERT INTO client_import_written (client_id, line, created)
-    SELECT up.id, s.line, up.created FROM up JOIN client_import s USING (phone)
+    SELECT up.id, part.line, up.created FROM up JOIN part USING (phone)
     RETURNING created
 )
 SELECT count(*) FILTER (WHERE created), count(*) FROM written
 """
+UPSERT_ROWS = 100_000
 
 # What was written, as blocks of text lines "client_id line t|f" (about 18 bytes a client), so that a
 # million clients cross to Python as a few hundred strings, not a million rows.
@@ -347,21 +353,32 @@ async def _copy_rows(cursor: Any, chunks: Iterator[list[Row]]) -> int:
     return copied
 
 
-async def _upsert(cursor: Any, duplicate_errors: list[RowError]) -> _Written:
+async def _upsert_parts(cursor: Any, copied: int) -> tuple[int, int]:
+    """Created and written (created or updated) clients, the staging table upserted a part at a time."""
+    parts = -(-copied // UPSERT_ROWS)
+    created = written = 0
+    for part in range(parts):
+        await cursor.execute(UPSERT, {"parts": parts, "part": part})
+        part_created, part_written = await cursor.fetchone()
+        created += part_created
+        written += part_written
+    return created, written
+
+
+async def _upsert(cursor: Any, copied: int, duplicate_errors: list[RowError]) -> _Written:
     """The upsert of the staging table. It refuses a phone that comes twice; only then are the repeats
     taken out (each reported as an error, the first MAX_REPORTED_ERRORS by line) and the upsert run again."""
     result = _Written()
     await cursor.execute("SAVEPOINT client_import_upsert")
     try:
-        await cursor.execute(UPSERT)
+        result.created, result.written = await _upsert_parts(cursor, copied)
     except psycopg.errors.CardinalityViolation:
         await cursor.execute("ROLLBACK TO SAVEPOINT client_import_upsert")
         await cursor.execute(DUPLICATES, {"limit": MAX_REPORTED_ERRORS})
         for line, first, total in await cursor.fetchall():
             result.duplicates = total
             duplicate_errors.append(RowError(line=line, field="phone", message=f"duplicate of line {first}"))
-        await cursor.execute(UPSERT)
-    result.created, result.written = await cursor.fetchone()
+        result.created, result.written = await _upsert_parts(cursor, copied - result.duplicates)
     await cursor.execute("RELEASE SAVEPOINT client_import_upsert")
     return result
 
@@ -385,8 +402,8 @@ async def import_clients_csv(
         async with pg.cursor() as cursor:
             for statement in STAGING:
                 await cursor.execute(statement)
-            if await _copy_rows(cursor, _chunks(text, parsed, chunk_rows, max_rows)):
-                written = await _upsert(cursor, duplicate_errors)
+            if copied := await _copy_rows(cursor, _chunks(text, parsed, chunk_rows, max_rows)):
+                written = await _upsert(cursor, copied, duplicate_errors)
                 # Streamed a row (a block of text) at a time: never the whole result at once.
                 async for (block,) in cursor.stream(WRITTEN_BLOCKS, {"rows": chunk_rows}):
                     out.write(block.encode() + b"\n")

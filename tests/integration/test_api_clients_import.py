@@ -9,6 +9,7 @@ import httpx
 import pytest
 from loguru import logger
 
+from services.api import clients_import
 from services.api.clients_import import log_writers_done
 
 pytestmark = pytest.mark.integration
@@ -108,6 +109,25 @@ async def test_repeats_are_rejected_in_line_order_among_the_other_errors(api: ht
     ]
     clients = await _phones(api)
     assert (clients["79001234567"]["tag"], clients["79001234568"]["tag"]) == ("a", "d")
+
+
+async def test_a_file_upserted_in_many_parts_counts_and_rejects_as_in_one(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big files are upserted a part at a time (parts by phone): a repeat is still found, wherever its
+    first row is, and every client is written once."""
+    monkeypatch.setattr(clients_import, "UPSERT_ROWS", 3)
+    phones = [f"7900123456{i}" for i in range(10)]
+    rows = [f"{p},,,UTC" for p in phones] + [f"{phones[7]},,x,UTC", f"{phones[0]},,y,UTC"]
+    body = (await _import(api, HEADER + "\n".join(rows) + "\n")).json()
+    assert (body["created"], body["updated"], body["rejected"]) == (10, 0, 2)
+    assert body["errors"] == [
+        {"line": 12, "field": "phone", "message": "duplicate of line 9"},
+        {"line": 13, "field": "phone", "message": "duplicate of line 2"},
+    ]
+    again = (await _import(api, HEADER + "\n".join(rows[:10]) + "\n")).json()
+    assert (again["created"], again["updated"], again["rejected"]) == (0, 10, 0)
+    assert {c["tag"] for c in (await _phones(api)).values()} == {""}
 
 
 async def test_the_error_list_keeps_the_first_errors_by_line_when_repeats_are_many(
