@@ -69,7 +69,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _leaf(pid: int) -> int:
-    """The process a shell runs (the shell itself when it exec'd it)."""
+    """The process a shell runs (itself when the shell exec'd it)."""
+    if Path(f"/proc/{pid}/comm").read_text().strip() not in ("sh", "dash", "bash"):
+        return pid
     children = _children(pid)
     return _leaf(children[0]) if len(children) == 1 else pid
 
@@ -250,7 +252,9 @@ async def live_import(body: bytes, rows: int, *, database: str = "mailing_bench_
         await honcho.start()
         for kind in KINDS:
             await _wait_healthy(f"http://{LOCALHOST}:{ports[kind]}")
-        async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=api, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        ) as http:
             await _post_csv(http, make_csv(MAILING_CLIENTS, seed=2))
             now = datetime.now(UTC)
             mailing = await http.post(
