@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -314,6 +315,7 @@ async def live_import(body: bytes, rows: int, *, database: str = "mailing_bench_
         await honcho.stop()
         await _delete_namespace(base.amqp_url, namespace)
         drop_database(database_url)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _delete_namespace(amqp_url: str, namespace: str) -> None:
@@ -356,12 +358,13 @@ async def api_memory(
     base = CommonSettings()
     database_url = recreate_database(base.database_url, database)
     logs = Path(tempfile.mkdtemp(prefix="bench-import-memory-"))
+    namespace = f"bench-import-{uuid.uuid4().hex[:8]}"
     services = Services(
         logs,
         {
             "MAILING_DATABASE_URL": database_url,
             "MAILING_AMQP_URL": base.amqp_url,
-            "MAILING_AMQP_NAMESPACE": f"bench-import-{uuid.uuid4().hex[:8]}",
+            "MAILING_AMQP_NAMESPACE": namespace,
             "MAILING_BOOTSTRAP_API_KEY": KEY,
             "MAILING_LOCAL_STATE_DIR": str(logs / "local"),
             "MAILING_CSV_IMPORT_MAX_BYTES": str(256 * 1024 * 1024),
@@ -397,6 +400,8 @@ async def api_memory(
         return runs
     finally:
         await services.stop_all()
+        await _delete_namespace(base.amqp_url, namespace)
+        shutil.rmtree(logs, ignore_errors=True)
         drop_database(database_url)
 
 
