@@ -7,6 +7,8 @@ import re
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from json import dumps
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -120,13 +122,23 @@ class BatchedStream:
     message it hands to the sender, the sender every call; docs/benchmarks.md, "End to end"). What
     waits is flushed when loguru removes the sink (at exit, or when logging is configured again)."""
 
+    # A thread inside `batched_lines()` writes this many lines at most in one write.
+    HELD_LINES = 500
+
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.pending: list[str] = []
         self.lock = threading.Lock()
         self.flush_on: asyncio.AbstractEventLoop | None = None
+        self._held = threading.local()
 
     def write(self, line: str) -> None:
+        held: list[str] | None = getattr(self._held, "lines", None)
+        if held is not None:
+            held.append(line)
+            if len(held) >= self.HELD_LINES:
+                self._write_held(held)
+            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -158,6 +170,25 @@ class BatchedStream:
                 # The stream was closed under us (at exit, after a test's capture): nowhere to write.
                 if not self.stream.closed:
                     raise
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if getattr(self._held, "lines", None) is not None:
+            yield  # already holding in this thread
+            return
+        lines: list[str] = []
+        self._held.lines = lines
+        try:
+            yield
+        finally:
+            self._held.lines = None
+            self._write_held(lines)
+
+    def _write_held(self, lines: list[str]) -> None:
+        with self.lock:
+            self.pending.extend(lines)
+            self._write_pending()
+        lines.clear()
 
     def stop(self) -> None:
         """Called by loguru when the sink is removed."""
@@ -199,12 +230,29 @@ class JsonLines:
             self.stream.stop()
 
 
+class _Output:
+    stream: BatchedStream | None = None
+
+
+@contextmanager
+def batched_lines() -> Iterator[None]:
+    """The lines this thread logs inside go out a few hundred at a time (each line the same as alone):
+    for a burst of lines off the event loop, such as a big import's line per client. Lines of other
+    threads meanwhile go out as usual, so they can come before the end of a batch logged earlier; each
+    keeps its own time. What is held when the process is killed is lost: at most `HELD_LINES` lines."""
+    if _Output.stream is None:
+        yield
+        return
+    with _Output.stream.held():
+        yield
+
+
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
-    stream = BatchedStream(sys.stderr)
+    stream = _Output.stream = BatchedStream(sys.stderr)
     if json:
         logger.add(
             JsonLines(stream), level=level.upper(), format="{message}", backtrace=False, diagnose=False

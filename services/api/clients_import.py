@@ -3,30 +3,44 @@
 Parsing and validating a chunk, and turning it into COPY data, is CPU work: it runs in a worker thread,
 one chunk at a time, so the event loop keeps serving other requests during a big import. The loop only
 moves bytes (COPY, the upsert) between chunks.
+
+Memory stays bounded whatever the file's length: the upload is spooled to disk by the multipart parser,
+a chunk of rows at a time is held, a phone repeated in the file is found by the database (in the staging
+table), and what was written (client id, line, created or updated: the per-client log lines) comes back
+from the database in blocks of text that go to a temporary file, read back a block at a time when the
+lines are logged after the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import heapq
 import io
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import IO, Any
 
+import psycopg
 from fastapi import UploadFile
 from fastapi.exceptions import RequestValidationError
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.domain.clients import normalize_phone, resolve_operator_code, validate_tag, validate_timezone
 from shared.domain.errors import DomainValidationError
+from shared.logging import batched_lines
 
 COLUMNS = ("phone", "operator_code", "tag", "timezone")
 REQUIRED = ("phone", "timezone")
 MAX_REPORTED_ERRORS = 1000
 
-Row = tuple[str, str, str, str]
+# line, phone, operator code, tag, timezone
+Row = tuple[int, str, str, str, str]
 
 
 class RowError(BaseModel):
@@ -72,7 +86,6 @@ def _file_error(message: str) -> RequestValidationError:
 
 class _Validator:
     def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
         self.zones: dict[str, str | None] = {}
 
     def timezone(self, name: str) -> str | None:
@@ -103,12 +116,11 @@ class _Validator:
         timezone = values.get("timezone", "")
         if (problem := self.timezone(timezone)) is not None:
             problems.append(("timezone", problem))
-        if not problems and phone in self.seen:
-            problems.append(("phone", f"duplicate of line {self.seen[phone]}"))
         if problems:
             return problems
-        self.seen[phone] = line
-        return phone, code, tag, timezone
+        # A phone repeated in the file is found in the staging table (`_DUPLICATES`): no set of every
+        # phone is held here.
+        return line, phone, code, tag, timezone
 
 
 class _Parsed:
@@ -170,14 +182,123 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int, max_rows: int
         raise _file_error(f"the file is not UTF-8 text (near line {reader.line_num + 1})") from None
 
 
-UPSERT = """
-INSERT INTO clients (phone, operator_code, tag, timezone)
-SELECT phone, operator_code, tag, timezone FROM client_import
-ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
-    SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
-        timezone = EXCLUDED.timezone, updated_at = now()
-RETURNING id, phone, (xmax = 0) AS inserted
+STAGING = (
+    "CREATE TEMP TABLE client_import (line integer, phone text, operator_code text, tag text, timezone text)"
+    " ON COMMIT DROP",
+    "CREATE TEMP TABLE client_import_written (client_id bigint, line integer, created boolean)"
+    " ON COMMIT DROP",
+)
+
+# Every valid row's phone after its first valid row in the file: those rows are rejected, none written.
+# Only run when the upsert found a phone twice (which it refuses), so a file without repeats pays nothing.
+DUPLICATES = """
+WITH firsts AS (
+    SELECT phone, min(line) AS first FROM client_import GROUP BY phone HAVING count(*) > 1
+), gone AS (
+    DELETE FROM client_import c USING firsts f WHERE c.phone = f.phone AND c.line > f.first
+    RETURNING c.line, f.first
+)
+SELECT line, first, count(*) OVER () FROM gone ORDER BY line LIMIT %(limit)s
 """
+
+# The upsert of one part of the staging table (parts by a hash of the phone, so that a phone repeated in
+# the file lands in one part, where the upsert refuses it), what it wrote (id, the row's line, created or
+# updated) kept in a staging table for the log lines, and the counts. A part of at most UPSERT_ROWS rows
+# a statement keeps each statement well inside the statement timeout, whatever the file's length.
+UPSERT = """
+WITH part AS (
+    SELECT line, phone, operator_code, tag, timezone FROM client_import
+    WHERE (hashtext(phone) & 2147483647) %% %(parts)s = %(part)s
+), up AS (
+    INSERT INTO clients (phone, operator_code, tag, timezone)
+    SELECT phone, operator_code, tag, timezone FROM part
+    ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
+        SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
+            timezone = EXCLUDED.timezone, updated_at = now()
+    RETURNING id, phone, (xmax = 0) AS created
+), written AS (
+    INSERT INTO client_import_written (client_id, line, created)
+    SELECT up.id, part.line, up.created FROM up JOIN part USING (phone)
+    RETURNING created
+)
+SELECT count(*) FILTER (WHERE created), count(*) FROM written
+"""
+UPSERT_ROWS = 100_000
+
+# What was written, as blocks of text lines "client_id line t|f" (about 18 bytes a client), so that a
+# million clients cross to Python as a few hundred strings, not a million rows.
+WRITTEN_BLOCKS = """
+SELECT string_agg(concat_ws(' ', client_id, line, CASE WHEN created THEN 't' ELSE 'f' END), E'\\n')
+FROM client_import_written GROUP BY line / CAST(%(rows)s AS integer)
+"""
+
+
+class ImportResult:
+    """The report, and what was written (a temporary file) for the per-client log lines.
+
+    After the commit the caller hands it to `log_after_answer`; otherwise it calls `close`."""
+
+    def __init__(self, report: ImportReport, written: IO[bytes]) -> None:
+        self.report = report
+        self._written = written
+
+    def clients(self) -> Iterator[ImportedClient]:
+        """Each written client, read back from the file a block at a time."""
+        self._written.seek(0)
+        for line in self._written:
+            client_id, row, created = line.split()
+            yield ImportedClient(int(client_id), int(row), created == b"t")
+
+    def log_clients(self) -> None:
+        """One line per client (requirement 12: every operation on a client can be found by its id),
+        written a few hundred at a time (`batched_lines`); the file is closed after the last."""
+        try:
+            with batched_lines():
+                for client in self.clients():
+                    logger.info(
+                        _CREATED if client.created else _UPDATED,
+                        client.client_id,
+                        client.line,
+                        client_id=client.client_id,
+                    )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._written.close()
+
+
+_CREATED = "client {} created by CSV import (line {})"
+_UPDATED = "client {} updated by CSV import (line {})"
+
+# The imports whose per-client lines are being written, each a task (kept here until it ends).
+_log_writers: set[asyncio.Task[None]] = set()
+
+
+def log_after_answer(result: ImportResult) -> None:
+    """Called after the commit: the per-client lines are written from a worker thread (with the request's
+    context: its request id and actor) while the answer goes out, not before it.
+
+    Through a pipe read by a slow reader (honcho under `make run` passes about 10,000 lines a second)
+    a big import's lines take longer than the import; the client waits for its commit, not for them
+    (docs/benchmarks.md, CSV import). Stopping the process still writes them: asyncio waits for its
+    worker threads when the loop shuts down."""
+
+    async def write() -> None:
+        try:
+            await asyncio.to_thread(result.log_clients)
+        except Exception:
+            logger.exception("writing the CSV import's per-client log lines failed")
+
+    task = asyncio.create_task(write())
+    _log_writers.add(task)
+    task.add_done_callback(_log_writers.discard)
+
+
+async def log_writers_done() -> None:
+    """Waits until every import's per-client lines are written (tests and the benchmark use it)."""
+    while _log_writers:
+        await asyncio.gather(*_log_writers)
 
 
 @dataclass(frozen=True)
@@ -187,18 +308,16 @@ class ImportedClient:
     created: bool
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    report: ImportReport
-    clients: list[ImportedClient]
-
-
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def _copy_text(chunk: list[Row]) -> bytes:
     """A chunk as COPY text-format data (tab-separated, backslash-escaped, UTF-8)."""
-    return "".join("\t".join(v.translate(_COPY_ESCAPES) for v in row) + "\n" for row in chunk).encode()
+    e = _COPY_ESCAPES
+    return "".join(
+        f"{line}\t{phone.translate(e)}\t{code.translate(e)}\t{tag.translate(e)}\t{zone.translate(e)}\n"
+        for line, phone, code, tag, zone in chunk
+    ).encode()
 
 
 def _next_chunk(chunks: Iterator[list[Row]]) -> tuple[int, bytes] | None:
@@ -211,51 +330,98 @@ def _next_chunk(chunks: Iterator[list[Row]]) -> tuple[int, bytes] | None:
     return None if chunk is None else (len(chunk), _copy_text(chunk))
 
 
+@dataclass
+class _Written:
+    created: int = 0
+    written: int = 0
+    duplicates: int = 0
+
+
+async def _copy_rows(cursor: Any, chunks: Iterator[list[Row]]) -> int:
+    """COPY every valid row into the staging table; the next chunk is parsed in a thread meanwhile."""
+    copied = 0
+    parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+    try:
+        while (batch := await parsing) is not None:
+            parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+            rows, data = batch
+            async with cursor.copy("COPY client_import FROM STDIN") as copy:
+                await copy.write(data)
+            copied += rows
+    finally:
+        # On an error, the thread must be done with the file before it is let go.
+        await asyncio.wait({parsing})
+        if not parsing.cancelled():
+            parsing.exception()
+    return copied
+
+
+async def _upsert_parts(cursor: Any, copied: int) -> tuple[int, int]:
+    """Created and written (created or updated) clients, the staging table upserted a part at a time."""
+    parts = -(-copied // UPSERT_ROWS)
+    created = written = 0
+    for part in range(parts):
+        await cursor.execute(UPSERT, {"parts": parts, "part": part})
+        part_created, part_written = await cursor.fetchone()
+        created += part_created
+        written += part_written
+    return created, written
+
+
+async def _upsert(cursor: Any, copied: int, duplicate_errors: list[RowError]) -> _Written:
+    """The upsert of the staging table. It refuses a phone that comes twice; only then are the repeats
+    taken out (each reported as an error, the first MAX_REPORTED_ERRORS by line) and the upsert run again."""
+    result = _Written()
+    await cursor.execute("SAVEPOINT client_import_upsert")
+    try:
+        result.created, result.written = await _upsert_parts(cursor, copied)
+    except psycopg.errors.CardinalityViolation:
+        await cursor.execute("ROLLBACK TO SAVEPOINT client_import_upsert")
+        await cursor.execute(DUPLICATES, {"limit": MAX_REPORTED_ERRORS})
+        for line, first, total in await cursor.fetchall():
+            result.duplicates = total
+            duplicate_errors.append(RowError(line=line, field="phone", message=f"duplicate of line {first}"))
+        result.created, result.written = await _upsert_parts(cursor, copied - result.duplicates)
+    await cursor.execute("RELEASE SAVEPOINT client_import_upsert")
+    return result
+
+
 async def import_clients_csv(
     session: AsyncSession, upload: UploadFile, *, chunk_rows: int, max_rows: int
 ) -> ImportResult:
-    """Validate and upsert every row in the session's transaction; the caller commits."""
+    """Validate and upsert every row in the session's transaction. The caller commits, then hands the
+    result to `log_after_answer`, or calls its `close` when it does not commit."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     pg: Any = raw.driver_connection
     parsed = _Parsed()
-    copied = 0
-    written: list[ImportedClient] = []
-    # The upload is already spooled to a temporary file by the multipart parser; read it line by line.
-    text = io.TextIOWrapper(upload.file, encoding="utf-8-sig", newline="")
-    try:
+    written = _Written()
+    duplicate_errors: list[RowError] = []
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(tempfile.TemporaryFile())
+        # The upload is already spooled to a temporary file by the multipart parser; read it line by line.
+        text = io.TextIOWrapper(upload.file, encoding="utf-8-sig", newline="")
+        stack.callback(text.detach)
         async with pg.cursor() as cursor:
-            await cursor.execute(
-                "CREATE TEMP TABLE client_import (phone text, operator_code text, tag text, timezone text)"
-                " ON COMMIT DROP"
-            )
-            chunks = _chunks(text, parsed, chunk_rows, max_rows)
-            # The next chunk is parsed in the thread while the current one is COPYed.
-            parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
-            try:
-                while (batch := await parsing) is not None:
-                    parsing = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
-                    rows, data = batch
-                    async with cursor.copy("COPY client_import FROM STDIN") as copy:
-                        await copy.write(data)
-                    copied += rows
-            finally:
-                # On an error, the thread must be done with the file before it is let go.
-                await asyncio.wait({parsing})
-                if not parsing.cancelled():
-                    parsing.exception()
-            if copied:
-                await cursor.execute(UPSERT)
-                lines = parsed.validator.seen
-                # Turning the returned rows into objects is CPU work too: a chunk at a time, yielding between.
-                while records := await cursor.fetchmany(chunk_rows):
-                    written.extend(ImportedClient(i, lines[phone], new) for i, phone, new in records)
-                    await asyncio.sleep(0)
-            await cursor.execute("DROP TABLE client_import")
-    finally:
+            for statement in STAGING:
+                await cursor.execute(statement)
+            if copied := await _copy_rows(cursor, _chunks(text, parsed, chunk_rows, max_rows)):
+                written = await _upsert(cursor, copied, duplicate_errors)
+                # Streamed a row (a block of text) at a time: never the whole result at once.
+                async for (block,) in cursor.stream(WRITTEN_BLOCKS, {"rows": chunk_rows}):
+                    out.write(block.encode() + b"\n")
+            await cursor.execute("DROP TABLE client_import, client_import_written")
+        # Success: the file goes to the result (the caller closes it); the upload is let go as before.
+        stack.pop_all()
         text.detach()
-    created = sum(c.created for c in written)
+    errors = parsed.errors
+    if duplicate_errors:
+        merged = heapq.merge(errors, duplicate_errors, key=lambda e: e.line)
+        errors = list(islice(merged, MAX_REPORTED_ERRORS))
     report = ImportReport(
-        created=created, updated=len(written) - created, rejected=parsed.rejected, errors=parsed.errors
+        created=written.created,
+        updated=written.written - written.created,
+        rejected=parsed.rejected + written.duplicates,
+        errors=errors,
     )
-    return ImportResult(report, written)
+    return ImportResult(report, out)

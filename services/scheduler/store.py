@@ -80,7 +80,7 @@ def _changed_sql(changed_since: datetime | None, params: dict[str, Any]) -> str:
     if changed_since is None:
         return ""
     params["changed_since"] = changed_since
-    return "AND c.updated_at > :changed_since"
+    return "AND c.updated_at >= :changed_since"
 
 
 async def try_lock_mailing(conn: AsyncConnection, mailing_id: int) -> bool:
@@ -312,11 +312,19 @@ async def finalize_unfinished(
 
 
 async def mark_expanded(conn: AsyncConnection, mailing_id: int, signature: str) -> None:
-    # expanded_at is on the database clock on purpose: it is compared with clients.updated_at.
+    """expanded_at is on the database clock on purpose: it is compared with clients.updated_at, which a
+    write sets to its transaction's start (`now()`). A client written by a transaction still open now
+    is not seen by this expansion and may commit much later (a CSV import of 300,000 rows holds its
+    transaction for tens of seconds), with an updated_at older than any margin: so expanded_at is held
+    back to the start of the oldest transaction of this database that has written anything and is still
+    open, and the next incremental pass looks at everything that transaction wrote. (Without the right
+    to see other sessions' start, `pg_stat_activity` shows NULL and only the margin is left.)"""
     await conn.execute(
         text(
-            "UPDATE mailings SET expanded_at = transaction_timestamp(), expansion_signature = :sig"
-            " WHERE id = :id"
+            "UPDATE mailings SET expanded_at = LEAST(transaction_timestamp(),"
+            " (SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_xid IS NOT NULL AND pid <> pg_backend_pid())),"
+            " expansion_signature = :sig WHERE id = :id"
         ),
         {"id": mailing_id, "sig": signature},
     )

@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from loguru import logger
 from pydantic import SecretStr
 
 from services.api.admin import pages
 from services.api.app import build_api
+from services.api.clients_import import log_writers_done
 from services.api.settings import ApiSettings
 from tests.admin_session import COOKIE_NAME, CSRF, SESSION_SECRET, session_cookie
 from tests.integration.test_api_mailings import add_messages, create, db, set_status
@@ -380,6 +382,26 @@ async def test_csv_import_lists_each_rejected_row(api: httpx.AsyncClient, login:
     assert "<td>3</td><td>phone</td>" in report.text and "<td>4</td><td>timezone</td>" in report.text
     assert empty.status_code == 422 and "empty" in field_error(empty.text, "file")
     assert (await api.get("/api/v1/clients")).json()["total"] == 1
+
+
+async def test_csv_import_logs_each_imported_client(api: httpx.AsyncClient, login: Login) -> None:
+    records: list[tuple[object, str]] = []
+    sink = logger.add(lambda m: records.append((m.record["extra"].get("client_id"), m.record["message"])))
+    try:
+        async with login("operator") as ui:
+            report = await ui.post(
+                "/admin/clients/import",
+                data={"csrf_token": CSRF},
+                files={"file": ("c.csv", b"phone,timezone\n79001234567,UTC\n8900,UTC\n", "text/csv")},
+            )
+            await log_writers_done()
+    finally:
+        logger.remove(sink)
+    assert report.status_code == 200
+    [client] = (await api.get("/api/v1/clients")).json()["items"]
+    assert [r for r in records if r[0] is not None] == [
+        (client["id"], f"client {client['id']} created by CSV import (line 2)")
+    ]
 
 
 async def test_daily_report_page_shows_the_figures_of_the_daily_email(

@@ -9,6 +9,9 @@ import httpx
 import pytest
 from loguru import logger
 
+from services.api import clients_import
+from services.api.clients_import import log_writers_done
+
 pytestmark = pytest.mark.integration
 
 HEADER = "phone,operator_code,tag,timezone\n"
@@ -74,6 +77,70 @@ async def test_a_phone_repeated_in_the_file_is_rejected_after_its_first_row(api:
     assert (await _phones(api))["79001234567"]["tag"] == "a"
 
 
+async def test_repeats_are_rejected_in_line_order_among_the_other_errors(api: httpx.AsyncClient) -> None:
+    """Repeats are found in the database, other errors while parsing: the list is still in line order,
+    a repeat of an invalid row is not a repeat, and the upsert's counts leave the repeats out."""
+    await api.post("/api/v1/clients", json={"phone": "79001234568", "timezone": "UTC"})
+    body = (
+        await _import(
+            api,
+            HEADER
+            + "79001234567,,a,UTC\n"  # 2
+            + "8900,,,UTC\n"  # 3
+            + "79001234567,,b,UTC\n"  # 4: repeat of 2
+            + "79001234568,,c,Mars/Olympus\n"  # 5: invalid
+            + "79001234568,,d,UTC\n"  # 6: first valid row of this phone: an update
+            + "79001234567,,e,UTC\n"  # 7: repeat of 2
+            + "79001234568,,f,UTC\n",  # 8: repeat of 6
+        )
+    ).json()
+    assert (body["created"], body["updated"], body["rejected"]) == (1, 1, 5)
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [
+        (3, "phone"),
+        (4, "phone"),
+        (5, "timezone"),
+        (7, "phone"),
+        (8, "phone"),
+    ]
+    assert [e["message"] for e in body["errors"] if e["line"] in (4, 7, 8)] == [
+        "duplicate of line 2",
+        "duplicate of line 2",
+        "duplicate of line 6",
+    ]
+    clients = await _phones(api)
+    assert (clients["79001234567"]["tag"], clients["79001234568"]["tag"]) == ("a", "d")
+
+
+async def test_a_file_upserted_in_many_parts_counts_and_rejects_as_in_one(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big files are upserted a part at a time (parts by phone): a repeat is still found, wherever its
+    first row is, and every client is written once."""
+    monkeypatch.setattr(clients_import, "UPSERT_ROWS", 3)
+    phones = [f"7900123456{i}" for i in range(10)]
+    rows = [f"{p},,,UTC" for p in phones] + [f"{phones[7]},,x,UTC", f"{phones[0]},,y,UTC"]
+    body = (await _import(api, HEADER + "\n".join(rows) + "\n")).json()
+    assert (body["created"], body["updated"], body["rejected"]) == (10, 0, 2)
+    assert body["errors"] == [
+        {"line": 12, "field": "phone", "message": "duplicate of line 9"},
+        {"line": 13, "field": "phone", "message": "duplicate of line 2"},
+    ]
+    again = (await _import(api, HEADER + "\n".join(rows[:10]) + "\n")).json()
+    assert (again["created"], again["updated"], again["rejected"]) == (0, 10, 0)
+    assert {c["tag"] for c in (await _phones(api)).values()} == {""}
+
+
+async def test_the_error_list_keeps_the_first_errors_by_line_when_repeats_are_many(
+    api: httpx.AsyncClient,
+) -> None:
+    rows = ["79001234567,,,UTC"] * 1200 + ["bad,,,UTC"] * 5
+    body = (await _import(api, HEADER + "\n".join(rows) + "\n")).json()
+    assert (body["created"], body["rejected"]) == (1, 1204)
+    assert len(body["errors"]) == 1000
+    assert [e["line"] for e in body["errors"]] == list(range(3, 1003))
+    assert {e["message"] for e in body["errors"]} == {"duplicate of line 2"}
+
+
 async def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(api: httpx.AsyncClient) -> None:
     body = (await _import(api, "\ufeffTimezone,Phone\r\nEurope/Moscow,79001234567\r\n")).json()
     assert (body["created"], body["rejected"]) == (1, 0)
@@ -128,6 +195,8 @@ async def test_every_imported_client_is_logged_with_its_id_and_line(api: httpx.A
     sink = logger.add(lambda m: records.append((m.record["extra"].get("client_id"), m.record["message"])))
     try:
         await _import(api, HEADER + "79001234567,,,UTC\nbad,,,UTC\n79001234568,,,UTC\n")
+        # Written while the answer goes out.
+        await log_writers_done()
     finally:
         logger.remove(sink)
     logged = sorted((cid, text) for cid, text in records if cid is not None)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from loguru import logger
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .test_scheduler_helpers import (
@@ -233,6 +234,35 @@ async def test_client_added_while_running_gets_its_message(engine: AsyncEngine) 
     assert late in await messages(engine, mailing)
     assert len(await messages(engine, mailing)) == 2
     assert len(publisher.sent_ids) == 2
+
+
+async def test_client_written_by_a_transaction_open_across_expansions_gets_its_message(
+    engine: AsyncEngine,
+) -> None:
+    """A long write (a big CSV import) stamps its clients with its transaction's start and commits after
+    expansions that could not see them; with no margin at all, the next expansion still picks them up."""
+    publisher = RecordingPublisher()
+    settings = scheduler_settings(str(engine.url)).model_copy(update={"client_change_margin_seconds": 0})
+    scheduler = make_scheduler(engine, settings, publisher)
+    await add_client(engine, "Europe/Moscow")  # so that the mailing runs
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    async with engine.connect() as writer:
+        await writer.begin()
+        late = (
+            await writer.execute(
+                text(
+                    "INSERT INTO clients (phone, operator_code, timezone)"
+                    " VALUES ('79990000001', '999', 'Europe/Moscow') RETURNING id"
+                )
+            )
+        ).scalar_one()
+        await scheduler.tick(T0 + timedelta(seconds=2))
+        await scheduler.tick(T0 + timedelta(seconds=4))
+        await writer.commit()
+    assert late not in await messages(engine, mailing)
+    await scheduler.tick(T0 + timedelta(seconds=6))
+    assert late in await messages(engine, mailing)
 
 
 async def test_filter_change_cancels_unmatched_and_replans_window(engine: AsyncEngine) -> None:

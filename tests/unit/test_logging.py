@@ -1,16 +1,20 @@
-"""What the hot paths ask the logging set-up before building a record."""
+"""The logging set-up: what the hot paths ask before building a record, the shape and safety of the lines,
+and batched writes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import sys
+import threading
 from datetime import datetime
 
 import pytest
 from loguru import logger
 
-from shared.logging import BatchedStream, _human_format, configure_logging, info_enabled
+from shared.logging import BatchedStream, _human_format, batched_lines, configure_logging, info_enabled
 
 pytestmark = pytest.mark.unit
 
@@ -137,6 +141,27 @@ def test_a_plain_text_traceback_follows_its_line(capsys: pytest.CaptureFixture[s
     assert lines[-1] == "ValueError: no such thing"
 
 
+def test_plain_text_lines_show_bound_values_as_they_are_not_as_markup_or_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bound values are substituted into the line, never parsed: braces and loguru's colour markup
+    come out as written (the format itself depends on the bound keys only)."""
+    configure_logging("api")
+    try:
+        for value in ("{message}", "</red><b>{0}", "plain"):
+            logger.bind(tag=value, client_id=5).info("saved")
+        logger.bind(**{"odd key": "<x>"}).info("odd")
+    finally:
+        configure_logging("test")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" | ", 4)[4] for line in lines] == [
+        "tag={message} client_id=5",
+        "tag=</red><b>{0} client_id=5",
+        "tag=plain client_id=5",
+        "odd key=<x>",
+    ]
+
+
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
@@ -145,6 +170,9 @@ class CountingStream(io.StringIO):
     def write(self, text: str) -> int:
         self.writes += 1
         return super().write(text)
+
+    def isatty(self) -> bool:
+        return False
 
 
 def test_lines_logged_on_an_event_loop_go_out_together_once_it_turns_in_the_order_logged() -> None:
@@ -197,3 +225,44 @@ def test_a_service_logging_on_its_event_loop_loses_no_line(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 4 and "stopped" in lines[-1]
     assert all("message handed to the sender" in line for line in lines[:3])
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_a_batch_of_lines_goes_out_in_few_writes_each_line_as_it_would_alone(
+    monkeypatch: pytest.MonkeyPatch, json_lines: bool
+) -> None:
+    def lines(batched: bool) -> tuple[list[str], int]:
+        stream = CountingStream()
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging("api", json=json_lines)
+        try:
+            with batched_lines() if batched else contextlib.nullcontext():
+                for i in range(1200):
+                    logger.bind(client_id=i).info("client {} created", i)
+        finally:
+            configure_logging("test")
+        text = stream.getvalue().splitlines()
+        # The time differs from run to run: compare what follows it.
+        return [line.split("INFO", 1)[1] for line in text], stream.writes
+
+    alone, writes_alone = lines(batched=False)
+    batched, writes_batched = lines(batched=True)
+    assert batched == alone and len(alone) == 1200
+    assert writes_alone == 1200
+    assert writes_batched == 3  # 500 + 500 + the 200 left when the batch ends
+
+
+def test_lines_of_other_threads_go_out_at_once_during_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("api")
+    try:
+        with batched_lines():
+            logger.info("batched")
+            other = threading.Thread(target=lambda: logger.info("other thread"))
+            other.start()
+            other.join()
+            assert "other thread" in stream.getvalue() and "batched" not in stream.getvalue()
+        assert stream.getvalue().index("other thread") < stream.getvalue().index("batched")
+    finally:
+        configure_logging("test")

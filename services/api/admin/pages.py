@@ -20,7 +20,7 @@ from services.api import mailings_service as service
 from services.api.admin import HERE
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
 from services.api.admin.settings import AdminSettings
-from services.api.clients_import import TooManyRows, import_clients_csv
+from services.api.clients_import import TooManyRows, import_clients_csv, log_after_answer
 from services.api.deps import KeyCacheDep, SessionDep, SettingsDep
 from services.api.errors import Conflict, NotFound
 from services.api.routers.api_keys import ApiKeyCreate
@@ -572,7 +572,13 @@ async def import_clients(
     except TooManyRows as exc:
         await session.rollback()
         return render(request, user, "import.html", {"report": None, "errors": {"file": str(exc)}}, 413)
-    await session.commit()
+    try:
+        await session.commit()
+    except BaseException:
+        result.close()
+        raise
+    # One line per client, as the API's import writes them (requirement 12).
+    log_after_answer(result)
     return render(
         request, user, "import.html", {"report": result.report, "errors": {}, "filename": file.filename}
     )

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -12,7 +11,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from services.api import clients_service
-from services.api.clients_import import ImportedClient, ImportReport, import_clients_csv
+from services.api.clients_import import ImportReport, import_clients_csv, log_after_answer
 from services.api.deps import MetricsDep, SessionDep, SettingsDep, get_principal, get_writer
 from services.api.messages import MessageOut, message_page
 from services.api.pagination import PaginationDep
@@ -244,17 +243,6 @@ async def list_clients(
     return Page(items=[_out(r) for r in rows], total=total, limit=page.limit, offset=page.offset)
 
 
-def _log_imported(clients: list[ImportedClient]) -> None:
-    created, updated = (
-        "client {} created by CSV import (line {})",
-        "client {} updated by CSV import (line {})",
-    )
-    for client in clients:
-        logger.bind(client_id=client.client_id).info(
-            created if client.created else updated, client.client_id, client.line
-        )
-
-
 @router.post("/import", dependencies=WRITE, responses={413: {"description": "the file is too large"}})
 async def import_clients(
     file: Annotated[UploadFile, File(description="CSV, UTF-8, header `phone,operator_code,tag,timezone`")],
@@ -273,12 +261,16 @@ async def import_clients(
     result = await import_clients_csv(
         session, file, chunk_rows=settings.csv_import_chunk_rows, max_rows=settings.csv_import_max_rows
     )
-    await session.commit()
+    try:
+        await session.commit()
+    except BaseException:
+        result.close()
+        raise
     report = result.report
     metrics.clients_imported.inc(report.created + report.updated)
-    # One line per client, so a client's log shows this operation too; written from a worker thread (the
-    # request's context, with its request id, goes along) so that a big import does not hold the loop.
-    await asyncio.to_thread(_log_imported, result.clients)
+    # One line per client, so a client's log shows this operation too: written from a worker thread while
+    # the answer goes out.
+    log_after_answer(result)
     logger.info(
         "clients imported from {!r}: {} created, {} updated, {} rejected",
         file.filename,
