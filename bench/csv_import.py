@@ -77,10 +77,10 @@ def drop_database(database_url: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-async def _upload(client: httpx.AsyncClient, body: bytes) -> tuple[float, dict[str, int]]:
+async def upload(client: httpx.AsyncClient, body: bytes) -> tuple[float, dict[str, int]]:
     started = time.perf_counter()
     response = await client.post(
-        "/api/v1/clients/import", files={"file": ("clients.csv", body, "text/csv")}, timeout=600
+        "/api/v1/clients/import", files={"file": ("clients.csv", body, "text/csv")}, timeout=900
     )
     elapsed = time.perf_counter() - started
     response.raise_for_status()
@@ -123,7 +123,7 @@ async def in_process(files: list[tuple[str, bytes, int]], database: str = DATABA
         ):
             for label, body, rows in files:
                 started = time.perf_counter()
-                seconds, counts = await _upload(client, body)
+                seconds, counts = await upload(client, body)
                 # The per-client lines are written after the answer: timed until the last is out.
                 await log_writers_done()
                 logged = time.perf_counter() - started

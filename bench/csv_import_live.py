@@ -37,7 +37,7 @@ import httpx
 import psycopg
 
 from bench.chaos import LOCALHOST, ROOT, Services, free_port, free_ports
-from bench.csv_import import drop_database, load_average, make_csv, recreate_database
+from bench.csv_import import drop_database, load_average, make_csv, recreate_database, upload
 from shared.settings import CommonSettings
 from shared.topology import Topology, delete
 
@@ -203,17 +203,6 @@ async def _wait_healthy(base: str, within: float = 60.0) -> None:
     raise RuntimeError(f"{base} not healthy within {within} s")
 
 
-async def _post_csv(http: httpx.AsyncClient, body: bytes) -> tuple[float, dict[str, int]]:
-    started = time.perf_counter()
-    response = await http.post(
-        "/api/v1/clients/import", files={"file": ("clients.csv", body, "text/csv")}, timeout=900
-    )
-    elapsed = time.perf_counter() - started
-    response.raise_for_status()
-    report = response.json()
-    return elapsed, {k: report[k] for k in ("created", "updated", "rejected")}
-
-
 def _count(dsn: str, query: str, *params: object) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query, params).fetchone()
@@ -256,7 +245,7 @@ async def live_import(body: bytes, rows: int, *, database: str = "mailing_bench_
         async with httpx.AsyncClient(
             base_url=api, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
         ) as http:
-            await _post_csv(http, make_csv(MAILING_CLIENTS, seed=2))
+            await upload(http, make_csv(MAILING_CLIENTS, seed=2))
             now = datetime.now(UTC)
             mailing = await http.post(
                 "/api/v1/mailings",
@@ -287,7 +276,7 @@ async def live_import(body: bytes, rows: int, *, database: str = "mailing_bench_
             pids = {name: _leaf(pid) if name in KINDS else pid for name, pid in pids.items()}
             cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
             load_before = load_average()
-            seconds, counts = await _post_csv(http, body)
+            seconds, counts = await upload(http, body)
             cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
             readers = [name for name in cpu if name.startswith("honcho reader")]
             cpu["honcho readers"] = sum(cpu.pop(name) for name in readers)
@@ -382,11 +371,11 @@ async def api_memory(
             base_url=service.base, headers={"Authorization": f"Bearer {KEY}"}
         ) as http:
             # A small import first, so that what any import loads once (modules, caches) is in the baseline.
-            await _post_csv(http, make_csv(1000, seed=10))
+            await upload(http, make_csv(1000, seed=10))
             for seed, rows in enumerate(sizes, start=11):
                 body = make_csv(rows, seed=seed)
                 before = _reset_peak(pid)
-                seconds, counts = await _post_csv(http, body)
+                seconds, counts = await upload(http, body)
                 peak = _status_kib(pid, "VmHWM")
                 if counts["created"] + counts["updated"] != rows:
                     raise RuntimeError(f"{rows} rows imported as {counts}")

@@ -10,7 +10,10 @@ a metrics registry, whether the ops server listens); production passes none.
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from typing import Protocol
+
+from loguru import logger
 
 from shared.ops import stop_on_signals
 
@@ -30,3 +33,27 @@ async def serve(service: Service) -> None:
             await stop.wait()
         finally:
             await service.stop()
+
+
+class StackedService:
+    """A service whose `_start` pushes the closing of everything it opens onto an exit stack, in order:
+    a start that fails closes what it had opened, and `stop` closes all of it in reverse."""
+
+    name = "service"
+
+    def __init__(self) -> None:
+        self._running = AsyncExitStack()
+
+    async def start(self) -> None:
+        try:
+            await self._start(self._running)
+        except BaseException:
+            await self._running.aclose()
+            raise
+
+    async def _start(self, running: AsyncExitStack) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        await self._running.aclose()
+        logger.info("{} stopped", self.name)

@@ -19,6 +19,7 @@ from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
 from shared.ops import start_service_ops
+from shared.service import StackedService
 from shared.topology import declare, exchanges
 
 
@@ -33,14 +34,16 @@ async def run_loop(reporter: Reporter, tick_seconds: float, stop: asyncio.Event)
             await asyncio.wait_for(stop.wait(), timeout=tick_seconds)
 
 
-class ReporterService:
+class ReporterService(StackedService):
     """The reporter process: records outcomes from its queue, sends each day's report from its loop."""
+
+    name = "reporter"
 
     def __init__(self, settings: ReporterSettings, reporter: Reporter, *, serve_ops: bool) -> None:
         self.settings = settings
         self.reporter = reporter
         self.serve_ops = serve_ops
-        self._running = AsyncExitStack()
+        super().__init__()
 
     @property
     def metrics(self) -> ReporterMetrics:
@@ -49,13 +52,6 @@ class ReporterService:
     @property
     def engine(self) -> AsyncEngine:
         return self.reporter.engine
-
-    async def start(self) -> None:
-        try:
-            await self._start(self._running)
-        except BaseException:
-            await self._running.aclose()
-            raise
 
     async def _start(self, running: AsyncExitStack) -> None:
         settings = self.settings
@@ -98,11 +94,6 @@ class ReporterService:
             settings.metrics_host,
             settings.metrics_port,
         )
-
-    async def stop(self) -> None:
-        """The consumer first, then the day under way, the ops server, RabbitMQ and the database pool."""
-        await self._running.aclose()
-        logger.info("reporter stopped")
 
 
 def build_reporter(

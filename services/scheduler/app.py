@@ -17,6 +17,7 @@ from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
 from shared.ops import start_service_ops
+from shared.service import StackedService
 from shared.topology import declare, exchanges
 
 
@@ -38,8 +39,10 @@ async def run_loop(
                 waiter.cancel()
 
 
-class SchedulerService:
+class SchedulerService(StackedService):
     """The scheduler process: the tick loop, woken early by mailing events, and its ops server."""
+
+    name = "scheduler"
 
     def __init__(
         self, settings: SchedulerSettings, *, clock: Clock, metrics: SchedulerMetrics, serve_ops: bool
@@ -48,14 +51,7 @@ class SchedulerService:
         self.clock = clock
         self.metrics = metrics
         self.serve_ops = serve_ops
-        self._running = AsyncExitStack()
-
-    async def start(self) -> None:
-        try:
-            await self._start(self._running)
-        except BaseException:
-            await self._running.aclose()
-            raise
+        super().__init__()
 
     async def _start(self, running: AsyncExitStack) -> None:
         settings = self.settings
@@ -104,11 +100,6 @@ class SchedulerService:
             settings.metrics_host,
             settings.metrics_port,
         )
-
-    async def stop(self) -> None:
-        """The loop first, then the consumer, the ops server, RabbitMQ and the database pool."""
-        await self._running.aclose()
-        logger.info("scheduler stopped")
 
 
 def build_scheduler(
