@@ -9,11 +9,11 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
@@ -40,8 +40,9 @@ from shared.broker import (
 from shared.clock import utc_now
 from shared.contracts import SendMessages
 from shared.db import make_engine
-from shared.ops import release, start_service_ops
+from shared.ops import start_service_ops
 from shared.readiness import READINESS_TIMEOUT_SECONDS
+from shared.service import StackedService
 from shared.topology import declare, exchanges
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -132,15 +133,17 @@ def build_sender(
     return SenderService(settings, metrics, serve_ops, rng, make_provider)
 
 
-class SenderService:
+class SenderService(StackedService):
+    """The sender process: consumes the send queue, calls the provider, writes and publishes outcomes.
+    Stopped in order: stop consuming (calls in flight finish, what was not called is given back), the
+    callers, the writer's last flush, then the provider session, the database connections, RabbitMQ."""
+
+    name = "sender"
     # Set by start().
     engine: AsyncEngine
-    connection: AbstractRobustConnection
-    session: aiohttp.ClientSession
     store: Store
     writer: OutcomeWriter
     sender: Sender
-    consumer: Consumer[SendMessages]
 
     def __init__(
         self,
@@ -150,20 +153,21 @@ class SenderService:
         rng: random.Random | None,
         make_provider: ProviderFactory,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.metrics = metrics
         self.serve_ops = serve_ops
         self.rng = rng
         self.make_provider = make_provider
-        self.ops: web.AppRunner | None = None
-        self.tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def _start(self, running: AsyncExitStack) -> None:
         """Connect, declare the topology, and consume the send queue."""
         settings, metrics = self.settings, self.metrics
         topology = settings.topology()
         self.engine = make_engine(settings)
-        self.connection = connection = await connect(settings.amqp_url)
+        running.push_async_callback(self.engine.dispose)
+        connection = await connect(settings.amqp_url)
+        running.push_async_callback(connection.close)
         publish_channel = await confirm_channel(connection)
         await declare(publish_channel, topology)
         events, work = await exchanges(publish_channel, topology)
@@ -173,6 +177,7 @@ class SenderService:
 
         clocks = Clocks(now=utc_now, monotonic=time.monotonic)
         self.store = Store(self.engine, settings, topology.send_queue)
+        running.push_async_callback(self.store.close)
         self.writer = OutcomeWriter(
             self.store,
             AmqpBus(work, events, topology),
@@ -184,15 +189,14 @@ class SenderService:
         )
         breaker = self._breaker(clocks)
         pacer = Pacer(settings.max_in_flight, clocks.monotonic)
-        self.session = make_session(
-            settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight
-        )
+        session = make_session(settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight)
+        running.push_async_callback(session.close)
 
         def on_answer(label: str, duration: float) -> None:
             metrics.calls.record(label, duration)
             pacer.observe(duration)
 
-        provider = self.make_provider(self.session, settings.probe_base_url, on_answer)
+        provider = self.make_provider(session, settings.probe_base_url, on_answer)
         parts = SenderParts(self.store, provider, self.writer, metrics)
         guards = Guards(breaker, pacer, self._limiter())
         self.sender = sender = Sender(settings, parts, guards, clocks, self.rng)
@@ -200,23 +204,33 @@ class SenderService:
         metrics.in_flight.set_function(lambda: sender.calls_in_flight)
         metrics.pacing_interval.set_function(lambda: pacer.interval)
         self.writer.start()
-        self.consumer = service_consumer(
-            send_queue, SendMessages, sender.handle, work=work, topology=topology
-        )
+        running.push_async_callback(self.writer.close)
+        # Callers before the writer's last flush, so every outcome they produce reaches it.
+        running.push_async_callback(sender.close, settings.request_timeout_seconds)
+        consumer = service_consumer(send_queue, SendMessages, sender.handle, work=work, topology=topology)
         if self.serve_ops:
-            self.ops = await start_service_ops(
+            ops = await start_service_ops(
                 settings.metrics_host, settings.metrics_port, metrics.registry, self.engine, connection
             )
+            running.push_async_callback(ops.cleanup)
         # Everything built so far lives as long as the process: keep the collector from walking it again
         # and again, and let it run less often under a load that allocates thousands of objects a second.
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        await self.consumer.start()
+        await consumer.start()
+        running.push_async_callback(self._stop_consuming, consumer)
         health = HealthReport(f"{socket.gethostname()}:{os.getpid()}", breaker, sender)
-        self.tasks = [asyncio.create_task(_watch(connection, self.engine, settings, metrics, health))]
+        watch = asyncio.create_task(_watch(connection, self.engine, settings, metrics, health))
+        running.push_async_callback(_cancel, watch)
         logger.bind(namespace=settings.amqp_namespace, max_in_flight=settings.max_in_flight).info(
             "sender consuming {}", topology.send_queue
         )
+
+    async def _stop_consuming(self, consumer: Consumer[SendMessages]) -> None:
+        """Messages not yet called go back; the deliveries under way get the shutdown timeout to finish."""
+        logger.info("sender stopping")
+        self.sender.stop()
+        await consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
 
     def _breaker(self, clocks: Clocks) -> CircuitBreaker:
         settings, metrics = self.settings, self.metrics
@@ -246,18 +260,7 @@ class SenderService:
         )
         return RateLimiter(bucket, rate, chunk=max(1, int(rate / 10)))
 
-    async def stop(self) -> None:
-        """Stop consuming, let calls in flight finish, give back what was not called, write it all."""
-        logger.info("sender stopping")
-        self.sender.stop()
-        await self.consumer.stop(drain_timeout=self.settings.shutdown_timeout_seconds)
-        # Callers first, so every outcome they produce reaches the writer before its last flush.
-        await self.sender.close(grace_seconds=self.settings.request_timeout_seconds)
-        await self.writer.close()
-        await self.store.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.session.close()
-        await release(self.connection, self.engine, self.ops)
-        logger.info("sender stopped")
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
