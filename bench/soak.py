@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -41,6 +41,8 @@ RETRY_JITTER: Final = 0.1
 REQUEST_TIMEOUT: Final = 2.0
 RECHECK_SECONDS: Final = 0.5
 IN_FLIGHT_GAUGES: Final = ("mailing_sender_in_flight_requests", "mailing_sender_calls_in_flight")
+# Every call the sender made, by result: read with the in-flight gauge, the calls made between two reads.
+CALLS_ENDED: Final = "mailing_sender_attempts_total"
 REQUEUED: Final = "mailing_scheduler_messages_requeued_total"
 SWEEP_LOG_LINE: Final = "message re-published by the recovery sweep"
 FINAL: Final = tuple(sorted(FINAL_MESSAGE_STATUSES))
@@ -278,7 +280,8 @@ class Harness:
         self.mailing_end: dict[str, datetime] = {}
         self.window: tuple[dtime, dtime] | None = None
         self.narrowed_at: float | None = None
-        self.fence_samples: list[tuple[float, float]] = []
+        # (seconds since the freeze, calls in flight, calls ended so far) at the frozen sender.
+        self.fence_samples: list[tuple[float, float, float]] = []
         self.freeze_started: float | None = None
         self.requeued_final: dict[str, float] = {}
         self.load_stop = asyncio.Event()
@@ -373,6 +376,11 @@ class Harness:
     async def in_flight(self, name: str) -> float:
         values = await self.svc.metrics(name)
         return sum(values.get(g, 0.0) for g in IN_FLIGHT_GAUGES)
+
+    async def calls(self, name: str) -> tuple[float, float]:
+        """A sender's calls in flight, and the calls it has ended so far (answered or not)."""
+        values = await self.svc.metrics(name)
+        return sum(values.get(g, 0.0) for g in IN_FLIGHT_GAUGES), values.get(CALLS_ENDED, 0.0)
 
     # ----- data -----
 
@@ -496,7 +504,7 @@ class Harness:
         c = self.config
         start = self.freeze_started = time.time()
         sampler = asyncio.create_task(self._sample_frozen_sender())
-        self.fence_samples.append((0.0, await self.in_flight("sender2")))
+        self.fence_samples.append((0.0, *await self.calls("sender2")))
         self.proxy.freeze()
         self.note(
             f"sender2's database connection frozen for {c.freeze_seconds:.0f} s (lease {c.lease_seconds} s)"
@@ -516,8 +524,8 @@ class Harness:
         while True:
             await asyncio.sleep(0.5)
             with contextlib.suppress(Exception):
-                value = await self.in_flight("sender2")
-                self.fence_samples.append((time.time() - self.freeze_started, value))
+                in_flight, ended = await self.calls("sender2")
+                self.fence_samples.append((time.time() - self.freeze_started, in_flight, ended))
 
     async def pause_and_resume(self, paused_for: float) -> None:
         mid = self.mailings["pause_resume"]
@@ -686,7 +694,7 @@ class Observed:
     window: tuple[dtime, dtime] | None
     narrowed_at: float | None
     kills: list[Kill]
-    fence_samples: list[tuple[float, float]]
+    fence_samples: list[tuple[float, float, float]]
     lease_seconds: float
     requeued_final: dict[str, float]
     sweep_log_lines: int
@@ -700,6 +708,18 @@ class Observed:
 
 # After a dependency (or the API itself) is back, the requests of the next seconds are reported, not audited.
 RECOVERY_GRACE_SECONDS = 5.0
+
+
+def frozen_calls(samples: Sequence[tuple[float, float, float]], window: float) -> float:
+    """The calls a sender whose database froze may have made without recording their outcome: those in
+    flight at the freeze and those started after it, read within `window` seconds. At each read that is
+    the calls ended since the freeze plus those still in flight (a call in flight at the freeze counts
+    once, when it ends or while it runs)."""
+    inside = [sample for sample in samples if sample[0] <= window]
+    if not inside:
+        return 0.0
+    ended_at_freeze = inside[0][2]
+    return max(in_flight + ended - ended_at_freeze for _, in_flight, ended in inside)
 
 
 def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[str, float]]]:
@@ -794,7 +814,7 @@ def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[
     duplicates = sum(n - 1 for n in accepted_ids.values() if n > 1)
     killed_in_flight = sum(k.in_flight or 0.0 for k in o.kills if k.in_flight is not None)
     fence_window = o.lease_seconds + REQUEST_TIMEOUT
-    fence = max((v for t, v in o.fence_samples if t <= fence_window), default=0.0)
+    fence = frozen_calls(o.fence_samples, fence_window)
     bound = killed_in_flight + fence
     # A call the provider accepted whose outcome died with its sender either goes out again once the lease
     # ends (a duplicate) or meets a message another path ended meanwhile (a cancel, the end): both spend
@@ -806,9 +826,10 @@ def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[
             not_recorded,
             bound,
             not_recorded <= bound,
-            f"bound = sum of in-flight of SIGKILLed senders ({killed_in_flight:g}) + most in flight at the "
-            f"frozen sender until its fence, lease + request timeout = {fence_window:g} s after the freeze "
-            f"({fence:g}); {duplicates} duplicates ({sum(1 for n in accepted_ids.values() if n > 1)} "
+            f"bound = sum of in-flight of SIGKILLed senders ({killed_in_flight:g}) + the calls the frozen "
+            f"sender had in flight at the freeze or started after it, until its fence (read up to lease +"
+            f" request timeout = {fence_window:g} s after the freeze: {fence:g}); {duplicates} duplicates"
+            f" ({sum(1 for n in accepted_ids.values() if n > 1)} "
             f"messages accepted twice or more), {len(accepted_not_sent)} accepted but recorded as "
             + json.dumps(
                 Counter(by_id[i]["status"] if i in by_id else "unknown id" for i in accepted_not_sent)
@@ -816,7 +837,7 @@ def audit(o: Observed) -> tuple[list[AuditLine], dict[str, Any], dict[str, dict[
         )
     )
     details["duplicated_sample"] = [i for i, n in accepted_ids.items() if n > 1][:20]
-    details["fence_samples"] = [(round(t, 1), v) for t, v in o.fence_samples]
+    details["fence_samples"] = [(round(t, 1), v, ended) for t, v, ended in o.fence_samples]
 
     requeued_before_kills = sum(k.requeued_before or 0.0 for k in o.kills if k.requeued_before is not None)
     requeued = requeued_before_kills + sum(o.requeued_final.values())

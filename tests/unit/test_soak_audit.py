@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak import NARROW_REMOVED, AuditLine, Kill, Observed, Phase, audit
+from bench.soak import NARROW_REMOVED, AuditLine, Kill, Observed, Phase, audit, frozen_calls
 
 pytestmark = pytest.mark.unit
 
@@ -83,16 +83,27 @@ def test_duplicates_within_the_in_flight_bound_pass_and_beyond_it_fail() -> None
     kills = [Kill("sender1", T0, in_flight=1.0)]
 
     within, _, _ = audit(
-        observed(messages=messages, accepted=twice, kills=kills, fence_samples=[(0.0, 0.0), (5.0, 1.0)])
+        observed(
+            messages=messages, accepted=twice, kills=kills, fence_samples=[(0.0, 0.0, 10.0), (5.0, 1.0, 10.0)]
+        )
     )
     beyond, _, _ = audit(
-        observed(messages=messages, accepted=twice, kills=kills, fence_samples=[(20.0, 5.0)])
+        observed(messages=messages, accepted=twice, kills=kills, fence_samples=[(20.0, 5.0, 0.0)])
     )
 
     unrecorded = "calls whose outcome was never recorded"
     assert (line(within, unrecorded).value, line(within, unrecorded).bound) == (2, 2)
     assert line(within, unrecorded).ok
     assert not line(beyond, unrecorded).ok
+
+
+def test_the_frozen_sender_counts_the_calls_it_had_in_flight_and_those_it_started_before_its_fence() -> None:
+    samples = [(0.0, 2.0, 100.0), (0.5, 3.0, 102.0), (1.0, 0.0, 106.0), (30.0, 9.0, 200.0)]
+    # 2 in flight at the freeze, 4 more started after it (106 - 100 ended, none left in flight); the read
+    # after the window does not count.
+    assert frozen_calls(samples, window=10.0) == 6.0
+    assert frozen_calls(samples[:1], window=10.0) == 2.0
+    assert frozen_calls([], window=10.0) == 0.0
 
 
 def test_a_call_accepted_and_then_recorded_cancelled_spends_the_same_budget_as_a_duplicate() -> None:
