@@ -29,7 +29,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aio_pika
@@ -38,6 +37,7 @@ import psycopg
 
 from bench.chaos import LOCALHOST, ROOT, Services, free_port, free_ports
 from bench.csv_import import drop_database, load_average, make_csv, recreate_database, upload
+from scripts.demo import to_every_client_now
 from shared.settings import CommonSettings
 from shared.topology import Topology, delete
 
@@ -246,16 +246,8 @@ async def live_import(body: bytes, rows: int, *, database: str = "mailing_bench_
             base_url=api, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
         ) as http:
             await upload(http, make_csv(MAILING_CLIENTS, seed=2))
-            now = datetime.now(UTC)
             mailing = await http.post(
-                "/api/v1/mailings",
-                json={
-                    "text": "bench: the import under a running mailing",
-                    "start_at": now.isoformat(),
-                    "end_at": (now + timedelta(hours=2)).isoformat(),
-                    "filter": {"tags": [], "operator_codes": []},
-                    "window": None,
-                },
+                "/api/v1/mailings", json=to_every_client_now("bench: the import under a running mailing")
             )
             mailing.raise_for_status()
             mailing_id = mailing.json()["id"]

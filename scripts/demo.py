@@ -35,6 +35,18 @@ def sample_csv(count: int, rng: random.Random) -> bytes:
     return out.getvalue().encode()
 
 
+def to_every_client_now(text: str, hours: float = 2.0) -> dict[str, object]:
+    """The body of a mailing to every client, starting now and ending `hours` later, with no window."""
+    now = datetime.now(UTC)
+    return {
+        "text": text,
+        "start_at": now.isoformat(),
+        "end_at": (now + timedelta(hours=hours)).isoformat(),
+        "filter": {"tags": [], "operator_codes": []},
+        "window": None,
+    }
+
+
 def bar(done: int, total: int, width: int = 40) -> str:
     filled = width * done // max(total, 1)
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
@@ -81,17 +93,7 @@ def main() -> int:
         return 1
     imported.raise_for_status()
     print(f"clients imported: {imported.json()}")
-    now = datetime.now(UTC)
-    mailing = client.post(
-        "/api/v1/mailings",
-        json={
-            "text": "Demo: your discount is waiting",
-            "start_at": now.isoformat(),
-            "end_at": (now + timedelta(hours=2)).isoformat(),
-            "filter": {"tags": [], "operator_codes": []},
-            "window": None,
-        },
-    )
+    mailing = client.post("/api/v1/mailings", json=to_every_client_now("Demo: your discount is waiting"))
     mailing.raise_for_status()
     mailing_id = mailing.json()["id"]
     print(f"mailing {mailing_id} created; following its progress")

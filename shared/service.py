@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Protocol
 
+from aio_pika.abc import AbstractExchange, AbstractQueue, AbstractRobustConnection
 from loguru import logger
 
+from shared.broker import confirm_channel, connect, consumed_queue
 from shared.ops import stop_on_signals
+from shared.topology import Topology, declare, exchanges
 
 
 class Service(Protocol):
@@ -57,3 +61,28 @@ class StackedService:
     async def stop(self) -> None:
         await self._running.aclose()
         logger.info("{} stopped", self.name)
+
+
+@dataclass(frozen=True)
+class BrokerLink:
+    """A background service's RabbitMQ: its connection, the two exchanges, and the queue it consumes."""
+
+    connection: AbstractRobustConnection
+    events: AbstractExchange
+    work: AbstractExchange
+    queue: AbstractQueue
+
+
+async def link_broker(
+    running: AsyncExitStack, amqp_url: str, topology: Topology, queue: str, prefetch: int
+) -> BrokerLink:
+    """Connect (closed by `running`), declare the topology on a confirmed channel whose exchanges the
+    service publishes to, and open `queue` for consuming on a channel of its own with `prefetch`."""
+    connection = await connect(amqp_url)
+    running.push_async_callback(connection.close)
+    channel = await confirm_channel(connection)
+    await declare(channel, topology)
+    events, work = await exchanges(channel, topology)
+    consume_channel = await connection.channel()
+    await consume_channel.set_qos(prefetch_count=prefetch)
+    return BrokerLink(connection, events, work, await consumed_queue(consume_channel, queue))

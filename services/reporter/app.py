@@ -14,13 +14,12 @@ from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.service import Reporter
 from services.reporter.settings import ReporterSettings
-from shared.broker import confirm_channel, connect, consumed_queue, service_consumer
+from shared.broker import service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
 from shared.ops import start_service_ops
-from shared.service import StackedService
-from shared.topology import declare, exchanges
+from shared.service import StackedService, link_broker
 
 
 async def run_loop(reporter: Reporter, tick_seconds: float, stop: asyncio.Event) -> None:
@@ -57,16 +56,12 @@ class ReporterService(StackedService):
         settings = self.settings
         topology = settings.topology()
         running.push_async_callback(self.engine.dispose)
-        connection = await connect(settings.amqp_url)
-        running.push_async_callback(connection.close)
-        channel = await confirm_channel(connection)
-        await declare(channel, topology)
-        _, work = await exchanges(channel, topology)
-        consume_channel = await connection.channel()
-        await consume_channel.set_qos(prefetch_count=settings.prefetch)
-        queue = await consumed_queue(consume_channel, topology.service_queue("reporter"))
+        link = await link_broker(
+            running, settings.amqp_url, topology, topology.service_queue("reporter"), settings.prefetch
+        )
+        connection = link.connection
         consumer = service_consumer(
-            queue, MessagesFinalized, self.reporter.on_finalized, work=work, topology=topology
+            link.queue, MessagesFinalized, self.reporter.on_finalized, work=link.work, topology=topology
         )
         if self.serve_ops:
             ops = await start_service_ops(

@@ -12,13 +12,12 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.publisher import AmqpSchedulerPublisher
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.settings import SchedulerSettings
-from shared.broker import Delivery, Publisher, confirm_channel, connect, consumed_queue, service_consumer
+from shared.broker import Delivery, Publisher, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
 from shared.ops import start_service_ops
-from shared.service import StackedService
-from shared.topology import declare, exchanges
+from shared.service import StackedService, link_broker
 
 
 async def run_loop(
@@ -37,6 +36,10 @@ async def run_loop(
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+
+# Mailing events held at once: each only wakes the loop.
+EVENTS_PREFETCH = 16
 
 
 class SchedulerService(StackedService):
@@ -58,11 +61,10 @@ class SchedulerService(StackedService):
         topology = settings.topology()
         engine = make_engine(settings)
         running.push_async_callback(engine.dispose)
-        connection = await connect(settings.amqp_url)
-        running.push_async_callback(connection.close)
-        channel = await confirm_channel(connection)
-        await declare(channel, topology)
-        events, work = await exchanges(channel, topology)
+        link = await link_broker(
+            running, settings.amqp_url, topology, topology.service_queue("scheduler"), EVENTS_PREFETCH
+        )
+        connection, events, work = link.connection, link.events, link.work
         publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
         scheduler = Scheduler(engine, publisher, settings, self.metrics, clock=self.clock)
         wake = asyncio.Event()
@@ -71,10 +73,7 @@ class SchedulerService(StackedService):
             await scheduler.on_mailing_changed(delivery)
             wake.set()
 
-        consumer_channel = await connection.channel()
-        await consumer_channel.set_qos(prefetch_count=16)
-        queue = await consumed_queue(consumer_channel, topology.service_queue("scheduler"))
-        consumer = service_consumer(queue, MailingChanged, on_event, work=work, topology=topology)
+        consumer = service_consumer(link.queue, MailingChanged, on_event, work=work, topology=topology)
         if self.serve_ops:
             ops = await start_service_ops(
                 settings.metrics_host, settings.metrics_port, self.metrics.registry, engine, connection

@@ -31,9 +31,6 @@ from services.sender.store import Store
 from services.sender.writer import OutcomeWriter
 from shared.broker import (
     Consumer,
-    confirm_channel,
-    connect,
-    consumed_queue,
     queue_depths,
     service_consumer,
 )
@@ -42,8 +39,7 @@ from shared.contracts import SendMessages
 from shared.db import make_engine
 from shared.ops import start_service_ops
 from shared.readiness import READINESS_TIMEOUT_SECONDS
-from shared.service import StackedService
-from shared.topology import declare, exchanges
+from shared.service import StackedService, link_broker
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -166,14 +162,8 @@ class SenderService(StackedService):
         topology = settings.topology()
         self.engine = make_engine(settings)
         running.push_async_callback(self.engine.dispose)
-        connection = await connect(settings.amqp_url)
-        running.push_async_callback(connection.close)
-        publish_channel = await confirm_channel(connection)
-        await declare(publish_channel, topology)
-        events, work = await exchanges(publish_channel, topology)
-        consume_channel = await connection.channel()
-        await consume_channel.set_qos(prefetch_count=settings.prefetch)
-        send_queue = await consumed_queue(consume_channel, topology.send_queue)
+        link = await link_broker(running, settings.amqp_url, topology, topology.send_queue, settings.prefetch)
+        connection, events, work, send_queue = link.connection, link.events, link.work, link.queue
 
         clocks = Clocks(now=utc_now, monotonic=time.monotonic)
         self.store = Store(self.engine, settings, topology.send_queue)
