@@ -149,6 +149,8 @@ class Message(Base):
             "queued_at",
             postgresql_where=text(f"status IN {IN_FLIGHT_SQL}"),
         ),
+        # Room on each page for the sender's lease, a HOT update (migration 0010).
+        {"postgresql_with": {"fillfactor": 60}},
     )
 
 
