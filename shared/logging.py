@@ -6,9 +6,12 @@ import logging
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from json import dumps
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -101,6 +104,11 @@ _HUMAN_LINE = _HUMAN + "\n"
 _HUMAN_TRACEBACK = _HUMAN + "\n{extra[" + _TRACEBACK + "]}"
 
 
+def _fields_suffix(extra: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _NOT_FIELDS)
+    return f" | {fields}" if fields else ""
+
+
 def _human_format(record: Any) -> str:
     """One of two fixed templates, the bound fields going in as a value (` | key=value ...`).
 
@@ -108,8 +116,7 @@ def _human_format(record: Any) -> str:
     same template (64 of them): a template that held the fields themselves would be new, and parsed
     again, for every line that carries a message id. As a value, a field is not markup either."""
     extra = record["extra"]
-    fields = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _NOT_FIELDS)
-    extra[_SUFFIX] = f" | {fields}" if fields else ""
+    extra[_SUFFIX] = _fields_suffix(extra)
     return _HUMAN_TRACEBACK if _TRACEBACK in extra else _HUMAN_LINE
 
 
@@ -199,6 +206,15 @@ class BatchedStream:
         return self.stream.isatty()
 
 
+def _json_line(
+    extra: dict[str, Any], time: datetime, level: str, message: str, exception: str | None = None
+) -> str:
+    line: dict[str, Any] = {**extra, "time": time.isoformat(), "level": level, "message": message}
+    if exception is not None:
+        line["exception"] = exception
+    return dumps(line, default=str) + "\n"
+
+
 class JsonLines:
     """A sink of one flat JSON object a line: the bound fields (`service`, `mailing_id`, `message_id`,
     ...), then `time`, `level`, `message`, and `exception` (the traceback) when there is one.
@@ -212,17 +228,13 @@ class JsonLines:
 
     def write(self, message: Message) -> None:
         record = message.record
-        line: dict[str, Any] = {
-            **record["extra"],
-            "time": record["time"].isoformat(),
-            "level": record["level"].name,
-            "message": record["message"],
-        }
         error = record["exception"]
+        text = None
         if error is not None:
-            text = "".join(traceback.format_exception(error.type, error.value, error.traceback))
-            line["exception"] = mask_phones(text)
-        self.stream.write(dumps(line, default=str) + "\n")
+            text = mask_phones("".join(traceback.format_exception(error.type, error.value, error.traceback)))
+        self.stream.write(
+            _json_line(record["extra"], record["time"], record["level"].name, record["message"], text)
+        )
 
     def stop(self) -> None:
         """Called by loguru when the sink is removed."""
@@ -247,18 +259,127 @@ def batched_lines() -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class _OnlySink:
+    """The one sink `configure_logging` left, as a `HotLine` writes into it."""
+
+    stream: BatchedStream
+    json: bool
+    info: bool
+    service: str  # as the patcher leaves it
+    plain_head: str  # " | INFO    | <service> | "
+    # `repr(logger)` right after: loguru lists its sinks there (id, level, name), so any sink added
+    # or removed since, by anyone, makes it differ.
+    sinks: str
+
+
+class _Hot:
+    sink: _OnlySink | None = None
+
+
+class _LocalZone:
+    second = -1
+    tz = UTC
+
+
+def _record_time() -> datetime:
+    """What loguru puts in a record's time: the local wall clock with the offset then in force (its
+    `aware_now`, `time.localtime`'s offset), here looked up once a second."""
+    now = time.time()
+    if int(now) != _LocalZone.second:
+        local = time.localtime(now)
+        _LocalZone.tz = timezone(timedelta(seconds=local.tm_gmtoff), local.tm_zone)
+        _LocalZone.second = int(now)
+    return datetime.fromtimestamp(now, _LocalZone.tz)
+
+
+# What `_scrub` could change: ten digits in a row (every phone has them) or a control character.
+_SCRUBBABLE = re.compile("[0-9]{10}|" + _CONTROL.pattern)
+
+
+def _scrub_fast(value: str, plain: bool) -> str:
+    return _scrub(value, plain=plain) if _SCRUBBABLE.search(value) else value
+
+
+class HotLine:
+    """A line logged for every message (the scheduler's hand-over, the sender's call to the API):
+    `HotLine(template).info(*args, **fields)` writes exactly what `logger.info(template, *args,
+    **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines"). loguru builds a
+    whole record first (the caller's frame, process, thread, a lock); this formats the message, masks
+    and escapes it and the string fields as the patcher does, and writes the line into the configured
+    sink's stream in the sink's format.
+
+    It does so only while the sink `configure_logging` added is loguru's only one, without colours
+    (a terminal); whenever loguru's list of sinks has changed since (a test capturing lines, a second
+    sink, none at all) the call goes through loguru itself, so every sink sees it. Not seen here: fields
+    set by `logger.contextualize()` and a patcher or extra configured later by hand (none of the
+    services uses them where a `HotLine` is used)."""
+
+    __slots__ = ("template",)
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def info(self, *args: Any, **fields: Any) -> None:
+        sink = _Hot.sink
+        if sink is None or repr(logger) != sink.sinks:
+            _caller.info(self.template, *args, **fields)
+            return
+        if not sink.info:
+            return
+        if not _NOT_FIELDS.isdisjoint(fields):
+            # A field that would replace the service's name or pick loguru's other template.
+            _caller.info(self.template, *args, **fields)
+            return
+        plain = not sink.json
+        message = self.template.format(*args, **fields) if args or fields else self.template
+        message = _scrub_fast(message, plain)
+        for key, value in fields.items():
+            if isinstance(value, str):
+                fields[key] = _scrub_fast(value, plain)
+        if plain:
+            now = datetime.now().isoformat(" ", "milliseconds")
+            sink.stream.write(f"{now}{sink.plain_head}{message}{_fields_suffix(fields)}\n")
+        else:
+            sink.stream.write(
+                _json_line({"service": sink.service, **fields}, _record_time(), "INFO", message)
+            )
+
+
+# The fallback's line is its caller's (module, function, line), as a direct `logger.info` would be.
+_caller = logger.opt(depth=1)
+
+
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
+    _Hot.sink = None
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
     stream = _Output.stream = BatchedStream(sys.stderr)
+    # Decided here as loguru would decide it for this stream, so that a `HotLine` knows.
+    try:
+        colour = not json and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        colour = False
     if json:
         logger.add(
             JsonLines(stream), level=level.upper(), format="{message}", backtrace=False, diagnose=False
         )
     else:
-        logger.add(stream, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
+        logger.add(
+            stream,
+            level=level.upper(),
+            format=_human_format,
+            colorize=colour,
+            backtrace=False,
+            diagnose=False,
+        )
+    if not colour:
+        named = _scrub(service, plain=not json)
+        _Hot.sink = _OnlySink(
+            stream, json, _Levels.info, named, f" | {'INFO': <7} | {named} | ", repr(logger)
+        )
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq", "alembic"):
         std = logging.getLogger(name)
