@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from json import dumps
+from json import JSONEncoder
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
@@ -212,7 +212,11 @@ def _json_line(
     line: dict[str, Any] = {**extra, "time": time.isoformat(), "level": level, "message": message}
     if exception is not None:
         line["exception"] = exception
-    return dumps(line, default=str) + "\n"
+    return _JSON.encode(line) + "\n"
+
+
+# `json.dumps(line, default=str)` builds this encoder again for every line.
+_JSON = JSONEncoder(default=str)
 
 
 class JsonLines:
@@ -293,17 +297,21 @@ def _record_time() -> datetime:
     return datetime.fromtimestamp(now, _LocalZone.tz)
 
 
-# What `_scrub` could change: ten digits in a row (every phone has them) or a control character.
-_SCRUBBABLE = re.compile("[0-9]{10}|" + _CONTROL.pattern)
+# Ten digits in a row: every phone has them.
+_TEN_DIGITS = re.compile("[0-9]{10}")
 
 
 def _scrub_fast(value: str, plain: bool) -> str:
-    return _scrub(value, plain=plain) if _SCRUBBABLE.search(value) else value
+    """`_scrub`, for less when there is nothing to change (a control character is not printable)."""
+    if (plain and not value.isprintable()) or _TEN_DIGITS.search(value):
+        scrubbed: str = _scrub(value, plain=plain)
+        return scrubbed
+    return value
 
 
 class HotLine:
     """A line logged for every message (the scheduler's hand-over, the sender's call to the API):
-    `HotLine(template).info(*args, **fields)` writes exactly what `logger.info(template, *args,
+    `HotLine(template, *names).info(*args, **fields)` writes exactly what `logger.info(template, *args,
     **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines"). loguru builds a
     whole record first (the caller's frame, process, thread, a lock); this formats the message, masks
     and escapes it and the string fields as the patcher does, and writes the line into the configured
@@ -315,10 +323,17 @@ class HotLine:
     set by `logger.contextualize()` and a patcher or extra configured later by hand (none of the
     services uses them where a `HotLine` is used)."""
 
-    __slots__ = ("template",)
+    __slots__ = ("fixed", "names", "suffix", "template")
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, *names: str) -> None:
+        """`names`: the fields every call passes, in its order (a call with others is written too, the
+        listing of its fields built for it)."""
         self.template = template
+        # A template without braces is its own message, whatever the arguments.
+        self.fixed = template if "{" not in template and "}" not in template else None
+        self.names = names
+        listed = " ".join(f"{name.replace('{', '{{').replace('}', '}}')}={{}}" for name in names)
+        self.suffix = f" | {listed}" if names else ""
 
     def info(self, *args: Any, **fields: Any) -> None:
         sink = _Hot.sink
@@ -332,14 +347,20 @@ class HotLine:
             _caller.info(self.template, *args, **fields)
             return
         plain = not sink.json
-        message = self.template.format(*args, **fields) if args or fields else self.template
+        message = self.fixed
+        if message is None:
+            message = self.template.format(*args, **fields) if args or fields else self.template
         message = _scrub_fast(message, plain)
         for key, value in fields.items():
             if isinstance(value, str):
                 fields[key] = _scrub_fast(value, plain)
         if plain:
             now = datetime.now().isoformat(" ", "milliseconds")
-            sink.stream.write(f"{now}{sink.plain_head}{message}{_fields_suffix(fields)}\n")
+            if tuple(fields) == self.names:
+                suffix = self.suffix.format(*fields.values())
+            else:
+                suffix = _fields_suffix(fields)
+            sink.stream.write(f"{now}{sink.plain_head}{message}{suffix}\n")
         else:
             sink.stream.write(
                 _json_line({"service": sink.service, **fields}, _record_time(), "INFO", message)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.unit
 
-HANDED = HotLine("message handed to the sender")
-CALLED = HotLine("probe POST /v1/send/{} -> {} ({})")
+HANDED = HotLine("message handed to the sender", "mailing_id", "message_id", "client_id")
+CALLED = HotLine("probe POST /v1/send/{} -> {} ({})", "message_id")
 
 # (template, args, fields): what the services log, and values the patcher has to change.
 CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
@@ -50,6 +50,7 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("{} and {note}", ("x\r\n\x1b[2Kforged\u2028",), {"note": "Привет ✓ \u202eevil\ttab"}),
     ("<red>{}</red> {{literal}}", ("</red><b>{0}",), {"tag": "<cyan>{message}</cyan>", "empty": ""}),
     ("no fields at all", (), {}),
+    ("braces in {} names", ("field",), {"odd{key}": "v", "x}": 2}),
     ("id {}", (1234567890,), {"big": 12345678901234, "minus": -7, "ratio": 0.5}),
 ]
 
@@ -85,10 +86,13 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
 
 
 def both_ways(template: str, args: tuple[Any, ...], fields: dict[str, Any], stream: io.StringIO) -> list[str]:
-    """The line loguru writes, then the line `HotLine` writes, for the same call (outside any event
-    loop, so each goes out at once)."""
+    """The line loguru writes, then the lines of a `HotLine` that names the fields, of one that names
+    them in another order and of one that does not, for the same call (outside any event loop, so each
+    goes out at once)."""
     start = len(stream.getvalue())
     logger.info(template, *args, **dict(fields))
+    HotLine(template, *fields).info(*args, **dict(fields))
+    HotLine(template, *reversed(fields)).info(*args, **dict(fields))
     HotLine(template).info(*args, **dict(fields))
     return stream.getvalue()[start:].splitlines(keepends=True)
 
@@ -108,10 +112,11 @@ def test_a_hot_line_writes_the_plain_text_loguru_writes(
 ) -> None:
     stderr = configure("scheduler")
     lines = both_ways(template, args, fields, stderr)
-    assert len(lines) == 2
-    (loguru_time, loguru_rest), (hot_time, hot_rest) = (plain_time(line) for line in lines)
-    assert hot_rest == loguru_rest
-    assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
+    assert len(lines) == 4
+    (loguru_time, loguru_rest), *hot = (plain_time(line) for line in lines)
+    for hot_time, hot_rest in hot:
+        assert hot_rest == loguru_rest
+        assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
 
 
 def json_parts(line: str) -> tuple[datetime, str]:
@@ -126,11 +131,12 @@ def test_a_hot_line_writes_the_json_loguru_writes(
 ) -> None:
     stderr = configure("sender", json=True)
     lines = both_ways(template, args, fields, stderr)
-    assert len(lines) == 2
-    (loguru_time, loguru_rest), (hot_time, hot_rest) = (json_parts(line) for line in lines)
-    assert hot_rest == loguru_rest
-    assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
-    assert hot_time.utcoffset() == loguru_time.utcoffset() and hot_time.tzname() == loguru_time.tzname()
+    assert len(lines) == 4
+    (loguru_time, loguru_rest), *hot = (json_parts(line) for line in lines)
+    for hot_time, hot_rest in hot:
+        assert hot_rest == loguru_rest
+        assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
+        assert (hot_time.utcoffset(), hot_time.tzname()) == (loguru_time.utcoffset(), loguru_time.tzname())
 
 
 def test_a_phone_shaped_message_id_is_masked_in_the_message_and_kept_as_a_number_in_its_field(
@@ -220,8 +226,8 @@ def test_with_the_configured_sink_alone_loguru_builds_no_record(
 
 def test_a_terminal_gets_loguru_s_coloured_line(configure: Configure) -> None:
     lines = both_ways(*CASES[1], configure("scheduler", tty=True))
-    assert all("\x1b[" in line for line in lines)
-    assert [line.split(" | ", 1)[1] for line in lines] == [lines[0].split(" | ", 1)[1]] * 2
+    assert len(lines) == 4 and all("\x1b[" in line for line in lines)
+    assert [line.split(" | ", 1)[1] for line in lines] == [lines[0].split(" | ", 1)[1]] * 4
 
 
 def test_loguru_lists_every_sink_in_its_repr() -> None:
