@@ -312,16 +312,16 @@ def _scrub_fast(value: str, plain: bool) -> str:
 class HotLine:
     """A line logged for every message (the scheduler's hand-over, the sender's call to the API):
     `HotLine(template, *names).info(*args, **fields)` writes exactly what `logger.info(template, *args,
-    **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines"). loguru builds a
-    whole record first (the caller's frame, process, thread, a lock); this formats the message, masks
-    and escapes it and the string fields as the patcher does, and writes the line into the configured
-    sink's stream in the sink's format.
+    **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines without loguru's
+    record"). loguru builds a whole record first (the caller's frame, process, thread, a lock); this
+    formats the message, masks and escapes it and the string fields as the patcher does, and writes
+    the line into the configured sink's stream in the sink's format.
 
     It does so only while the sink `configure_logging` added is loguru's only one, without colours
     (a terminal); whenever loguru's list of sinks has changed since (a test capturing lines, a second
     sink, none at all) the call goes through loguru itself, so every sink sees it. Not seen here: fields
-    set by `logger.contextualize()` and a patcher or extra configured later by hand (none of the
-    services uses them where a `HotLine` is used)."""
+    set by `logger.contextualize()`, and a patcher, extra fields or module switched off by hand after
+    `configure_logging` (none of which the services use where a `HotLine` is)."""
 
     __slots__ = ("fixed", "names", "suffix", "template")
 
