@@ -5,7 +5,7 @@ Each case runs in a child process configured as a service is (`configure_logging
 is a pipe that this process drains: 50,000 lines on an event loop (uvloop), 500 a loop turn, as the
 scheduler hands a batch to the sender; the figure is the child's CPU for the loop (process time, the
 writes into the pipe included) divided by the lines. The two lines are the scheduler's hand-over and the
-sender's call to the API, with the fields they carry.
+sender's call to the API, with the fields they carry (the services' own `HotLine`s).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import time
 import uvloop
 from loguru import logger
 
-from shared.logging import HotLine, configure_logging
+from services.scheduler.scheduler import HANDED
+from services.sender.provider import CALLED
+from shared.logging import configure_logging
 
 LINES = 50_000
 A_TURN = 500
@@ -30,19 +32,17 @@ CASES = [
     for way in ("loguru", "hot")
     for fmt in ("plain", "json")
 ]
-HANDED = "message handed to the sender"
-CALLED = "probe POST /v1/send/{} -> {} ({})"
 
 
 async def log(line: str, way: str, lines: int) -> None:
-    handed, called = HotLine(HANDED), HotLine(CALLED)
+    handed, called = HANDED, CALLED
     for start in range(0, lines, A_TURN):
         for i in range(start, start + A_TURN):
             if line == "scheduler":
                 if way == "hot":
                     handed.info(mailing_id=12, message_id=100_000 + i, client_id=i)
                 else:
-                    logger.info(HANDED, mailing_id=12, message_id=100_000 + i, client_id=i)
+                    logger.info(HANDED.template, mailing_id=12, message_id=100_000 + i, client_id=i)
             elif way == "hot":
                 called.info(
                     100_000 + i,
@@ -57,7 +57,7 @@ async def log(line: str, way: str, lines: int) -> None:
                 )
             else:
                 logger.info(
-                    CALLED,
+                    CALLED.template,
                     100_000 + i,
                     200,
                     "ok",

@@ -219,6 +219,19 @@ def _json_line(
 _JSON = JSONEncoder(default=str)
 
 
+def _json_value(value: Any) -> str:
+    """A value as `_JSON` writes it inside an object; the common ones without its machinery."""
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "null"
+    if kind is float and value - value == 0:  # finite: nan and infinities have names of their own
+        return repr(value)
+    encoded: str = _JSON.encode(value)
+    return encoded
+
+
 class JsonLines:
     """A sink of one flat JSON object a line: the bound fields (`service`, `mailing_id`, `message_id`,
     ...), then `time`, `level`, `message`, and `exception` (the traceback) when there is one.
@@ -272,6 +285,7 @@ class _OnlySink:
     info: bool
     service: str  # as the patcher leaves it
     plain_head: str  # " | INFO    | <service> | "
+    json_head: str  # '{"service": "<service>"'
     # `repr(logger)` right after: loguru lists its sinks there (id, level, name), so any sink added
     # or removed since, by anyone, makes it differ.
     sinks: str
@@ -323,7 +337,7 @@ class HotLine:
     set by `logger.contextualize()`, and a patcher, extra fields or module switched off by hand after
     `configure_logging` (none of which the services use where a `HotLine` is)."""
 
-    __slots__ = ("fixed", "names", "suffix", "template")
+    __slots__ = ("fixed", "json_keys", "names", "suffix", "template")
 
     def __init__(self, template: str, *names: str) -> None:
         """`names`: the fields every call passes, in its order (a call with others is written too, the
@@ -334,6 +348,9 @@ class HotLine:
         self.names = names
         listed = " ".join(f"{name.replace('{', '{{').replace('}', '}}')}={{}}" for name in names)
         self.suffix = f" | {listed}" if names else ""
+        # Each field's key as `JsonLines` writes it; unless a field would take the place of its own.
+        own = not {"time", "level", "message"}.isdisjoint(names)
+        self.json_keys = None if own else tuple(f", {_JSON.encode(name)}: " for name in names)
 
     def info(self, *args: Any, **fields: Any) -> None:
         sink = _Hot.sink
@@ -361,6 +378,12 @@ class HotLine:
             else:
                 suffix = _fields_suffix(fields)
             sink.stream.write(f"{now}{sink.plain_head}{message}{suffix}\n")
+        elif self.json_keys is not None and tuple(fields) == self.names:
+            listed = "".join(map(str.__add__, self.json_keys, map(_json_value, fields.values())))
+            sink.stream.write(
+                f'{sink.json_head}{listed}, "time": "{_record_time().isoformat()}", "level": "INFO", '
+                f'"message": {_JSON.encode(message)}}}\n'
+            )
         else:
             sink.stream.write(
                 _json_line({"service": sink.service, **fields}, _record_time(), "INFO", message)
@@ -399,7 +422,13 @@ def configure_logging(service: str, *, json: bool = False, level: str = "INFO") 
     if not colour:
         named = _scrub(service, plain=not json)
         _Hot.sink = _OnlySink(
-            stream, json, _Levels.info, named, f" | {'INFO': <7} | {named} | ", repr(logger)
+            stream,
+            json,
+            _Levels.info,
+            named,
+            f" | {'INFO': <7} | {named} | ",
+            '{"service": ' + _JSON.encode(named),
+            repr(logger),
         )
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq", "alembic"):

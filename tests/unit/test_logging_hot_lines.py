@@ -50,7 +50,19 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("{} and {note}", ("x\r\n\x1b[2Kforged\u2028",), {"note": "Привет ✓ \u202eevil\ttab"}),
     ("<red>{}</red> {{literal}}", ("</red><b>{0}",), {"tag": "<cyan>{message}</cyan>", "empty": ""}),
     ("no fields at all", (), {}),
-    ("braces in {} names", ("field",), {"odd{key}": "v", "x}": 2}),
+    ("braces in {} names", ("field",), {"odd{key}": "v", "x}": 2, 'quote"d': "\\"}),
+    (
+        "other values",
+        (),
+        {
+            "yes": True,
+            "nan": float("nan"),
+            "inf": float("-inf"),
+            "list": [1, "a"],
+            "when": datetime(2026, 1, 2),
+        },
+    ),
+    ("fields named as the line's own", (), {"message": "mine", "level": 5, "time": None, "x": 1}),
     ("id {}", (1234567890,), {"big": 12345678901234, "minus": -7, "ratio": 0.5}),
 ]
 
