@@ -296,19 +296,20 @@ class _Hot:
 
 
 class _LocalZone:
-    second = -1
-    tz = UTC
+    # The second (of `time.time()`) and the offset then in force, replaced together.
+    current: tuple[int, timezone] = (-1, UTC)
 
 
 def _record_time() -> datetime:
     """What loguru puts in a record's time: the local wall clock with the offset then in force (its
     `aware_now`, `time.localtime`'s offset), here looked up once a second."""
     now = time.time()
-    if int(now) != _LocalZone.second:
+    second, tz = _LocalZone.current
+    if int(now) != second:
         local = time.localtime(now)
-        _LocalZone.tz = timezone(timedelta(seconds=local.tm_gmtoff), local.tm_zone)
-        _LocalZone.second = int(now)
-    return datetime.fromtimestamp(now, _LocalZone.tz)
+        tz = timezone(timedelta(seconds=local.tm_gmtoff), local.tm_zone)
+        _LocalZone.current = (int(now), tz)
+    return datetime.fromtimestamp(now, tz)
 
 
 # Ten digits in a row: every phone has them.
