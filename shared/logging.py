@@ -6,10 +6,13 @@ import logging
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from json import dumps
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from json import JSONEncoder
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
@@ -101,6 +104,11 @@ _HUMAN_LINE = _HUMAN + "\n"
 _HUMAN_TRACEBACK = _HUMAN + "\n{extra[" + _TRACEBACK + "]}"
 
 
+def _fields_suffix(extra: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _NOT_FIELDS)
+    return f" | {fields}" if fields else ""
+
+
 def _human_format(record: Any) -> str:
     """One of two fixed templates, the bound fields going in as a value (` | key=value ...`).
 
@@ -108,8 +116,7 @@ def _human_format(record: Any) -> str:
     same template (64 of them): a template that held the fields themselves would be new, and parsed
     again, for every line that carries a message id. As a value, a field is not markup either."""
     extra = record["extra"]
-    fields = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _NOT_FIELDS)
-    extra[_SUFFIX] = f" | {fields}" if fields else ""
+    extra[_SUFFIX] = _fields_suffix(extra)
     return _HUMAN_TRACEBACK if _TRACEBACK in extra else _HUMAN_LINE
 
 
@@ -199,6 +206,32 @@ class BatchedStream:
         return self.stream.isatty()
 
 
+def _json_line(
+    extra: dict[str, Any], time: datetime, level: str, message: str, exception: str | None = None
+) -> str:
+    line: dict[str, Any] = {**extra, "time": time.isoformat(), "level": level, "message": message}
+    if exception is not None:
+        line["exception"] = exception
+    return _JSON.encode(line) + "\n"
+
+
+# `json.dumps(line, default=str)` builds this encoder again for every line.
+_JSON = JSONEncoder(default=str)
+
+
+def _json_value(value: Any) -> str:
+    """A value as `_JSON` writes it inside an object; the common ones without its machinery."""
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "null"
+    if kind is float and value - value == 0:  # finite: nan and infinities have names of their own
+        return repr(value)
+    encoded: str = _JSON.encode(value)
+    return encoded
+
+
 class JsonLines:
     """A sink of one flat JSON object a line: the bound fields (`service`, `mailing_id`, `message_id`,
     ...), then `time`, `level`, `message`, and `exception` (the traceback) when there is one.
@@ -212,17 +245,13 @@ class JsonLines:
 
     def write(self, message: Message) -> None:
         record = message.record
-        line: dict[str, Any] = {
-            **record["extra"],
-            "time": record["time"].isoformat(),
-            "level": record["level"].name,
-            "message": record["message"],
-        }
         error = record["exception"]
+        text = None
         if error is not None:
-            text = "".join(traceback.format_exception(error.type, error.value, error.traceback))
-            line["exception"] = mask_phones(text)
-        self.stream.write(dumps(line, default=str) + "\n")
+            text = mask_phones("".join(traceback.format_exception(error.type, error.value, error.traceback)))
+        self.stream.write(
+            _json_line(record["extra"], record["time"], record["level"].name, record["message"], text)
+        )
 
     def stop(self) -> None:
         """Called by loguru when the sink is removed."""
@@ -247,18 +276,161 @@ def batched_lines() -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class _OnlySink:
+    """The one sink `configure_logging` left, as a `HotLine` writes into it."""
+
+    stream: BatchedStream
+    json: bool
+    info: bool
+    service: str  # as the patcher leaves it
+    plain_head: str  # " | INFO    | <service> | "
+    json_head: str  # '{"service": "<service>"'
+    # `repr(logger)` right after: loguru lists its sinks there (id, level, name), so any sink added
+    # or removed since, by anyone, makes it differ.
+    sinks: str
+
+
+class _Hot:
+    sink: _OnlySink | None = None
+
+
+class _LocalZone:
+    # The second (of `time.time()`) and the offset then in force, replaced together.
+    current: tuple[int, timezone] = (-1, UTC)
+
+
+def _record_time() -> datetime:
+    """What loguru puts in a record's time: the local wall clock with the offset then in force (its
+    `aware_now`, `time.localtime`'s offset), here looked up once a second."""
+    now = time.time()
+    second, tz = _LocalZone.current
+    if int(now) != second:
+        local = time.localtime(now)
+        tz = timezone(timedelta(seconds=local.tm_gmtoff), local.tm_zone)
+        _LocalZone.current = (int(now), tz)
+    return datetime.fromtimestamp(now, tz)
+
+
+# Ten digits in a row: every phone has them.
+_TEN_DIGITS = re.compile("[0-9]{10}")
+
+
+def _scrub_fast(value: str, plain: bool) -> str:
+    """`_scrub`, for less when there is nothing to change (a control character is not printable)."""
+    if (plain and not value.isprintable()) or _TEN_DIGITS.search(value):
+        scrubbed: str = _scrub(value, plain=plain)
+        return scrubbed
+    return value
+
+
+class HotLine:
+    """A line logged for every message (the scheduler's hand-over, the sender's call to the API):
+    `HotLine(template, *names).info(*args, **fields)` writes exactly what `logger.info(template, *args,
+    **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines without loguru's
+    record"). loguru builds a whole record first (the caller's frame, process, thread, a lock); this
+    formats the message, masks and escapes it and the string fields as the patcher does, and writes
+    the line into the configured sink's stream in the sink's format.
+
+    It does so only while the sink `configure_logging` added is loguru's only one, without colours
+    (a terminal); whenever loguru's list of sinks has changed since (a test capturing lines, a second
+    sink, none at all) the call goes through loguru itself, so every sink sees it. Not seen here: fields
+    set by `logger.contextualize()`, and a patcher, extra fields or module switched off by hand after
+    `configure_logging` (none of which the services use where a `HotLine` is)."""
+
+    __slots__ = ("fixed", "json_keys", "names", "suffix", "template")
+
+    def __init__(self, template: str, *names: str) -> None:
+        """`names`: the fields every call passes, in its order (a call with others is written too, the
+        listing of its fields built for it)."""
+        self.template = template
+        # A template without braces is its own message, whatever the arguments.
+        self.fixed = template if "{" not in template and "}" not in template else None
+        self.names = names
+        listed = " ".join(f"{name.replace('{', '{{').replace('}', '}}')}={{}}" for name in names)
+        self.suffix = f" | {listed}" if names else ""
+        # Each field's key as `JsonLines` writes it; unless a field would take the place of its own.
+        own = not {"time", "level", "message"}.isdisjoint(names)
+        self.json_keys = None if own else tuple(f", {_JSON.encode(name)}: " for name in names)
+
+    def info(self, *args: Any, **fields: Any) -> None:
+        sink = _Hot.sink
+        if sink is None or repr(logger) != sink.sinks:
+            _caller.info(self.template, *args, **fields)
+            return
+        if not sink.info:
+            return
+        if not _NOT_FIELDS.isdisjoint(fields):
+            # A field that would replace the service's name or pick loguru's other template.
+            _caller.info(self.template, *args, **fields)
+            return
+        plain = not sink.json
+        message = self.fixed
+        if message is None:
+            message = self.template.format(*args, **fields) if args or fields else self.template
+        message = _scrub_fast(message, plain)
+        for key, value in fields.items():
+            if isinstance(value, str):
+                fields[key] = _scrub_fast(value, plain)
+        if plain:
+            now = datetime.now().isoformat(" ", "milliseconds")
+            if tuple(fields) == self.names:
+                suffix = self.suffix.format(*fields.values())
+            else:
+                suffix = _fields_suffix(fields)
+            sink.stream.write(f"{now}{sink.plain_head}{message}{suffix}\n")
+        elif self.json_keys is not None and tuple(fields) == self.names:
+            listed = "".join(map(str.__add__, self.json_keys, map(_json_value, fields.values())))
+            sink.stream.write(
+                f'{sink.json_head}{listed}, "time": "{_record_time().isoformat()}", "level": "INFO", '
+                f'"message": {_JSON.encode(message)}}}\n'
+            )
+        else:
+            sink.stream.write(
+                _json_line({"service": sink.service, **fields}, _record_time(), "INFO", message)
+            )
+
+
+# The fallback's line is its caller's (module, function, line), as a direct `logger.info` would be.
+_caller = logger.opt(depth=1)
+
+
 def configure_logging(service: str, *, json: bool = False, level: str = "INFO") -> None:
     """Configure loguru once per process: JSON lines in production, readable lines for people."""
+    _Hot.sink = None
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patcher(plain=not json))
     _Levels.info = logger.level(level.upper()).no <= logger.level("INFO").no
     stream = _Output.stream = BatchedStream(sys.stderr)
+    # Decided here as loguru would decide it for this stream, so that a `HotLine` knows.
+    try:
+        colour = not json and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        colour = False
     if json:
         logger.add(
             JsonLines(stream), level=level.upper(), format="{message}", backtrace=False, diagnose=False
         )
     else:
-        logger.add(stream, level=level.upper(), format=_human_format, backtrace=False, diagnose=False)
+        logger.add(
+            stream,
+            level=level.upper(),
+            format=_human_format,
+            colorize=colour,
+            backtrace=False,
+            diagnose=False,
+        )
+    if not colour:
+        named = _scrub(service, plain=not json)
+        _Hot.sink = _OnlySink(
+            stream,
+            json,
+            _Levels.info,
+            named,
+            f" | {'INFO': <7} | {named} | ",
+            '{"service": ' + _JSON.encode(named),
+            repr(logger),
+        )
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq", "alembic"):
         std = logging.getLogger(name)

@@ -30,6 +30,7 @@ from shared.contracts import (
     SendMessages,
 )
 from shared.domain.statuses import MailingStatus, MessageStatus, Reason
+from shared.logging import HotLine
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -40,6 +41,8 @@ RUNNING = MailingStatus.RUNNING.value
 PAUSED = MailingStatus.PAUSED.value
 SCHEDULED = MailingStatus.SCHEDULED.value
 ACTIVE = (SCHEDULED, RUNNING, PAUSED)
+# A line a message, for finding its story by id (docs/operations.md).
+HANDED = HotLine("message handed to the sender", "mailing_id", "message_id", "client_id")
 
 
 @dataclass(frozen=True)
@@ -319,15 +322,8 @@ class Scheduler:
         self.metrics.dispatch_duration.observe(time.perf_counter() - started)
         for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
             logger.bind(mailing_id=mailing_id).info("dispatched {} messages", count)
-        # A line a message, for finding its story by id (docs/operations.md). Keyword arguments land in the
-        # record's fields as bind() would put them, without a new logger a message.
         for c in claimed:
-            logger.info(
-                "message handed to the sender",
-                mailing_id=c.mailing_id,
-                message_id=c.message_id,
-                client_id=c.client_id,
-            )
+            HANDED.info(mailing_id=c.mailing_id, message_id=c.message_id, client_id=c.client_id)
         return len(claimed), len(claimed) == limit
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:

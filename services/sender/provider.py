@@ -8,15 +8,24 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp.payload import BytesPayload
-from loguru import logger
 from yarl import URL
 
 from services.sender.checks import Claim
 from shared.domain.retry import ProviderResult, classify_exception, classify_response
-from shared.logging import info_enabled
+from shared.logging import HotLine, info_enabled
 
 TEXT_CACHE_SIZE = 256
 JSON = "application/json"
+# One line a call to the API, with the ids that find it (docs/operations.md).
+CALLED = HotLine(
+    "probe POST /v1/send/{} -> {} ({})",
+    "message_id",
+    "mailing_id",
+    "client_id",
+    "attempt",
+    "status_code",
+    "duration_ms",
+)
 
 
 class Provider(Protocol):
@@ -91,9 +100,7 @@ class ProbeClient:
             self.on_answer("ok" if result.ok else result_label(result, status), duration)
         if not info_enabled():
             return result
-        # Keyword arguments land in the record's extra fields, as bind() would put them, for less.
-        logger.info(
-            "probe POST /v1/send/{} -> {} ({})",
+        CALLED.info(
             claim.message_id,
             status or "no answer",
             result.reason,
