@@ -9,9 +9,9 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import jwt
-from aiohttp import web
 from jwt.warnings import InsecureKeyLengthWarning
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,15 +21,25 @@ from services.probe_stub.contract import InvalidSendRequest, parse_send_request
 from services.probe_stub.faults import Faults
 from services.probe_stub.metrics import ProbeStubMetrics, Result
 from services.probe_stub.recorder import Recorder
+from services.probe_stub.server import (
+    JSON,
+    Exchange,
+    HttpServer,
+    Request,
+    Response,
+    error_response,
+    json_response,
+)
 from services.probe_stub.settings import ProbeStubSettings
 from shared.domain.statuses import Health, MessageStatus
 
 # A "timeout" never answers; the wait ends earlier when the client hangs up or the server stops.
 HANG_SECONDS: Final = 3600.0
-HANG_POLL_SECONDS: Final = 1.0
 TOKEN_CACHE_SIZE: Final = 1024
+SHUTDOWN_GRACE_SECONDS: Final = 5.0
+SEND_PREFIX: Final = "/v1/send/"
 
-_JSON: Final = "application/json"
+
 _INTEGER_ID: Final = re.compile(r"-?[0-9]{1,19}")
 _OK: Final = b'{"code": 0, "message": "OK"}'
 _RATE_LIMITED: Final = b'{"code": 429, "message": "too many requests"}'
@@ -41,8 +51,8 @@ _ERRORS: Final = (
 )
 _MALFORMED: Final = (
     ("text/html", b"<html><body>OK</body></html>"),
-    (_JSON, json.dumps({"status": MessageStatus.SENT, "result": True}).encode()),
-    (_JSON, b'{"code": 1, "message": "internal"}'),
+    (JSON, json.dumps({"status": MessageStatus.SENT, "result": True}).encode()),
+    (JSON, b'{"code": 1, "message": "internal"}'),
 )
 
 
@@ -63,7 +73,8 @@ class ProbeStub:
     rng: random.Random
     recorder: Recorder = field(default_factory=Recorder)
     outage_until: float | None = field(default=None, init=False)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    stopping: bool = field(default=False, init=False)
+    hanging: set["_Call"] = field(default_factory=set, init=False)
     _tokens: dict[str, float | None] = field(default_factory=dict, init=False)
 
     def set_faults(self, update: Faults) -> None:
@@ -87,6 +98,12 @@ class ProbeStub:
         until = self.outage_until
         remaining = 0.0 if until is None else max(0.0, until - self.clocks.monotonic())
         return {**self.faults.model_dump(), "outage_remaining_seconds": remaining}
+
+    def wake_hanging(self) -> None:
+        """Drop the connections of the "timeout" calls: the server is stopping."""
+        self.stopping = True
+        for call in list(self.hanging):
+            call.drop()
 
     def reset(self) -> None:
         self.faults = Faults()
@@ -121,211 +138,255 @@ class ProbeStub:
         return None
 
 
-STUB: Final = web.AppKey("probe_stub", ProbeStub)
+_OK_RESPONSE: Final = Response(200, _OK)
+_RATE_LIMITED_RESPONSE: Final = Response(429, _RATE_LIMITED, JSON, (("Retry-After", "1"),))
+_REJECTED_RESPONSE: Final = Response(400, _REJECTED)
+_ERROR_RESPONSES: Final = tuple(Response(status, body) for status, body in _ERRORS)
+_MALFORMED_RESPONSES: Final = tuple(Response(200, body, content_type) for content_type, body in _MALFORMED)
 
 
-def _json(status: int, payload: object) -> web.Response:
-    return web.Response(status=status, body=json.dumps(payload).encode(), content_type=_JSON)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json(status, {"code": status, "message": message})
-
-
-def _drop(request: web.Request) -> web.Response:
-    # Closing the transport is what the client sees as a refused/reset connection; the
-    # returned response is never written.
-    request.protocol.force_close()
-    return web.Response()
-
-
-async def _hang(stub: ProbeStub, request: web.Request) -> None:
-    deadline = stub.clocks.monotonic() + HANG_SECONDS
-    while not stub.stopping.is_set() and stub.clocks.monotonic() < deadline:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        try:
-            async with asyncio.timeout(HANG_POLL_SECONDS):
-                await stub.stopping.wait()
-        except TimeoutError:
-            pass
-
-
-async def send(request: web.Request) -> web.Response:
-    stub = request.app[STUB]
-    call = _Call(stub, request.match_info["msg_id"], stub.clocks.wall())
-    stub.recorder.requests += 1
-    try:
-        return await _answer(stub, request, call)
-    finally:
-        # Also when the handler is cancelled because the client hung up: the call happened all the same.
-        stub.recorder.record_request(call.msg_id, call.arrived_at, stub.clocks.wall(), call.result)
-
-
-@dataclass
 class _Call:
-    stub: ProbeStub
-    msg_id: str
-    arrived_at: float
-    result: Result | None = None
+    """One send request from its arrival to its record: answered at once, after the latency (a timer,
+    not a task), left hanging, or dropped; recorded as "abandoned" when the client hangs up first."""
+
+    __slots__ = ("arrived_at", "exchange", "msg_id", "result", "stub", "timer")
+
+    def __init__(self, stub: ProbeStub, exchange: Exchange, msg_id: str) -> None:
+        self.stub = stub
+        self.exchange = exchange
+        self.msg_id = msg_id
+        self.arrived_at = stub.clocks.wall()
+        self.result: Result | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        stub = self.stub
+        stub.recorder.requests += 1
+        if stub.outage_until is not None and stub.in_outage():
+            self.answered(Result.OUTAGE)
+            self.drop()
+            return
+        faults = stub.faults
+        delay_ms = faults.latency_ms
+        if faults.latency_jitter_ms:
+            delay_ms += stub.rng.uniform(0, faults.latency_jitter_ms)
+        if delay_ms > 0:
+            self.exchange.hung_up = self._hung_up
+            self.timer = asyncio.get_running_loop().call_later(delay_ms / 1000, self.decide)
+        else:
+            self.decide()
+
+    def decide(self) -> None:
+        self.timer = None
+        stub = self.stub
+        faults = stub.faults
+        if faults.timeout_rate and stub.rng.random() < faults.timeout_rate:
+            self.answered(Result.TIMEOUT)
+            self.hang()
+            return
+        self.finish(self._answer(stub, faults))
+
+    def _answer(self, stub: ProbeStub, faults: Faults) -> Response:
+        request = self.exchange.request
+        problem = stub.token_problem(request.authorization)
+        if problem is not None:
+            self.answered(Result.UNAUTHORIZED)
+            return error_response(401, problem)
+        try:
+            message = parse_send_request(self.msg_id, request.body)
+        except InvalidSendRequest as exc:
+            self.answered(Result.REJECTED)
+            return error_response(400, str(exc))
+
+        rng = stub.rng
+        if faults.error_rate and rng.random() < faults.error_rate:
+            self.answered(Result.ERROR)
+            return rng.choice(_ERROR_RESPONSES)
+        if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
+            self.answered(Result.RATE_LIMITED)
+            return _RATE_LIMITED_RESPONSE
+        if faults.reject_rate and rng.random() < faults.reject_rate:
+            self.answered(Result.REJECTED)
+            return _REJECTED_RESPONSE
+        if faults.malformed_rate and rng.random() < faults.malformed_rate:
+            self.answered(Result.MALFORMED)
+            return rng.choice(_MALFORMED_RESPONSES)
+
+        self.answered(Result.ACCEPTED)
+        stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.clocks.wall())
+        return _OK_RESPONSE
 
     def answered(self, result: Result) -> None:
         self.result = result
         self.stub.metrics.count(result)
 
+    def finish(self, response: Response) -> None:
+        self.exchange.answer(response)
+        self.record()
 
-async def _answer(stub: ProbeStub, request: web.Request, call: _Call) -> web.Response:
-    if stub.outage_until is not None and stub.in_outage():
-        call.answered(Result.OUTAGE)
-        return _drop(request)
+    def hang(self) -> None:
+        stub = self.stub
+        if stub.stopping:
+            self.drop()
+            return
+        stub.hanging.add(self)
+        self.exchange.hung_up = self._hung_up
+        self.timer = asyncio.get_running_loop().call_later(HANG_SECONDS, self.drop)
 
-    faults = stub.faults
-    rng = stub.rng
-    delay_ms = faults.latency_ms
-    if faults.latency_jitter_ms:
-        delay_ms += rng.uniform(0, faults.latency_jitter_ms)
-    if delay_ms > 0:
-        await asyncio.sleep(delay_ms / 1000)
-    if faults.timeout_rate and rng.random() < faults.timeout_rate:
-        call.answered(Result.TIMEOUT)
-        await _hang(stub, request)
-        return _drop(request)
+    def drop(self) -> None:
+        self._settle()
+        self.exchange.drop()
+        self.record()
 
-    problem = stub.token_problem(request.headers.get("Authorization"))
-    if problem is not None:
-        call.answered(Result.UNAUTHORIZED)
-        return _error(401, problem)
+    def _hung_up(self) -> None:
+        # The client went away during the latency (result still None: "abandoned") or while left hanging.
+        self._settle()
+        self.record()
+
+    def _settle(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.stub.hanging.discard(self)
+
+    def record(self) -> None:
+        stub = self.stub
+        stub.recorder.record_request(self.msg_id, self.arrived_at, stub.clocks.wall(), self.result)
+
+
+def get_faults(stub: ProbeStub, request: Request) -> Response:
+    return json_response(200, stub.faults_view())
+
+
+def put_faults(stub: ProbeStub, request: Request) -> Response:
     try:
-        message = parse_send_request(request.match_info["msg_id"], await request.read())
-    except InvalidSendRequest as exc:
-        call.answered(Result.REJECTED)
-        return _error(400, str(exc))
-
-    if faults.error_rate and rng.random() < faults.error_rate:
-        call.answered(Result.ERROR)
-        status, body = rng.choice(_ERRORS)
-        return web.Response(status=status, body=body, content_type=_JSON)
-    if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
-        call.answered(Result.RATE_LIMITED)
-        return web.Response(status=429, body=_RATE_LIMITED, content_type=_JSON, headers={"Retry-After": "1"})
-    if faults.reject_rate and rng.random() < faults.reject_rate:
-        call.answered(Result.REJECTED)
-        return web.Response(status=400, body=_REJECTED, content_type=_JSON)
-    if faults.malformed_rate and rng.random() < faults.malformed_rate:
-        call.answered(Result.MALFORMED)
-        content_type, body = rng.choice(_MALFORMED)
-        return web.Response(status=200, body=body, content_type=content_type)
-
-    call.answered(Result.ACCEPTED)
-    stub.recorder.record_accepted(message.msg_id, message.phone, message.text, stub.clocks.wall())
-    return web.Response(status=200, body=_OK, content_type=_JSON)
-
-
-async def get_faults(request: web.Request) -> web.Response:
-    return _json(200, request.app[STUB].faults_view())
-
-
-async def put_faults(request: web.Request) -> web.Response:
-    stub = request.app[STUB]
-    try:
-        update = Faults.model_validate_json(await request.read())
+        update = Faults.model_validate_json(request.body)
     except ValidationError as exc:
         errors = [
             {"field": ".".join(str(part) for part in error["loc"]) or "body", "message": error["msg"]}
             for error in exc.errors()
         ]
         message = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
-        return _json(422, {"code": 422, "message": message, "errors": errors})
+        return json_response(422, {"code": 422, "message": message, "errors": errors})
     stub.set_faults(update)
-    return _json(200, stub.faults_view())
+    return json_response(200, stub.faults_view())
 
 
-async def get_stats(request: web.Request) -> web.Response:
-    return _json(200, request.app[STUB].recorder.stats())
+def get_stats(stub: ProbeStub, request: Request) -> Response:
+    return json_response(200, stub.recorder.stats())
 
 
-async def get_accepted(request: web.Request) -> web.Response:
-    raw = request.query.get("msg_id")
+def _query_msg_id(request: Request) -> str | None:
+    for name, value in parse_qsl(request.query, keep_blank_values=True):
+        if name == "msg_id":
+            return value
+    return None
+
+
+def get_accepted(stub: ProbeStub, request: Request) -> Response:
+    raw = _query_msg_id(request)
     msg_id: int | None = None
     if raw is not None:
         try:
             msg_id = int(raw)
         except ValueError:
-            return _error(400, f"msg_id must be an integer, got {raw!r}")
-    return _json(200, request.app[STUB].recorder.accepted(msg_id))
+            return error_response(400, f"msg_id must be an integer, got {raw!r}")
+    return json_response(200, stub.recorder.accepted(msg_id))
 
 
-async def get_requests(request: web.Request) -> web.Response:
-    raw = request.query.get("msg_id")
+def get_requests(stub: ProbeStub, request: Request) -> Response:
+    raw = _query_msg_id(request)
     if raw is not None and _INTEGER_ID.fullmatch(raw) is None:
-        return _error(400, f"msg_id must be an integer, got {raw!r}")
-    return _json(200, request.app[STUB].recorder.requests_seen(raw))
+        return error_response(400, f"msg_id must be an integer, got {raw!r}")
+    return json_response(200, stub.recorder.requests_seen(raw))
 
 
-async def reset(request: web.Request) -> web.Response:
-    request.app[STUB].reset()
-    return _json(200, {"status": Health.OK})
+def reset(stub: ProbeStub, request: Request) -> Response:
+    stub.reset()
+    return json_response(200, {"status": Health.OK})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return _json(200, {"status": Health.OK})
+def healthz(stub: ProbeStub, request: Request) -> Response:
+    return json_response(200, {"status": Health.OK})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[STUB].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def metrics(stub: ProbeStub, request: Request) -> Response:
+    return Response(200, generate_latest(stub.metrics.registry), CONTENT_TYPE_LATEST)
 
 
-async def _wake_hanging_requests(app: web.Application) -> None:
-    app[STUB].stopping.set()
+Route = Callable[[ProbeStub, Request], Response]
+
+# Besides these, POST /v1/send/{msg_id}. A GET route answers HEAD too.
+ROUTES: Final[dict[str, dict[str, Route]]] = {
+    "/_stub/faults": {"GET": get_faults, "PUT": put_faults},
+    "/_stub/stats": {"GET": get_stats},
+    "/_stub/accepted": {"GET": get_accepted},
+    "/_stub/requests": {"GET": get_requests},
+    "/_stub/reset": {"POST": reset},
+    "/healthz": {"GET": healthz},
+    "/readyz": {"GET": healthz},
+    "/metrics": {"GET": metrics},
+}
 
 
-def _routes(app: web.Application) -> None:
-    app.router.add_post("/v1/send/{msg_id}", send)
-    app.router.add_get("/_stub/faults", get_faults)
-    app.router.add_put("/_stub/faults", put_faults)
-    app.router.add_get("/_stub/stats", get_stats)
-    app.router.add_get("/_stub/accepted", get_accepted)
-    app.router.add_get("/_stub/requests", get_requests)
-    app.router.add_post("/_stub/reset", reset)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", healthz)
-    app.router.add_get("/metrics", metrics)
+def _allow(methods: set[str]) -> str:
+    return ",".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+
+
+_NOT_FOUND: Final = error_response(404, "not found")
+_SEND_NOT_ALLOWED: Final = error_response(405, "method not allowed", (("Allow", "POST"),))
+_NOT_ALLOWED: Final = {
+    path: error_response(405, "method not allowed", (("Allow", _allow(set(methods))),))
+    for path, methods in ROUTES.items()
+}
+
+
+def route(stub: ProbeStub, exchange: Exchange) -> None:
+    """Answer `exchange` from the route its path and method name."""
+    request = exchange.request
+    path = request.path
+    if path.startswith(SEND_PREFIX):
+        msg_id = path[len(SEND_PREFIX) :]
+        if not msg_id or "/" in msg_id:
+            exchange.answer(_NOT_FOUND)
+        elif request.method != "POST":
+            exchange.answer(_SEND_NOT_ALLOWED)
+        else:
+            _Call(stub, exchange, msg_id).start()
+        return
+    methods = ROUTES.get(path)
+    if methods is None:
+        exchange.answer(_NOT_FOUND)
+        return
+    handler = methods.get("GET" if request.head else request.method)
+    exchange.answer(_NOT_ALLOWED[path] if handler is None else handler(stub, request))
 
 
 class ProbeStubService:
-    """The stand-in as a process: `app` is its aiohttp application (tests serve it themselves);
-    `start()` listens on the configured address, `stop()` wakes hanging calls and closes."""
+    """The stand-in as a process: `start()` listens on the configured address (port 0: a free one, then
+    read `port`), `stop()` stops listening, wakes the hanging calls and gives the others 5 s."""
 
     def __init__(self, settings: ProbeStubSettings, stub: ProbeStub) -> None:
         self.settings = settings
         self.stub = stub
-        self.app = web.Application()
-        self.app[STUB] = stub
-        self.app.on_shutdown.append(_wake_hanging_requests)
-        _routes(self.app)
-        self._runner: web.AppRunner | None = None
+        self.server = HttpServer(lambda exchange: route(stub, exchange))
+
+    @property
+    def port(self) -> int:
+        """The port it listens on, once started."""
+        return self.server.port
 
     async def start(self) -> None:
-        # handler_cancellation stops the sleeps of requests whose client has already given up.
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        logger.bind(host=self.settings.host, port=self.settings.port).info(
-            "probe stub listening on http://{}:{}", self.settings.host, self.settings.port
+        self.stub.stopping = False
+        await self.server.start(self.settings.host, self.settings.port)
+        logger.bind(host=self.settings.host, port=self.port).info(
+            "probe stub listening on http://{}:{}", self.settings.host, self.port
         )
 
     async def stop(self) -> None:
         """Stop listening, wake the hanging "timeout" requests, give the others 5 s to finish."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        self.stub.wake_hanging()
+        await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         logger.info("probe stub stopped")
 
 

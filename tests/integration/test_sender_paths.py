@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from services.probe_stub.app import ProbeStubService
 from services.sender.bootstrap import SenderService, build_sender
 from shared.contracts import MessagesFinalized, SendMessages, decode
 from shared.settings import CommonSettings
@@ -33,15 +33,15 @@ FINAL = {"sent", "failed", "expired", "cancelled"}
 
 
 @pytest.fixture
-async def stub_server() -> AsyncIterator[TestServer]:
+async def stub_server() -> AsyncIterator[ProbeStubService]:
     server = await start_stub()
     yield server
-    await server.close()
+    await server.stop()
 
 
 @pytest.fixture
-def stub(stub_server: TestServer) -> Stub:
-    return Stub(str(stub_server.make_url("")))
+def stub(stub_server: ProbeStubService) -> Stub:
+    return Stub(f"http://127.0.0.1:{stub_server.port}")
 
 
 @pytest.fixture

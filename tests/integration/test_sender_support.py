@@ -11,9 +11,8 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from aiohttp.test_utils import TestServer
 
-from services.probe_stub.app import build_probe_stub
+from services.probe_stub.app import ProbeStubService, build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 from services.sender.settings import SenderSettings
@@ -27,10 +26,11 @@ def stub_settings() -> ProbeStubSettings:
     return ProbeStubSettings(_env_file=None)
 
 
-async def start_stub() -> TestServer:
-    server = TestServer(build_probe_stub(stub_settings()).app, host="127.0.0.1")
-    await server.start_server()
-    return server
+async def start_stub() -> ProbeStubService:
+    """The stand-in on a free port of 127.0.0.1 (its `port`)."""
+    service = build_probe_stub(stub_settings().model_copy(update={"host": "127.0.0.1", "port": 0}))
+    await service.start()
+    return service
 
 
 def sender_settings(common: CommonSettings, probe_url: str, **overrides: Any) -> SenderSettings:

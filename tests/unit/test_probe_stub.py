@@ -8,11 +8,9 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from services.probe_stub.app import build_probe_stub
+from services.probe_stub.app import ProbeStubService, build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 
@@ -23,7 +21,34 @@ RECEIVED_AT = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
 EARLIER = RECEIVED_AT.timestamp() - 61
 PHONE = 79_001_234_567
 
-Client = TestClient[web.Request, web.Application]
+
+class Client:
+    """The stand-in started on a free port and an HTTP session to it; every answer is read in full."""
+
+    def __init__(self, service: ProbeStubService) -> None:
+        self.service = service
+        self.base_url = f"http://127.0.0.1:{service.port}"
+        self.session = aiohttp.ClientSession(base_url=self.base_url)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        async with self.session.request(method, path, **kwargs) as response:
+            await response.read()
+        return response
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("PUT", path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.service.stop()
+
+
 MakeClient = Callable[..., Awaitable[Client]]
 
 
@@ -51,15 +76,15 @@ async def make_client(clock: FakeClock, registry: CollectorRegistry) -> AsyncIte
 
     async def make(**settings: Any) -> Client:
         # model_construct keeps MAILING_PROBE_* variables of the machine out of the tests.
-        stub = build_probe_stub(
-            ProbeStubSettings.model_construct(jwt_secret=SECRET, **settings),
+        service = build_probe_stub(
+            ProbeStubSettings.model_construct(jwt_secret=SECRET, host="127.0.0.1", port=0, **settings),
             clock=clock,
             rng=random.Random(20240301),
             registry=registry,
             wall_clock=RECEIVED_AT.timestamp,
         )
-        client = TestClient(TestServer(stub.app))
-        await client.start_server()
+        await service.start()
+        client = Client(service)
         clients.append(client)
         return client
 
