@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -369,7 +370,7 @@ class ProbeStubService:
     def __init__(self, settings: ProbeStubSettings, stub: ProbeStub) -> None:
         self.settings = settings
         self.stub = stub
-        self.server = HttpServer(lambda exchange: route(stub, exchange))
+        self.server = HttpServer(partial(route, stub))
 
     @property
     def port(self) -> int:

@@ -139,11 +139,6 @@ class _DateLine:
 _date: Final = _DateLine()
 
 
-def _serialize(request: Request, response: Response, keep_alive: bool) -> bytes:
-    head = response.head(request.http_version, keep_alive) + _date() + b"\r\n"
-    return head if request.head else head + response.body
-
-
 _BROKEN: Final = Request("", "", "", None, b"", "1.1", keep_alive=False)
 
 
@@ -312,11 +307,12 @@ class _Connection(asyncio.Protocol):
             return
         request = exchange.request
         keep_alive = request.keep_alive and not self._stopping
-        transport.write(_serialize(request, response, keep_alive))
+        head = response.head(request.http_version, keep_alive) + _date() + b"\r\n"
+        transport.write(head if request.head else head + response.body)
         self._current = None
         if not keep_alive:
             self._close()
-        elif not self._advancing:
+        elif self._pending and not self._advancing:
             self._advance()
 
     def drop(self) -> None:
