@@ -303,7 +303,11 @@ class _Connection(asyncio.Protocol):
 
     def answered(self, exchange: Exchange, response: Response) -> None:
         transport = self._transport
-        if transport is None or exchange is not self._current:
+        if exchange is not self._current:
+            return
+        if transport is None or transport.is_closing():
+            # The client is gone and connection_lost is on its way: the answer has nowhere to go.
+            self._current = None
             return
         request = exchange.request
         keep_alive = request.keep_alive and not self._stopping
@@ -340,7 +344,7 @@ class _Connection(asyncio.Protocol):
         if self._broken:
             return
         self._broken = True
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
         self._pending.append(Exchange(self, _BROKEN, response))
         if self._current is None and not self._advancing:
