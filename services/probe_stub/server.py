@@ -225,7 +225,13 @@ class _Connection(asyncio.Protocol):
             self._continue = False
             transport = self._transport
             # A "100 Continue" may go out only while no earlier answer is owed on the connection.
-            if transport is not None and not self._broken and self._current is None and not self._pending:
+            if (
+                transport is not None
+                and not self._broken
+                and self._current is None
+                and not self._pending
+                and self._parser.get_http_version() == "1.1"
+            ):
                 transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from services.probe_stub.app import ProbeStubService, build_probe_stub
 from services.probe_stub.server import MAX_BODY_BYTES
@@ -290,3 +290,16 @@ async def test_stop_lets_an_answer_under_way_finish(service: ProbeStubService, c
     assert requests_recorded(service) == [(3, "accepted")]
     with pytest.raises(OSError):
         await connect()
+
+
+async def test_metrics_are_prometheus_text_and_readiness_is_ok(connect: Any) -> None:
+    connection = await connect()
+
+    connection.send(get_request("/metrics"))
+    metrics = await connection.answer()
+    connection.send(get_request("/readyz"))
+    ready = await connection.answer()
+
+    assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert b'mailing_probe_stub_requests_total{result="accepted"} 0.0' in metrics.body
+    assert ready.json() == {"status": "ok"}
