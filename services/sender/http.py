@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import ssl
 from collections import deque
 from collections.abc import Mapping
@@ -24,7 +26,17 @@ KEEPALIVE_SECONDS: Final = 30.0
 # An answer is a short JSON object; anything near this is a misbehaving server, not an answer to buffer.
 MAX_RESPONSE_BYTES: Final = 1 << 20
 CLOSE_WAIT_SECONDS: Final = 1.0
+# A host name is looked up again after this long, or at once when none of its addresses took a connection.
+DNS_TTL_SECONDS: Final = 300.0
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class HttpClientError(Exception):
@@ -215,6 +227,10 @@ class HttpClient:
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        self._literal = [self.host] if _is_address(self.host) else None
+        self._addresses: list[str] | None = None
+        self._addresses_until = 0.0
+        self._lookup: asyncio.Task[list[str]] | None = None
 
     @property
     def connections(self) -> int:
@@ -253,6 +269,8 @@ class HttpClient:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._lookup is not None:
+            self._lookup.cancel()
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
@@ -296,16 +314,10 @@ class HttpClient:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         self._open += 1
-        limit = min(self._connect_timeout, deadline - loop.time())
+        limit = max(0.0, min(self._connect_timeout, deadline - loop.time()))
         try:
             async with asyncio.timeout(limit):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, loop),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                )
+                conn = await self._open_connection(loop)
         except BaseException as exc:
             self._open -= 1
             self._wake_one()
@@ -321,6 +333,40 @@ class HttpClient:
             self._drop(conn)
             raise ClientClosedError("the client is closed")
         return conn
+
+    async def _open_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """A connection to the first address that takes one (the host's own name checked under TLS)."""
+        addresses = self._literal or await self._resolve(loop)
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, loop),
+                    address,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+            except OSError as exc:
+                error = exc
+            else:
+                return conn
+        self._addresses = None  # the name may point elsewhere by now
+        raise error or OSError(f"no address for {self.host}")
+
+    async def _resolve(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        if self._addresses is not None and loop.time() < self._addresses_until:
+            return self._addresses
+        if self._lookup is None or self._lookup.done():
+            self._lookup = loop.create_task(self._look_up(loop))
+        # Shielded: the connects waiting for one lookup time out on their own, the lookup goes on.
+        return await asyncio.shield(self._lookup)
+
+    async def _look_up(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        self._addresses, self._addresses_until = addresses, loop.time() + DNS_TTL_SECONDS
+        return addresses
 
     def _release(self, conn: _Connection) -> None:
         if self._closed or conn.dropped:

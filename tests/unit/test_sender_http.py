@@ -317,3 +317,91 @@ async def test_a_path_that_would_break_the_request_line_is_refused() -> None:
         for path in ("v1", "/a b", "/a\r\nX: y", "/é"):
             with pytest.raises(ValueError):
                 await client.post(path, b"")
+
+
+async def test_a_host_name_is_looked_up_once_for_many_connections_and_again_after_a_failure() -> None:
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)
+
+    waiting = 0
+    all_waiting = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal waiting
+        while await read_request(reader) is not None:
+            waiting += 1
+            if waiting == 4:
+                all_waiting.set()
+            await all_waiting.wait()
+            writer.write(answer())
+
+    loop.getaddrinfo = counting  # type: ignore[method-assign]
+    try:
+        async with Server(handle) as server:
+            url = server.url.replace("127.0.0.1", "localhost")
+            async with client_of(url, max_connections=4) as client:
+                responses = await asyncio.gather(*(client.post("/", b"{}") for _ in range(4)))
+                assert [r.status for r in responses] == [200] * 4
+                assert (server.accepted, lookups) == (4, ["localhost"])
+        async with client_of(url) as client:
+            with pytest.raises(ConnectionRefusedError):
+                await client.post("/", b"{}")
+            with pytest.raises(ConnectionRefusedError):
+                await client.post("/", b"{}")
+        assert lookups == ["localhost"] * 3
+    finally:
+        del loop.getaddrinfo
+
+
+async def test_the_pool_keeps_its_bound_and_its_count_through_every_kind_of_failure() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await read_request(reader)) is not None:
+            kind = request[0].split(b" ")[1]
+            if kind == b"/drop":
+                return
+            if kind == b"/hang":
+                await reader.read()
+                return
+            if kind == b"/garbage":
+                writer.write(b"?\r\n\r\n")
+            else:
+                writer.write(answer(200, OK, *(["Connection: close"] if kind == b"/close" else [])))
+                if kind == b"/close":
+                    return
+
+    kinds = ["/ok", "/close", "/drop", "/garbage", "/hang", "/ok", "/ok"]
+    async with Server(handle) as server, client_of(server.url, max_connections=5) as client:
+
+        async def caller(n: int) -> list[tuple[str, str]]:
+            outcomes = []
+            for k in range(n, 200, 20):
+                kind = kinds[k % len(kinds)]
+                try:
+                    await client.post(kind, b"{}", timeout_seconds=0.3)
+                    outcomes.append((kind, "ok"))
+                except (TimeoutError, OSError, InvalidResponseError) as exc:
+                    outcomes.append((kind, type(exc).__name__))
+            return outcomes
+
+        # A call may also time out waiting for one of the 5 connections while hanging calls hold them.
+        expected = {
+            "/ok": {"ok", "TimeoutError"},
+            "/close": {"ok", "TimeoutError"},
+            "/drop": {"ServerDisconnectedError", "TimeoutError"},
+            "/garbage": {"InvalidResponseError", "TimeoutError"},
+            "/hang": {"TimeoutError"},
+        }
+        outcomes = [
+            o for per_caller in await asyncio.gather(*(caller(n) for n in range(20))) for o in per_caller
+        ]
+        assert all(outcome in expected[kind] for kind, outcome in outcomes), outcomes
+        assert {kind for kind, outcome in outcomes if outcome != "TimeoutError"} == set(kinds) - {"/hang"}
+        assert server.most_open <= 5
+        await until(lambda: server.open == client.connections <= 5)
+        responses = await asyncio.gather(*(client.post("/ok", b"{}") for _ in range(10)))
+        assert [r.status for r in responses] == [200] * 10
