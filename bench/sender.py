@@ -245,7 +245,10 @@ async def sender_rate(
     in_flight: int,
     namespace: str,
     make_provider: ProviderFactory = ProbeClient,
+    cpu_per_message: list[float] | None = None,
 ) -> float:
+    """Messages a second; `cpu_per_message` gets this process's CPU seconds a message over the same span
+    (the sender's own: the stand-in runs as its own process)."""
     name, dsn = fresh_database()
     try:
         mailing, first = seed(dsn, total)
@@ -266,11 +269,13 @@ async def sender_rate(
         await app.start()
         # Throughput, not start-up: the clock starts once the sender consumes. The end is read from
         # the sender's own count of committed `sent` rows, so measuring puts no load on PostgreSQL.
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             while sent_so_far(app.metrics) < total:  # noqa: ASYNC110 - a count, not an event
                 await asyncio.sleep(POLL_SECONDS)
             rate = total / (time.perf_counter() - started)
+            if cpu_per_message is not None:
+                cpu_per_message.append((time.process_time() - cpu) / total)
             with psycopg.connect(dsn) as conn:
                 row = conn.execute(
                     f"SELECT count(*) FROM messages WHERE status = {MessageStatus.SENT.sql}"
