@@ -95,6 +95,9 @@ class _Connection(asyncio.Protocol):
         cast(asyncio.Transport, self.transport).write(data)
         return waiter
 
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def time_out(self, waiter: asyncio.Future[Response], seconds: float) -> None:
         if waiter is self.waiter:
             self.fail(TimeoutError(f"no complete answer within {seconds:g} s"))
@@ -120,8 +123,8 @@ class _Connection(asyncio.Protocol):
         waiter, self.waiter = self.waiter, None
         if waiter is None or waiter.done():
             return
-        if self.headers_done and not self.framed:
-            # Neither Content-Length nor chunked: the body ends where the connection does.
+        if self.headers_done and not self.framed and exc is None:
+            # Neither Content-Length nor chunked: the body ends where the connection does (cleanly).
             waiter.set_result(Response(self.parser.get_status_code(), self.headers, b"".join(self.body)))
             return
         where = "mid-answer" if self.received else "before answering"
@@ -247,11 +250,16 @@ class HttpClient:
         )
         deadline = loop.time() + total
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
-        if self._idle:
-            conn = self._idle.pop()
-            conn.idle = False
-        else:
-            conn = await self._connection(loop, deadline, total)
+        while True:
+            if self._idle:
+                conn = self._idle.pop()
+                conn.idle = False
+            else:
+                conn = await self._connection(loop, deadline, total)
+            if not conn.closing():
+                break
+            # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
+            self._drop(conn, lost=True)
         waiter = conn.request(data)
         timer = loop.call_at(deadline, conn.time_out, waiter, total)
         try:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,18 @@ async def test_the_pool_keeps_its_bound_and_its_count_through_every_kind_of_fail
         await until(lambda: server.open == client.connections <= 5)
         responses = await asyncio.gather(*(client.post("/ok", b"{}") for _ in range(10)))
         assert [r.status for r in responses] == [200] * 10
+
+
+async def test_a_reset_during_a_body_without_length_is_an_error_not_a_short_body() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\n" + OK[:10])
+        await writer.drain()
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    async with Server(reset) as server, client_of(server.url) as client:
+        with pytest.raises(ServerDisconnectedError):
+            await client.post("/", b"{}")
