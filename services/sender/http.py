@@ -277,8 +277,6 @@ class HttpClient:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        if self._lookup is not None:
-            self._lookup.cancel()
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
