@@ -1,8 +1,8 @@
 """`python -m bench.sender`: sender throughput against the stand-in, next to the ceilings of the same run.
 
-Ceilings: a bare loop of the same aiohttp client against the same stand-in, and a bare consume + ack of
-the same AMQP messages. The sender runs in this process (logging at WARNING, so the per-call log line
-costs nothing); the stand-in runs as its own process.
+Ceilings: a bare loop of the same HTTP client (`services.sender.http`) against the same stand-in, and a
+bare consume + ack of the same AMQP messages. The sender runs in this process (logging at WARNING, so
+the per-call log line costs nothing); the stand-in runs as its own process.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bench.report import rewrite_section
 from services.probe_stub.token import make_token
 from services.sender.bootstrap import ProviderFactory, build_sender
 from services.sender.metrics import SenderMetrics
-from services.sender.provider import ProbeClient, make_session
+from services.sender.provider import ProbeClient, make_client
 from services.sender.settings import SenderSettings
 from shared.broker import Publisher, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
@@ -126,19 +126,20 @@ async def stub_faults(base: str, **faults: float) -> None:
 
 
 async def http_ceiling(base: str, token: str, total: int, in_flight: int) -> float:
-    session = make_session(token, 5.0, in_flight)
+    client = make_client(base, token, 5.0, in_flight)
     next_id = iter(range(10**9, 10**9 + total))
 
     async def worker() -> None:
         for msg_id in next_id:
             body = f'{{"id": {msg_id}, "phone": 79000000000, "text": "bench"}}'.encode()
-            async with session.post(f"{base}/v1/send/{msg_id}", data=body) as response:
-                await response.read()
+            await client.post(f"/v1/send/{msg_id}", body)
 
-    async with session:
+    try:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         return total / (time.perf_counter() - started)
+    finally:
+        await client.close()
 
 
 def command(ids: range, mailing_id: int) -> SendMessages:
@@ -244,7 +245,10 @@ async def sender_rate(
     in_flight: int,
     namespace: str,
     make_provider: ProviderFactory = ProbeClient,
+    cpu_per_message: list[float] | None = None,
 ) -> float:
+    """Messages a second; `cpu_per_message` gets this process's CPU seconds a message over the same span
+    (the sender's own: the stand-in runs as its own process)."""
     name, dsn = fresh_database()
     try:
         mailing, first = seed(dsn, total)
@@ -265,11 +269,13 @@ async def sender_rate(
         await app.start()
         # Throughput, not start-up: the clock starts once the sender consumes. The end is read from
         # the sender's own count of committed `sent` rows, so measuring puts no load on PostgreSQL.
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             while sent_so_far(app.metrics) < total:  # noqa: ASYNC110 - a count, not an event
                 await asyncio.sleep(POLL_SECONDS)
             rate = total / (time.perf_counter() - started)
+            if cpu_per_message is not None:
+                cpu_per_message.append((time.process_time() - cpu) / total)
             with psycopg.connect(dsn) as conn:
                 row = conn.execute(
                     f"SELECT count(*) FROM messages WHERE status = {MessageStatus.SENT.sql}"
@@ -337,18 +343,18 @@ def table(rows: list[Row]) -> str:
 def write_section(markdown: str) -> None:
     section = (
         "Command: `make bench` (runs `uv run --frozen python -m bench.sender`). One sender process (uvloop, "
-        f"one aiohttp session, logging at WARNING) consumes `SendMessages` of {PER_EVENT} messages each (the "
+        f"one HTTP client, logging at WARNING) consumes `SendMessages` of {PER_EVENT} messages each (the "
         "scheduler's default) against the stand-in in its own process. The ceilings are measured in the same "
-        "run: a bare loop of the same aiohttp client (same session settings) at the same in-flight count "
-        "against the same stand-in, and a bare consume + ack of the same number of AMQP messages as there "
-        f"are SMS, one body per message (prefetch {AMQP_CEILING_PREFETCH}): what a sender without batching "
-        "is bound by. The sender's figure covers claim, call, batched status write and ack, from the moment "
-        "it consumes (its start-up excluded) to the last committed `sent` row (the sender's own count; the "
-        "database is checked once at the end). The seeded tables are vacuumed and checkpointed before each "
-        f"sender run. Each case runs {ROUNDS} rounds of HTTP ceiling, AMQP ceiling, sender in turn, so that "
-        "the machine's drift (this host varies by +-15% from one second to the next) hits all three alike; "
-        "the table gives the medians of each, and the 0 ms target is checked on the median of the rounds' "
-        "own ratios (each round's sender against that round's lower ceiling).\n\n"
+        "run: a bare loop of the same HTTP client (`services.sender.http`, same settings) at the same "
+        "in-flight count against the same stand-in, and a bare consume + ack of the same number of AMQP "
+        f"messages as there are SMS, one body per message (prefetch {AMQP_CEILING_PREFETCH}): what a sender "
+        "without batching is bound by. The sender's figure covers claim, call, batched status write and ack, "
+        "from the moment it consumes (its start-up excluded) to the last committed `sent` row (the sender's "
+        "own count; the database is checked once at the end). The seeded tables are vacuumed and "
+        f"checkpointed before each sender run. Each case runs {ROUNDS} rounds of HTTP ceiling, AMQP ceiling, "
+        "sender in turn, so that the machine's drift (this host varies by +-15% from one second to the "
+        "next) hits all three alike; the table gives the medians of each, and the 0 ms target is checked on "
+        "the median of the rounds' own ratios (each round's sender against that round's lower ceiling).\n\n"
         f"Last run ({time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores, stand-in, PostgreSQL and RabbitMQ on the same machine):\n\n{markdown}\n\n"
     )

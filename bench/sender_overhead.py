@@ -19,11 +19,11 @@ import subprocess
 import sys
 import uuid
 
-import aiohttp
 import uvloop
 
 from bench.sender import AMQP_URL, sender_rate
 from services.sender.checks import Claim
+from services.sender.http import HttpClient
 from services.sender.provider import AnswerHook
 from shared.broker import connect
 from shared.domain.retry import ProviderResult, classify_response
@@ -39,7 +39,7 @@ VALGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 class InstantProvider:
     """Accepts every message at once; like a real call, it lets the event loop run once."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, on_answer: AnswerHook) -> None:
+    def __init__(self, client: HttpClient, on_answer: AnswerHook) -> None:
         self.on_answer = on_answer
 
     async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:

@@ -1,4 +1,4 @@
-"""Wires the real adapters (PostgreSQL, RabbitMQ, aiohttp, the ops server) into a running sender."""
+"""Wires the real adapters (PostgreSQL, RabbitMQ, the API's HTTP client, the ops server) into a sender."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -21,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sender.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from services.sender.bus import AmqpBus
+from services.sender.http import HttpClient
 from services.sender.metrics import SenderMetrics
 from services.sender.pacing import Pacer
-from services.sender.provider import AnswerHook, ProbeClient, Provider, make_session
+from services.sender.provider import AnswerHook, ProbeClient, Provider, make_client
 from services.sender.ratelimit import PostgresTokenBucket, RateLimiter
 from services.sender.service import Clocks, Guards, Sender, SenderParts
 from services.sender.settings import SenderSettings
@@ -43,8 +43,8 @@ from shared.service import StackedService, link_broker
 
 GC_YOUNG_THRESHOLD = 50_000
 
-# The external API's client: ProbeClient over the shared session; benchmarks put an instant one in.
-ProviderFactory = Callable[[aiohttp.ClientSession, str, AnswerHook], Provider]
+# The external API's client: ProbeClient over the shared HTTP client; benchmarks put an instant one in.
+ProviderFactory = Callable[[HttpClient, AnswerHook], Provider]
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def build_sender(
 class SenderService(StackedService):
     """The sender process: consumes the send queue, calls the provider, writes and publishes outcomes.
     Stopped in order: stop consuming (calls in flight finish, what was not called is given back), the
-    callers, the writer's last flush, then the provider session, the database connections, RabbitMQ."""
+    callers, the writer's last flush, then the provider's HTTP client, the database connections, RabbitMQ."""
 
     name = "sender"
     # Set by start().
@@ -179,14 +179,19 @@ class SenderService(StackedService):
         )
         breaker = self._breaker(clocks)
         pacer = Pacer(settings.max_in_flight, clocks.monotonic)
-        session = make_session(settings.probe_token, settings.request_timeout_seconds, settings.max_in_flight)
-        running.push_async_callback(session.close)
+        client = make_client(
+            settings.probe_base_url,
+            settings.probe_token,
+            settings.request_timeout_seconds,
+            settings.max_in_flight,
+        )
+        running.push_async_callback(client.close)
 
         def on_answer(label: str, duration: float) -> None:
             metrics.calls.record(label, duration)
             pacer.observe(duration)
 
-        provider = self.make_provider(session, settings.probe_base_url, on_answer)
+        provider = self.make_provider(client, on_answer)
         parts = SenderParts(self.store, provider, self.writer, metrics)
         guards = Guards(breaker, pacer, self._limiter())
         self.sender = sender = Sender(settings, parts, guards, clocks, self.rng)

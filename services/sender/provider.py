@@ -1,16 +1,14 @@
-"""The external sending API over one shared aiohttp session, with one log line per call."""
+"""The external sending API over one shared HTTP client (`services.sender.http`), one log line a call."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from typing import Protocol
 
-import aiohttp
-from aiohttp.payload import BytesPayload
-from yarl import URL
-
 from services.sender.checks import Claim
+from services.sender.http import HttpClient, HttpClientError
 from shared.domain.retry import ProviderResult, classify_exception, classify_response
 from shared.logging import HotLine, info_enabled
 
@@ -44,24 +42,26 @@ def result_label(result: ProviderResult, status: int | None) -> str:
     return f"http_{status}"
 
 
-def make_session(token: str, timeout_seconds: float, max_in_flight: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max_in_flight, keepalive_timeout=30, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=min(timeout_seconds, 3.0)),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": JSON},
-        raise_for_status=False,
+def make_client(
+    base_url: str,
+    token: str,
+    timeout_seconds: float,
+    max_in_flight: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpClient:
+    """The API's client: whatever path `base_url` has (a proxy prefix, say) comes before the API's own."""
+    return HttpClient(
+        base_url,
+        {"Authorization": f"Bearer {token}", "Content-Type": JSON},
+        timeout_seconds=timeout_seconds,
+        max_connections=max_in_flight,
+        ssl_context=ssl_context,
     )
 
 
 class ProbeClient:
-    def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, on_answer: AnswerHook | None = None
-    ) -> None:
-        self.session = session
-        self.base_url = URL(base_url)
-        # Whatever path the base URL has (a proxy prefix, say) comes before the API's own.
-        self._path_prefix = self.base_url.raw_path.rstrip("/")
+    def __init__(self, client: HttpClient, on_answer: AnswerHook | None = None) -> None:
+        self.client = client
         self.on_answer = on_answer
         # Mailing texts already JSON-encoded: a mailing's text goes out thousands of times.
         self._encoded_texts: dict[str, str] = {}
@@ -76,24 +76,15 @@ class ProbeClient:
         return f'{{"id":{claim.message_id},"phone":{int(claim.phone)},"text":{encoded}}}'.encode()
 
     async def send(self, claim: Claim, text: str, limit_seconds: float | None = None) -> ProviderResult:
-        """Call the API once; `limit_seconds` shortens the session's own timeout for this call."""
-        # Built ready-encoded (the id is a number) and handed over as a payload: aiohttp then has
-        # neither a URL to parse nor a payload type to look up.
-        url = self.base_url.with_path(f"{self._path_prefix}/v1/send/{claim.message_id}", encoded=True)
-        body = BytesPayload(self._body(claim, text), content_type=JSON)
+        """Call the API once; `limit_seconds` shortens the client's own timeout for this call."""
+        body = self._body(claim, text)
         status: int | None = None
         started = time.perf_counter()
         try:
-            call = (
-                self.session.post(url, data=body)
-                if limit_seconds is None
-                else self.session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=limit_seconds))
-            )
-            async with call as response:
-                status = response.status
-                payload = await response.read()
-                result = classify_response(status, payload, response.headers.get("Retry-After"))
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            response = await self.client.post(f"/v1/send/{claim.message_id}", body, limit_seconds)
+            status = response.status
+            result = classify_response(status, response.body, response.header("Retry-After"))
+        except (TimeoutError, OSError, HttpClientError) as exc:
             result = classify_exception(exc)
         duration = time.perf_counter() - started
         if self.on_answer is not None:
