@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.metrics import ReporterMetrics
-from services.reporter.service import Reporter
+from services.reporter.service import POOL_SIZE, Reporter
 from services.reporter.settings import ReporterSettings
 from shared.broker import service_consumer
 from shared.clock import Clock, utc_now
@@ -101,6 +101,6 @@ def build_reporter(
 ) -> ReporterService:
     metrics = ReporterMetrics(registry if registry is not None else CollectorRegistry())
     # An engine opens no connection until it is used: building one here connects to nothing.
-    engine = make_engine(settings, pool_size=2)
+    engine = make_engine(settings, pool_size=POOL_SIZE)
     reporter = Reporter(engine, mailer or SmtpMailer(settings), settings, metrics, clock=clock)
     return ReporterService(settings, reporter, serve_ops=serve_ops)

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from loguru import Logger
 
 RETRY_BACKOFF_MAX_SECONDS = 3600.0
+# Events are recorded one at a time (one insert of a few hundred rows takes a few milliseconds): up to
+# `prefetch` deliveries arrive together, and recording them all at once took every connection the pool
+# could open, each opened anew and closed again past the pool's size, a PostgreSQL process forked for
+# every event (docs/benchmarks.md, "Where the end-to-end CPU goes").
+RECORDING_CONNECTIONS = 1
+# The engine's pool: the recording's, and one for the daily reports and the health checks.
+POOL_SIZE = RECORDING_CONNECTIONS + 1
 
 
 def new_holder() -> str:
@@ -54,13 +61,15 @@ class Reporter:
         self.clock = clock
         self.holder = holder or new_holder()
         self._ticking = asyncio.Lock()
+        self._recording = asyncio.Semaphore(RECORDING_CONNECTIONS)
 
     async def on_finalized(self, delivery: Delivery[MessagesFinalized]) -> None:
         """Store the outcomes; the consumer acks only after this returns, i.e. after the commit."""
         await self.record(delivery.body.outcomes)
 
     async def record(self, outcomes: Sequence[MessageOutcome]) -> None:
-        inserted = set(await store.record_outcomes(self.engine, outcomes))
+        async with self._recording:
+            inserted = set(await store.record_outcomes(self.engine, outcomes))
         self.metrics.outcomes_recorded.inc(len(inserted))
         self.metrics.outcomes_duplicate.inc(len(outcomes) - len(inserted))
         per_mailing = Counter(o.mailing_id for o in outcomes if o.message_id in inserted)
