@@ -121,16 +121,21 @@ def _human_format(record: Any) -> str:
 
 
 class BatchedStream:
-    """Lines logged on an event loop's thread go out together, in one write, once the loop is through
-    with its current batch of callbacks; anywhere else (start-up, shutdown, a worker thread) a line
-    goes out at once, after whatever was waiting, so the order stays the order of logging.
+    """Lines logged on an event loop's thread go out together, in one write, `WINDOW_SECONDS` after the
+    first of them (or at once when `HELD_LINES` wait); anywhere else (start-up, shutdown, a worker
+    thread) a line goes out at once, after whatever was waiting, so the order stays the order of logging.
 
     A stream written and flushed a line at a time costs a system call a line (the scheduler logs every
-    message it hands to the sender, the sender every call; docs/benchmarks.md, "End to end"). What
-    waits is flushed when loguru removes the sink (at exit, or when logging is configured again)."""
+    message it hands to the sender, the sender every call; docs/benchmarks.md, "End to end"). Writing
+    at the end of each turn of the loop was not enough once the calls' answers came spread out (a
+    provider taking 50 ms): a turn then held a line or two. What waits is flushed when loguru removes
+    the sink (at exit, or when logging is configured again); a process killed outright loses at most
+    the window's lines."""
 
-    # A thread inside `batched_lines()` writes this many lines at most in one write.
+    # A thread inside `batched_lines()`, or an event loop within the window, writes this many lines at
+    # most in one write.
     HELD_LINES = 500
+    WINDOW_SECONDS = 0.02
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -156,9 +161,11 @@ class BatchedStream:
                 self._write_pending()
                 return
             self.pending.append(line)
-            if self.flush_on is not loop:
+            if len(self.pending) >= self.HELD_LINES:
+                self._write_pending()
+            elif self.flush_on is not loop:
                 self.flush_on = loop
-                loop.call_soon(self.drain)
+                loop.call_later(self.WINDOW_SECONDS, self.drain)
 
     def drain(self) -> None:
         """Write what waits. Not named `flush`: loguru would call that after every line."""

@@ -175,26 +175,46 @@ class CountingStream(io.StringIO):
         return False
 
 
-def test_lines_logged_on_an_event_loop_go_out_together_once_it_turns_in_the_order_logged() -> None:
+async def _written(stream: CountingStream) -> None:
+    async with asyncio.timeout(5):
+        while not stream.getvalue():  # noqa: ASYNC110 the stream has no way to say it was written
+            await asyncio.sleep(0.001)
+
+
+def test_lines_logged_on_an_event_loop_go_out_together_within_the_window_in_the_order_logged() -> None:
     stream = CountingStream()
     batched = BatchedStream(stream)
 
     async def scenario() -> None:
         batched.write("one\n")
+        await asyncio.sleep(0)  # a turn of the loop later: still inside the window
         batched.write("two\n")
         assert stream.getvalue() == ""
-        await asyncio.sleep(0)
+        await _written(stream)
         assert (stream.getvalue(), stream.writes) == ("one\ntwo\n", 1)
         batched.write("three\n")
         # A worker thread's line goes out at once, after what waited on the loop.
         await asyncio.to_thread(batched.write, "from a thread\n")
         batched.write("four\n")
-        await asyncio.sleep(0)
+        batched.drain()
 
     asyncio.run(scenario())
     assert stream.getvalue() == "one\ntwo\nthree\nfrom a thread\nfour\n"
     batched.write("outside any loop\n")
     assert stream.getvalue().endswith("four\noutside any loop\n")
+
+
+def test_a_loop_writes_at_once_when_the_window_holds_enough_lines() -> None:
+    stream = CountingStream()
+    batched = BatchedStream(stream)
+
+    async def scenario() -> None:
+        for i in range(BatchedStream.HELD_LINES):
+            batched.write(f"{i}\n")
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [str(i) for i in range(BatchedStream.HELD_LINES)]
+
+    asyncio.run(scenario())
 
 
 def test_what_waits_is_written_when_the_sink_is_removed(capsys: pytest.CaptureFixture[str]) -> None:
