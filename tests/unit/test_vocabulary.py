@@ -1,6 +1,7 @@
 """The vocabulary lives in `shared/domain`: no other module of `services/` or `shared/` spells a status or a
 mailing event as a string literal, in Python, SQL, templates or scripts. The migrations keep theirs: they
-record the schema as it was when they ran."""
+record the schema as it was when they ran. And no module there reaches into another's private attributes
+(a library's least of all)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,37 @@ def test_a_dict_key_spelled_like_an_event_is_a_field_name(tmp_path: Path) -> Non
     module = tmp_path / "module.py"
     module.write_text('example = {"created": 99_000, "updated": 998}\n')
     assert list(_python_literals(module)) == []
+
+
+def _private_accesses(path: Path) -> Iterator[tuple[int, str]]:
+    """`x._name` where `_name` is not this module's own (a method or an attribute its classes set): the
+    classes of one module may work together (a connection and its pool); nothing else reaches in."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    own = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    own |= {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+        if isinstance(node.value, ast.Name) and node.value.id == "self"
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        name = node.attr
+        if not name.startswith("_") or (name.startswith("__") and name.endswith("__")) or name in own:
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        yield node.lineno, ast.unparse(node)
+
+
+def test_no_module_reaches_into_another_objects_private_attributes() -> None:
+    # A library's private parts (aiohttp's payload internals, loguru's `_core`) change in a minor release
+    # without a word; our own objects keep theirs to themselves too.
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{line}: {text}"
+        for path in _files()
+        if path.suffix == ".py"
+        for line, text in _private_accesses(path)
+    ]
+    assert found == []
