@@ -95,15 +95,28 @@ class OutcomeWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._batch) < self.max_rows and not self._closing:
-                await asyncio.sleep(self.interval)
-            while self._batch_written is not None:
+            await self._gather()
+            if self._batch_written is not None:
                 batch, future = self._batch, self._batch_written
                 self._flushing_since = self._pending_since
                 self._batch, self._batch_written, self._pending_since = [], None, None
                 await self._flush(batch, future)
-            if self._closing:
+            if self._batch_written is not None:
+                self._wake.set()  # what came during the write: its own wait counts from its first outcome
+            elif self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """Let the batch fill: until `interval` after its first outcome, `max_rows` outcomes, or closing.
+        Under a steady stream of answers, flushing at once whatever came during the last write made
+        batches of a few dozen outcomes, each a transaction, an event and a reporter's insert of its own
+        (docs/benchmarks.md, "Where the end-to-end CPU goes")."""
+        since = self._pending_since
+        if since is None or len(self._batch) >= self.max_rows or self._closing:
+            return
+        delay = since + self.interval - self.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _flush(self, batch: list[Outcome], future: asyncio.Future[None]) -> None:
         """Write the outcomes, then publish their copies in the background: the next batch's write does
