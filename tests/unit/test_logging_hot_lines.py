@@ -118,17 +118,24 @@ def plain_time(line: str) -> tuple[datetime, str]:
     return datetime.fromisoformat(found[1]), line[found.end() :]
 
 
+def assert_alike(lines: list[tuple[datetime, str]]) -> list[datetime]:
+    """Loguru's line first, then the hot lines: the same text, the time no earlier and within a second.
+    Returns the times."""
+    assert len(lines) == 4
+    (loguru_time, loguru_rest), *hot = lines
+    for hot_time, hot_rest in hot:
+        assert hot_rest == loguru_rest
+        assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
+    return [time for time, _ in lines]
+
+
 @pytest.mark.parametrize(("template", "args", "fields"), CASES)
 def test_a_hot_line_writes_the_plain_text_loguru_writes(
     configure: Configure, template: str, args: tuple[Any, ...], fields: dict[str, Any]
 ) -> None:
     stderr = configure("scheduler")
     lines = both_ways(template, args, fields, stderr)
-    assert len(lines) == 4
-    (loguru_time, loguru_rest), *hot = (plain_time(line) for line in lines)
-    for hot_time, hot_rest in hot:
-        assert hot_rest == loguru_rest
-        assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
+    assert_alike([plain_time(line) for line in lines])
 
 
 def json_parts(line: str) -> tuple[datetime, str]:
@@ -143,11 +150,8 @@ def test_a_hot_line_writes_the_json_loguru_writes(
 ) -> None:
     stderr = configure("sender", json=True)
     lines = both_ways(template, args, fields, stderr)
-    assert len(lines) == 4
-    (loguru_time, loguru_rest), *hot = (json_parts(line) for line in lines)
-    for hot_time, hot_rest in hot:
-        assert hot_rest == loguru_rest
-        assert timedelta(0) <= hot_time - loguru_time < timedelta(seconds=1)
+    loguru_time, *hot_times = assert_alike([json_parts(line) for line in lines])
+    for hot_time in hot_times:
         assert (hot_time.utcoffset(), hot_time.tzname()) == (loguru_time.utcoffset(), loguru_time.tzname())
 
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import pytest
@@ -91,6 +91,12 @@ async def connect(service: ProbeStubService) -> AsyncIterator[Any]:
     yield open_connection
     for connection in opened:
         connection.close()
+
+
+async def eventually(condition: Callable[[], object]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 the stand-in has no event to wait on
+            await asyncio.sleep(0.01)
 
 
 def requests_recorded(service: ProbeStubService) -> list[tuple[int | None, str]]:
@@ -254,16 +260,10 @@ async def test_a_client_hanging_up_during_the_latency_is_recorded_as_abandoned(
     service.stub.set_faults(service.stub.faults.model_validate({"latency_ms": 300}))
     connection = await connect()
     connection.send(send_request(8))
-    for _ in range(100):
-        if service.stub.recorder.requests:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: service.stub.recorder.requests)
 
     connection.close()
-    for _ in range(100):
-        if requests_recorded(service):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: requests_recorded(service))
 
     assert requests_recorded(service) == [(8, "abandoned")]
     assert service.stub.recorder.stats()["accepted"] == 0
@@ -276,10 +276,7 @@ async def test_stop_lets_an_answer_under_way_finish(service: ProbeStubService, c
     connection = await connect()
     idle = await connect()
     connection.send(send_request(3))
-    for _ in range(100):
-        if service.stub.recorder.requests:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: service.stub.recorder.requests)
 
     await service.stop()
 

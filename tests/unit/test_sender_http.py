@@ -20,7 +20,7 @@ from services.sender.http import (
     InvalidResponseError,
     ServerDisconnectedError,
 )
-from tests.raw_http import OK, Server, answer, answering, read_request, self_signed
+from tests.raw_http import OK, Handler, Server, answer, answering, read_request, self_signed
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +69,8 @@ async def test_sequential_calls_reuse_one_keep_alive_connection() -> None:
         assert (server.accepted, client.connections) == (1, 1)
 
 
-async def test_concurrent_calls_never_open_more_connections_than_the_bound() -> None:
+def answer_together(calls: int) -> Handler:
+    """A server that answers no request until `calls` of them wait, each on a connection of its own."""
     waiting = 0
     all_waiting = asyncio.Event()
 
@@ -77,11 +78,16 @@ async def test_concurrent_calls_never_open_more_connections_than_the_bound() -> 
         nonlocal waiting
         while await read_request(reader) is not None:
             waiting += 1
-            if waiting == 3:
+            if waiting == calls:
                 all_waiting.set()
             await all_waiting.wait()
             writer.write(answer())
 
+    return handle
+
+
+async def test_concurrent_calls_never_open_more_connections_than_the_bound() -> None:
+    handle = answer_together(3)
     async with Server(handle) as server, client_of(server.url, max_connections=3) as client:
         responses = await asyncio.gather(*(client.post(f"/{n}", b"{}") for n in range(12)))
 
@@ -329,18 +335,7 @@ async def test_a_host_name_is_looked_up_once_for_many_connections_and_again_afte
         lookups.append(host)
         return await real(host, *args, **kwargs)
 
-    waiting = 0
-    all_waiting = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal waiting
-        while await read_request(reader) is not None:
-            waiting += 1
-            if waiting == 4:
-                all_waiting.set()
-            await all_waiting.wait()
-            writer.write(answer())
-
+    handle = answer_together(4)
     loop.getaddrinfo = counting  # type: ignore[method-assign]
     try:
         async with Server(handle) as server:
