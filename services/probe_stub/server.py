@@ -3,7 +3,8 @@
 In the end-to-end benchmark the stand-in shares the machine with the system it stands in front of, and a
 general framework's per-request work was a fifth of that system's CPU (docs/benchmarks.md). It serves one
 `handle(exchange)` callable: keep-alive, HTTP/1.0, `Connection: close`, pipelined requests answered one
-at a time in order, chunked bodies, `Expect: 100-continue`, HEAD, and a bound on the head and the body.
+at a time in order, chunked bodies, `Expect: 100-continue`, HEAD, a bound on the head and the body, and
+idle connections closed after `IDLE_SECONDS`.
 An exchange is answered now or later (`loop.call_later`, no task), or its connection is dropped; when the
 client hangs up first, the exchange's `hung_up` callback runs.
 """
@@ -25,6 +26,10 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
 # Pipelined requests read ahead of the one being answered; past this, reading waits.
 MAX_PIPELINED: Final = 32
+# A connection with nothing to answer that has sent nothing for this long is closed (aiohttp's 75 s);
+# they are looked over every `IDLE_SWEEP_SECONDS`, not timed one by one.
+IDLE_SECONDS: Final = 75.0
+IDLE_SWEEP_SECONDS: Final = 15.0
 
 JSON: Final = "application/json"
 _REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
@@ -155,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._broken = False
         self._stopping = False
+        self.last_heard = time.monotonic()
         self._next_message()
 
     def _next_message(self) -> None:
@@ -174,6 +180,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
+        self.last_heard = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -357,6 +364,11 @@ class _Connection(asyncio.Protocol):
         if self._current is None and not self._advancing:
             self._advance()
 
+    def close_if_idle_since(self, since: float) -> None:
+        """Close when nothing is to be answered and the client has sent nothing since `since`."""
+        if self._current is None and not self._pending and self.last_heard < since:
+            self._close()
+
     def stop(self) -> None:
         """Close now when idle, else after the answer under way."""
         self._stopping = True
@@ -377,17 +389,33 @@ def _too_large() -> Response:
 class HttpServer:
     """Listens on `start(host, port)` (port 0: any free one, then read `port`) and serves `handle`."""
 
-    def __init__(self, handle: Handler) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        sweep_seconds: float = IDLE_SWEEP_SECONDS,
+    ) -> None:
         self.handle = handle
+        self.idle_seconds = idle_seconds
+        self.sweep_seconds = sweep_seconds
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self._port: int | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
         self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.call_later(self.sweep_seconds, self._sweep)
+
+    def _sweep(self) -> None:
+        since = time.monotonic() - self.idle_seconds
+        for connection in list(self.connections):
+            connection.close_if_idle_since(since)
+        self._sweeper = asyncio.get_running_loop().call_later(self.sweep_seconds, self._sweep)
 
     @property
     def port(self) -> int:
@@ -408,6 +436,9 @@ class HttpServer:
             return
         self._server = None
         server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._all_closed = asyncio.Event()
         for connection in list(self.connections):
             connection.stop()

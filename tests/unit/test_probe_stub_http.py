@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from services.probe_stub.app import ProbeStubService, build_probe_stub
-from services.probe_stub.server import MAX_BODY_BYTES
+from services.probe_stub.server import MAX_BODY_BYTES, Exchange, HttpServer, json_response
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
 
@@ -300,3 +300,34 @@ async def test_metrics_are_prometheus_text_and_readiness_is_ok(connect: Any) -> 
     assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
     assert b'mailing_probe_stub_requests_total{result="accepted"} 0.0' in metrics.body
     assert ready.json() == {"status": "ok"}
+
+
+async def test_a_connection_idle_past_the_limit_is_closed_and_a_busy_one_is_not() -> None:
+    held: list[Exchange] = []
+
+    def handle(exchange: Exchange) -> None:
+        if exchange.request.path == "/hold":
+            held.append(exchange)  # answered later: its connection is busy, not idle
+        else:
+            exchange.answer(json_response(200, {"ok": True}))
+
+    server = HttpServer(handle, idle_seconds=0.2, sweep_seconds=0.05)
+    await server.start("127.0.0.1", 0)
+    try:
+        idle = Connection(*await asyncio.open_connection("127.0.0.1", server.port))
+        busy = Connection(*await asyncio.open_connection("127.0.0.1", server.port))
+        idle.send(get_request("/"))
+        assert (await idle.answer()).status_line == "HTTP/1.1 200 OK"
+        busy.send(get_request("/hold"))
+        await eventually(lambda: held)
+
+        assert await idle.closed_by_the_server()
+        # Something that must not happen takes time to show: several more sweeps past the idle limit.
+        await asyncio.sleep(0.3)
+        assert not busy.reader.at_eof()
+        held[0].answer(json_response(200, {"ok": True}))
+        assert (await busy.answer()).status_line == "HTTP/1.1 200 OK"
+        idle.close()
+        busy.close()
+    finally:
+        await server.stop(1.0)
