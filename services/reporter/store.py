@@ -19,8 +19,8 @@ from shared.reports import MailingFigures
 
 _SENT, _SENDING = ReportStatus.SENT.sql, ReportStatus.SENDING.sql
 # One statement for any number of outcomes: six arrays, not six parameters a row (a statement takes at
-# most 65,535 parameters). Prepared once a connection and sent in binary: dumping 3,000 values as text
-# cost the reporter three times as much (docs/benchmarks.md, "Where the end-to-end CPU goes").
+# most 65,535 parameters). Prepared once a connection and sent in binary, which costs the reporter far
+# less than dumping thousands of values as text (docs/benchmarks.md, "Where the end-to-end CPU goes").
 _RECORD = (
     "INSERT INTO report_outcomes (message_id, mailing_id, client_id, status, attempts, occurred_at)"
     " SELECT * FROM unnest(%(ids)b::bigint[], %(mailings)b::bigint[], %(clients)b::bigint[],"
