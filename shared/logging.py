@@ -289,7 +289,6 @@ class _OnlySink:
 
     stream: BatchedStream
     json: bool
-    info: bool
     service: str  # as the patcher leaves it
     plain_head: str  # " | INFO    | <service> | "
     json_head: str  # '{"service": "<service>"'
@@ -365,7 +364,7 @@ class HotLine:
         if sink is None or repr(logger) != sink.sinks:
             _caller.info(self.template, *args, **fields)
             return
-        if not sink.info:
+        if not _Levels.info:
             return
         if not _NOT_FIELDS.isdisjoint(fields):
             # A field that would replace the service's name or pick loguru's other template.
@@ -432,7 +431,6 @@ def configure_logging(service: str, *, json: bool = False, level: str = "INFO") 
         _Hot.sink = _OnlySink(
             stream,
             json,
-            _Levels.info,
             named,
             f" | {'INFO': <7} | {named} | ",
             '{"service": ' + _JSON.encode(named),

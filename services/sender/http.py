@@ -251,11 +251,8 @@ class HttpClient:
         deadline = loop.time() + total
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
         while True:
-            if self._idle:
-                conn = self._idle.pop()
-                conn.idle = False
-            else:
-                conn = await self._connection(loop, deadline, total)
+            # An idle connection without the await of `_connection`: the common case, once warm.
+            conn = self._take_idle() or await self._connection(loop, deadline, total)
             if not conn.closing():
                 break
             # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
@@ -296,9 +293,8 @@ class HttpClient:
         while True:
             if self._closed:
                 raise ClientClosedError("the client is closed")
-            if self._idle:
-                conn = self._idle.pop()
-                conn.idle = False
+            conn = self._take_idle()
+            if conn is not None:
                 return conn
             if self._open < self._max:
                 return await self._connect(loop, deadline)
@@ -317,6 +313,14 @@ class HttpClient:
                 if not waiter.done():
                     with contextlib.suppress(ValueError):
                         self._slot_waiters.remove(waiter)
+
+    def _take_idle(self) -> _Connection | None:
+        """The connection idle the shortest time, out of the idle list; None when none is."""
+        if not self._idle:
+            return None
+        conn = self._idle.pop()
+        conn.idle = False
+        return conn
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         self._open += 1
