@@ -24,6 +24,7 @@ from services.api.admin import install_admin
 from services.api.admin.settings import AdminSettings
 from services.api.auth import ensure_bootstrap_key
 from services.api.auth_guard import FailedAuthentications, FailurePolicy, KeyCache
+from services.api.clients_import import log_writers_done
 from services.api.errors import database_unavailable, database_unavailable_answer, install_error_handlers
 from services.api.headers import SecurityHeadersMiddleware
 from services.api.limits import BodyLimitMiddleware, BodyLimits
@@ -155,6 +156,8 @@ def _create_app(settings: ApiSettings, metrics: ApiMetrics) -> FastAPI:
         try:
             yield
         finally:
+            # A CSV import's per-client lines still being written go out before the process stops.
+            await log_writers_done()
             relay.stop()
             if relay_task is not None:
                 await relay_task

@@ -281,8 +281,8 @@ def log_after_answer(result: ImportResult) -> None:
 
     Through a pipe read by a slow reader (honcho under `make run` passes about 10,000 lines a second)
     a big import's lines take longer than the import; the client waits for its commit, not for them
-    (docs/benchmarks.md, CSV import). Stopping the process still writes them: asyncio waits for its
-    worker threads when the loop shuts down."""
+    (docs/benchmarks.md, CSV import). Stopping the API still writes them: its shutdown waits for
+    `log_writers_done`."""
 
     async def write() -> None:
         try:

@@ -7,10 +7,13 @@ import time
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from loguru import logger
 
 from services.api import clients_import
 from services.api.clients_import import log_writers_done
+
+from .conftest import ADMIN_HEADERS
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +208,24 @@ async def test_every_imported_client_is_logged_with_its_id_and_line(api: httpx.A
         (ids[0], f"client {ids[0]} created by CSV import (line 2)"),
         (ids[1], f"client {ids[1]} created by CSV import (line 4)"),
     ]
+
+
+async def test_stopping_the_api_writes_the_per_client_lines_of_an_import_first(api_app: FastAPI) -> None:
+    records: list[object] = []
+    sink = logger.add(lambda m: records.append(m.record["extra"].get("client_id")))
+    try:
+        async with (
+            api_app.router.lifespan_context(api_app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=api_app), base_url="http://api", headers=ADMIN_HEADERS
+            ) as client,
+        ):
+            response = await _import(client, HEADER + "79001234567,,,UTC\n79001234568,,,UTC\n")
+            assert response.json()["created"] == 2
+        # The lifespan has ended: the lines are out, without anyone waiting for them.
+        assert len([cid for cid in records if cid is not None]) == 2
+    finally:
+        logger.remove(sink)
 
 
 def _big_csv(rows: int) -> bytes:
