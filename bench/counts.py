@@ -2,7 +2,7 @@
 
 In its own database (`mailing_bench_counts_<random>`, dropped at the end), with the triggers on and off
 (`ALTER TABLE messages DISABLE/ENABLE TRIGGER`), in interleaved rounds so the host's drift falls on both:
-- the scheduler's expansion (`services.scheduler.store.insert_messages`) of 1,000,000 clients;
+- the scheduler's expansion (`services.scheduler.store.insert_chunk`, all in one chunk) of 1,000,000 clients;
 - the sender's claim and success write (`services.sender.store.Store.claim` / `write`, the real
   statements on the real connections) in batches of 1,000 messages of one mailing, with the update
   trigger as deployed and as first written (old and new rows joined by id);
@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bench.report import ZONES, rewrite_section
 from services.api.mailings_service import mailing_stats_page, status_counts
 from services.scheduler.planning import MailingPlan, plan_timezones
-from services.scheduler.store import insert_messages
+from services.scheduler.store import insert_chunk
 from services.sender import outcome
 from services.sender.checks import Claim
 from services.sender.store import Store
@@ -248,11 +248,13 @@ async def _expansion(settings: CommonSettings, db: Db, mailing: int) -> Row:
                     pid = int((await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
                     zones = plan_timezones(plan, ZONES, now)
                     cpu, started = _cpu(pid), time.perf_counter()
-                    await insert_messages(conn, plan, zones, now, None)
+                    await insert_chunk(
+                        conn, plan, zones, now, None, after_client_id=0, limit=CLIENTS, queued_at=None
+                    )
                 times.add(mode, time.perf_counter() - started, _cpu(pid) - cpu)
     finally:
         await engine.dispose()
-    stage = f"scheduler: expansion `INSERT ... SELECT` of {CLIENTS:,} messages (`insert_messages`)"
+    stage = f"scheduler: expansion `INSERT ... SELECT` of {CLIENTS:,} messages (`insert_chunk`, one chunk)"
     return times.row(stage, "on", "s", 1)
 
 

@@ -25,7 +25,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared.broker import Publisher, amqp_message, confirm_channel, connect
 from shared.contracts import SendItem, SendMessages
 from shared.db import make_engine
-from shared.domain.statuses import MessageStatus
+from shared.domain.statuses import MailingStatus, MessageStatus
 from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.topology import declare, delete, exchanges
@@ -116,8 +116,12 @@ async def run() -> list[Row]:
             mailing = (
                 await conn.execute(
                     text(
-                        "INSERT INTO mailings (text, start_at, end_at, window_start, window_end)"
-                        " VALUES ('bench', :s, :e, '09:00', '21:00') RETURNING id"
+                        # Paused while it is expanded, so the expansion only writes (a running
+                        # mailing's due messages go to the sender chunk by chunk as they are written);
+                        # resumed for the dispatch.
+                        "INSERT INTO mailings (text, start_at, end_at, window_start, window_end, status)"
+                        f" VALUES ('bench', :s, :e, '09:00', '21:00', {MailingStatus.PAUSED.sql})"
+                        " RETURNING id"
                     ),
                     {"s": now, "e": end},
                 )
@@ -157,6 +161,9 @@ async def run() -> list[Row]:
 
         # A day later every timezone has had its window open, so every message is due.
         later = now + timedelta(days=1, hours=23)
+        async with engine.begin() as conn:
+            resume = f"UPDATE mailings SET status = {MailingStatus.RUNNING.sql} WHERE id = :m"
+            await conn.execute(text(resume), {"m": mailing})
         started = time.perf_counter()
         dispatched = await scheduler.dispatch(later)
         rows.append(
@@ -194,8 +201,10 @@ def _table(rows: list[Row]) -> str:
 def _write_doc(table: str) -> None:
     section = (
         "Command: `make bench` (runs `uv run --frozen python -m bench.scheduler`). A mailing over 1,000,000\n"
-        "clients spread over 30 timezones with a 09:00-21:00 window: its expansion into messages and the\n"
-        "dispatch of all of them to the send queue, next to the raw ceilings measured in the same run.\n"
+        "clients spread over 30 timezones with a 09:00-21:00 window: its expansion into messages (a chunk\n"
+        "of 5,000 clients a transaction; the mailing is paused meanwhile, so that the stage only writes:\n"
+        "a running mailing's due messages go to the sender as each chunk commits) and the dispatch of all\n"
+        "of them to the send queue, next to the raw ceilings measured in the same run.\n"
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n\n" + table + "\n"
     )
     rewrite_section("Scheduler", section)

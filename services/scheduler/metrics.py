@@ -10,7 +10,7 @@ class SchedulerMetrics:
         self.registry = registry
         self.planned = Counter(
             "mailing_scheduler_messages_planned",
-            "Messages created pending by expansion",
+            "Messages created by expansion to be sent (pending, or queued and handed over at once)",
             registry=registry,
         )
         self.dispatched = Counter(

@@ -14,10 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scheduler import store
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.planning import (
-    chunks,
-    plan_timezones,
-)
+from services.scheduler.planning import MailingPlan, TimezonePlan, chunks, plan_timezones
 from services.scheduler.publisher import SchedulerPublisher
 from services.scheduler.settings import SchedulerSettings
 from shared.broker import Delivery
@@ -45,6 +42,23 @@ ACTIVE = (SCHEDULED, RUNNING, PAUSED)
 HANDED = HotLine("message handed to the sender", "mailing_id", "message_id", "client_id")
 
 
+@dataclass
+class _Expansion:
+    """One expansion pass: what its first step decided, and what it has written so far."""
+
+    plan: MailingPlan
+    full: bool
+    changed_since: datetime | None
+    zones: TimezonePlan
+    # The instant `mark_expanded` records (`store.expansion_start`), and the pass's start for its metric.
+    started: datetime
+    timer: float
+    planned: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    moved: int = 0
+
+
 @dataclass(frozen=True)
 class TickReport:
     mailings: int
@@ -68,6 +82,8 @@ class Scheduler:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        # Mailings this process is working on: the tick and the event consumer never both take one.
+        self._busy: set[int] = set()
 
     async def tick(
         self, now: datetime | None = None, *, should_stop: Callable[[], bool] = bool
@@ -96,9 +112,20 @@ class Scheduler:
         await self.process_mailing(event.mailing_id, self.clock())
 
     async def process_mailing(self, mailing_id: int, now: datetime) -> bool:
-        """Bring one mailing up to date with `now`; False when another scheduler holds it right now."""
+        """Bring one mailing up to date with `now`; False when another scheduler, or this one's other
+        task (the tick or the event consumer), holds it right now."""
+        if mailing_id in self._busy:
+            return False
+        self._busy.add(mailing_id)
+        try:
+            return await self._process_mailing(mailing_id, now)
+        finally:
+            self._busy.discard(mailing_id)
+
+    async def _process_mailing(self, mailing_id: int, now: datetime) -> bool:
         log = logger.bind(mailing_id=mailing_id)
         ending: tuple[str, str, str | None] | None = None
+        expansion: _Expansion | None = None
         async with self.engine.begin() as conn:
             if not await store.try_lock_mailing(conn, mailing_id):
                 return False
@@ -118,8 +145,6 @@ class Scheduler:
                     log.info("mailing deleted: status {} -> cancelled", row.status)
             elif row.status in ACTIVE and row.plan.start_at <= now:
                 ended = now >= row.plan.end_at
-                if row.expanded_at is None or not ended:
-                    await self._expand(conn, row, now)
                 if status == SCHEDULED and await store.set_mailing_status(
                     conn, mailing_id, RUNNING, (SCHEDULED,)
                 ):
@@ -127,8 +152,10 @@ class Scheduler:
                     status = RUNNING
                 if ended:
                     ending = (MessageStatus.EXPIRED, Reason.MAILING_ENDED, status)
-                elif await store.finish_if_done(conn, mailing_id, (RUNNING,)):
-                    log.info("mailing finished: status {} -> finished", status)
+                if row.expanded_at is None or not ended:
+                    expansion = await self._begin_expansion(conn, row, now, log)
+        if expansion is not None and not await self._expand(expansion, now, log, finish=ending is None):
+            return False
         if ending is not None:
             await self._end_open_messages(mailing_id, *ending, now, log)
         return True
@@ -165,50 +192,107 @@ class Scheduler:
             if last:
                 return
 
-    async def _expand(self, conn: AsyncConnection, row: store.MailingRow, now: datetime) -> None:
+    async def _begin_expansion(
+        self, conn: AsyncConnection, row: store.MailingRow, now: datetime, log: Logger
+    ) -> _Expansion:
+        """The expansion's first step, in the transaction that read the mailing: what changed since the
+        last one (a first or changed plan is a full pass), cancelling what no longer matches and moving
+        pending messages to the current plan."""
         plan = row.plan
-        started = time.perf_counter()
         full = row.expanded_at is None or row.expansion_signature != plan.signature
         changed_since = (
             None
             if full or row.expanded_at is None
             else row.expanded_at - timedelta(seconds=self.settings.client_change_margin_seconds)
         )
-        cancelled = 0
+        expansion = _Expansion(
+            plan=plan,
+            full=full,
+            changed_since=changed_since,
+            zones=plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now),
+            started=await store.expansion_start(conn),
+            timer=time.perf_counter(),
+        )
         if row.expanded_at is not None:
-            cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
-        zones = plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now)
-        moved = planned = expired = 0
-        if full and row.expanded_at is not None and zones.timezones:
-            moved, expired = await store.replan_pending(conn, plan, zones, now)
-        if zones.timezones:
-            result = await store.insert_messages(conn, plan, zones, now, changed_since)
-            planned, expired = result.planned, expired + result.expired
+            expansion.cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
+        if full and row.expanded_at is not None and expansion.zones.timezones:
+            expansion.moved, expansion.expired = await store.replan_pending(conn, plan, expansion.zones, now)
         # Either can be every client of the mailing: published and logged a chunk at a time, never held.
         ended: list[tuple[str, Sequence[str]]] = (
-            [(MessageStatus.CANCELLED, store.UNMATCHED_REASONS)] if cancelled else []
+            [(MessageStatus.CANCELLED, store.UNMATCHED_REASONS)] if expansion.cancelled else []
         )
-        ended += [(MessageStatus.EXPIRED, (Reason.NO_OPENING,))] if expired else []
-        log = logger.bind(mailing_id=plan.id)
+        ended += [(MessageStatus.EXPIRED, (Reason.NO_OPENING,))] if expansion.expired else []
         for status, reasons in ended:
             async for chunk in store.finalized_at(
                 conn, plan.id, status, reasons, now, self.settings.dispatch_batch
             ):
                 await self._publish_finalized(chunk, now)
                 self._count_finalized(chunk, log)
-        await store.mark_expanded(conn, plan.id, plan.signature)
-        self.metrics.expansion_duration.observe(time.perf_counter() - started)
-        self.metrics.planned.inc(planned)
-        if full or planned or cancelled or moved or expired:
+        return expansion
+
+    async def _expand(self, expansion: _Expansion, now: datetime, log: Logger, *, finish: bool) -> bool:
+        """Writes the messages a chunk of clients a transaction, handing those due now to the sender as
+        each chunk commits, so the first are sent while the rest are written; then records the expansion
+        (and, with `finish`, finishes a mailing with nothing left open). False when the mailing stopped
+        being active midway: the next pass starts over, and what was written stays (it is idempotent)."""
+        plan = expansion.plan
+        after = 0
+        while expansion.zones.timezones:
+            async with self.engine.begin() as conn:
+                await store.lock_mailing(conn, plan.id)
+                current = await store.load_mailing(conn, plan.id)
+                if current is None or current.deleted or current.status not in ACTIVE:
+                    log.info("expansion stopped: the mailing is no longer active")
+                    return False
+                chunk = await store.insert_chunk(
+                    conn,
+                    plan,
+                    expansion.zones,
+                    now,
+                    expansion.changed_since,
+                    after_client_id=after,
+                    limit=self.settings.dispatch_batch,
+                    queued_at=now if await self._may_queue(conn, current, now) else None,
+                )
+                if chunk.expired:
+                    await self._publish_finalized(chunk.expired, now)
+            if chunk.last_client_id is None:
+                break
+            after = chunk.last_client_id
+            expansion.planned += chunk.pending + len(chunk.queued)
+            expansion.expired += len(chunk.expired)
+            self._count_finalized(chunk.expired, log)
+            if chunk.queued:
+                await self._hand_over(chunk.queued, now)
+        async with self.engine.begin() as conn:
+            await store.lock_mailing(conn, plan.id)
+            await store.mark_expanded(conn, plan.id, plan.signature, expansion.started)
+            finished = finish and await store.finish_if_done(conn, plan.id, (RUNNING,))
+        self.metrics.expansion_duration.observe(time.perf_counter() - expansion.timer)
+        self.metrics.planned.inc(expansion.planned)
+        e = expansion
+        if e.full or e.planned or e.cancelled or e.moved or e.expired:
             log.info(
                 "{} expansion: {} planned, {} expired, {} cancelled, {} re-planned over {} timezones",
-                "full" if full else "incremental",
-                planned,
-                expired,
-                cancelled,
-                moved,
-                len(zones.timezones),
+                "full" if e.full else "incremental",
+                e.planned,
+                e.expired,
+                e.cancelled,
+                e.moved,
+                len(e.zones.timezones),
             )
+        if finished:
+            log.info("mailing finished: status running -> finished")
+        return True
+
+    async def _may_queue(self, conn: AsyncConnection, mailing: store.MailingRow, now: datetime) -> bool:
+        """Whether a chunk's due messages go to the sender at once: the mailing is running (as
+        `running_mailings` has it) and a whole chunk fits under the outstanding cap; otherwise they
+        stay pending for the dispatch."""
+        if mailing.status != RUNNING or not mailing.plan.start_at <= now < mailing.plan.end_at:
+            return False
+        cap = self.settings.max_outstanding
+        return not cap or await store.outstanding(conn) + self.settings.dispatch_batch <= cap
 
     async def sweep(
         self,
@@ -308,10 +392,15 @@ class Scheduler:
             claimed = await store.claim_due(conn, running, now, limit)
         if not claimed:
             return 0, False
-        # Published only once `queued` is committed: a sender's claim does not see a status that is not
-        # committed yet, and would drop a delivery that outran the commit. Should the publish fail, the
-        # rows go back to pending for the next tick; should that fail too (or the process die in
-        # between), the recovery sweep publishes them.
+        await self._hand_over(claimed, now)
+        self.metrics.dispatch_duration.observe(time.perf_counter() - started)
+        return len(claimed), len(claimed) == limit
+
+    async def _hand_over(self, claimed: Sequence[store.Claimed], now: datetime) -> None:
+        """Publishes messages made `queued` at `now`, once that is committed: a sender's claim does not
+        see a status that is not committed yet, and would drop a delivery that outran the commit. Should
+        the publish fail, the rows go back to pending for the next tick; should that fail too (or the
+        process die in between), the recovery sweep publishes them."""
         try:
             await self.publisher.send(self._commands(claimed))
         except Exception:
@@ -319,12 +408,10 @@ class Scheduler:
                 await store.unqueue(conn, [c.message_id for c in claimed], now)
             raise
         self.metrics.dispatched.inc(len(claimed))
-        self.metrics.dispatch_duration.observe(time.perf_counter() - started)
         for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
             logger.bind(mailing_id=mailing_id).info("dispatched {} messages", count)
         for c in claimed:
             HANDED.info(mailing_id=c.mailing_id, message_id=c.message_id, client_id=c.client_id)
-        return len(claimed), len(claimed) == limit
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
         items = [

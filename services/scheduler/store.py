@@ -59,12 +59,6 @@ class Claimed:
     client_id: int
 
 
-@dataclass(frozen=True)
-class ExpansionResult:
-    planned: int
-    expired: int
-
-
 def _filter_sql(plan: MailingPlan, params: dict[str, Any]) -> str:
     conditions = ["TRUE"]
     if plan.tags:
@@ -89,6 +83,11 @@ async def try_lock_mailing(conn: AsyncConnection, mailing_id: int) -> bool:
         text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_SPACE | mailing_id}
     )
     return bool(result.scalar_one())
+
+
+async def lock_mailing(conn: AsyncConnection, mailing_id: int) -> None:
+    """The same lock, waited for: what holds it is a transaction of one chunk or one step."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_SPACE | mailing_id})
 
 
 async def load_mailing(conn: AsyncConnection, mailing_id: int) -> MailingRow | None:
@@ -159,14 +158,30 @@ def _finalized(rows: Sequence[Any], mailing_id: int) -> list[Finalized]:
     return [Finalized(r.id, mailing_id, r.client_id, r.status, r.attempts, r.last_error) for r in rows]
 
 
-async def insert_messages(
+@dataclass(frozen=True)
+class ExpansionChunk:
+    """What one chunk of an expansion wrote: None as `last_client_id` when no client was left."""
+
+    last_client_id: int | None
+    queued: list[Claimed]
+    pending: int
+    expired: list[Finalized]
+
+
+async def insert_chunk(
     conn: AsyncConnection,
     plan: MailingPlan,
     zones: TimezonePlan,
     now: datetime,
     changed_since: datetime | None,
-) -> ExpansionResult:
-    """One row per matching client, planned per timezone; an existing (mailing, client) is left alone."""
+    *,
+    after_client_id: int,
+    limit: int,
+    queued_at: datetime | None,
+) -> ExpansionChunk:
+    """One row for each of the next `limit` matching clients by id, planned per timezone; an existing
+    (mailing, client) is left alone. With `queued_at`, a row due at `now` is written `queued` (the caller
+    hands it to the sender once this commits) instead of `pending` (the dispatch claims it later)."""
     params: dict[str, Any] = {
         "mid": plan.id,
         "tzs": zones.timezones,
@@ -174,31 +189,48 @@ async def insert_messages(
         "end_at": plan.end_at,
         "reason": Reason.NO_OPENING,
         "now": now,
+        "after": after_client_id,
+        "limit": limit,
+        "queued_at": queued_at,
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
-    row = (
+    rows = (
         await conn.execute(
             text(
-                "WITH ins AS ("
-                " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error,"
-                " created_at, updated_at)"
-                f" SELECT :mid, c.id, CASE WHEN p.nb IS NULL THEN {_EXPIRED} ELSE {_PENDING} END,"
-                " COALESCE(p.nb, :end_at), CASE WHEN p.nb IS NULL THEN :reason END, :now, :now"
+                "WITH src AS (SELECT c.id, p.nb,"
+                " CAST(:queued_at AS timestamptz) IS NOT NULL AND p.nb <= :now AS due"
                 " FROM clients c"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
                 " ON p.tz = c.timezone"
-                f" WHERE c.deleted_at IS NULL AND {where} {changed}"
+                f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed}"
+                " ORDER BY c.id LIMIT :limit),"
+                " ins AS ("
+                " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error, queued_at,"
+                " created_at, updated_at)"
+                f" SELECT :mid, s.id, CASE WHEN s.nb IS NULL THEN {_EXPIRED} WHEN s.due THEN {_QUEUED}"
+                f" ELSE {_PENDING} END,"
+                " COALESCE(s.nb, :end_at), CASE WHEN s.nb IS NULL THEN :reason END,"
+                " CASE WHEN s.due THEN CAST(:queued_at AS timestamptz) END, :now, :now"
+                " FROM src AS s ORDER BY s.id"
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"
-                f" SELECT count(*) FILTER (WHERE status = {_PENDING}) AS planned,"
-                f" count(*) FILTER (WHERE status = {_EXPIRED}) AS expired"
-                " FROM ins"
+                # Pending rows are only counted: all of a chunk are, when its window opens later.
+                f" SELECT last.id AS last, (SELECT count(*) FROM ins WHERE status = {_PENDING}) AS pending,"
+                " i.id, i.client_id, i.status"
+                " FROM (SELECT max(id) AS id FROM src) AS last"
+                f" LEFT JOIN (SELECT * FROM ins WHERE status <> {_PENDING}) AS i ON TRUE"
             ),
             params,
         )
-    ).one()
-    return ExpansionResult(int(row.planned), int(row.expired))
+    ).all()
+    queued = [Claimed(r.id, plan.id, r.client_id) for r in rows if r.status == MessageStatus.QUEUED]
+    expired = [
+        Finalized(r.id, plan.id, r.client_id, r.status, 0, Reason.NO_OPENING)
+        for r in rows
+        if r.status == MessageStatus.EXPIRED
+    ]
+    return ExpansionChunk(rows[0].last, queued, int(rows[0].pending), expired)
 
 
 async def finalized_at(
@@ -311,22 +343,31 @@ async def finalize_unfinished(
     return _finalized(result.all(), mailing_id)
 
 
-async def mark_expanded(conn: AsyncConnection, mailing_id: int, signature: str) -> None:
-    """expanded_at is on the database clock on purpose: it is compared with clients.updated_at, which a
-    write sets to its transaction's start (`now()`). A client written by a transaction still open now
-    is not seen by this expansion and may commit much later (a CSV import of 300,000 rows holds its
-    transaction for tens of seconds), with an updated_at older than any margin: so expanded_at is held
-    back to the start of the oldest transaction of this database that has written anything and is still
-    open, and the next incremental pass looks at everything that transaction wrote. (Without the right
-    to see other sessions' start, `pg_stat_activity` shows NULL and only the margin is left.)"""
-    await conn.execute(
+async def expansion_start(conn: AsyncConnection) -> datetime:
+    """What `mark_expanded` records once an expansion begun in this transaction has written its last chunk.
+
+    It is on the database clock on purpose: it is compared with clients.updated_at, which a write sets to
+    its transaction's start (`now()`). A client written by a transaction still open now is not seen by
+    this expansion and may commit much later (a CSV import of 300,000 rows holds its transaction for tens
+    of seconds), with an updated_at older than any margin: so it is held back to the start of the oldest
+    transaction of this database that has written anything and is still open, and the next incremental
+    pass looks at everything that transaction wrote. (Without the right to see other sessions' start,
+    `pg_stat_activity` shows NULL and only the margin is left.)"""
+    result = await conn.execute(
         text(
-            "UPDATE mailings SET expanded_at = LEAST(transaction_timestamp(),"
+            "SELECT LEAST(transaction_timestamp(),"
             " (SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_xid IS NOT NULL AND pid <> pg_backend_pid())),"
-            " expansion_signature = :sig WHERE id = :id"
-        ),
-        {"id": mailing_id, "sig": signature},
+            " AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()))"
+        )
+    )
+    return result.scalar_one()  # type: ignore[no-any-return]
+
+
+async def mark_expanded(conn: AsyncConnection, mailing_id: int, signature: str, started: datetime) -> None:
+    """Every client matching at `started` (see `expansion_start`) has its message."""
+    await conn.execute(
+        text("UPDATE mailings SET expanded_at = :at, expansion_signature = :sig WHERE id = :id"),
+        {"id": mailing_id, "sig": signature, "at": started},
     )
 
 

@@ -162,7 +162,8 @@ async def test_a_window_change_that_leaves_no_opening_expires_pending_messages_c
     engine: AsyncEngine, database_url: str
 ) -> None:
     start = datetime(2030, 1, 7, 6, 0, tzinfo=UTC)
-    mailing_id = await add_mailing(engine, start, start + timedelta(hours=2), window=(time(6), time(12)))
+    # Due at 07:00, an hour after the start: pending, not handed to the sender yet.
+    mailing_id = await add_mailing(engine, start, start + timedelta(hours=2), window=(time(7), time(12)))
     await end_measured(engine, database_url, mailing_id, start, CHUNK)
     assert await statuses_of(engine, mailing_id) == {"pending": MESSAGES}
     await set_mailing(engine, mailing_id, "window_start = :ws", ws=time(9))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.mailings_service import status_counts
 from services.scheduler.planning import MailingPlan, plan_timezones
-from services.scheduler.store import cancel_unmatched, claim_due, finalize_unfinished, insert_messages
+from services.scheduler.store import cancel_unmatched, claim_due, finalize_unfinished, insert_chunk
 from services.sender import outcome
 from services.sender.checks import Claim
 from services.sender.outcome import Outcome
@@ -107,7 +107,8 @@ async def test_the_scheduler_and_the_senders_writes_keep_the_counts_exact(settin
     plan = MailingPlan(mailing_id, now - timedelta(minutes=1), now + timedelta(days=2), None, (), ())
     try:
         async with engine.begin() as conn:
-            await insert_messages(conn, plan, plan_timezones(plan, ZONES, now), now, None)
+            zones = plan_timezones(plan, ZONES, now)
+            await insert_chunk(conn, plan, zones, now, None, after_client_id=0, limit=600, queued_at=None)
         await assert_exact(db)
         # A narrowed filter cancels the unmatched clients' unsent messages.
         narrowed = MailingPlan(plan.id, plan.start_at, plan.end_at, None, ("even",), ())

@@ -1,0 +1,159 @@
+"""An expansion writes a mailing's messages a chunk of clients a transaction and hands each chunk's due
+messages to the sender as it commits: the first are sent while the rest are still being written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared.contracts import SendMessages
+
+from .test_scheduler_helpers import (
+    RecordingPublisher,
+    add_client,
+    add_mailing,
+    mailing_status,
+    make_scheduler,
+    scheduler_settings,
+    set_mailing,
+    status_counts,
+)
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
+CLIENTS = 10
+CHUNK = 3
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def rows_of(engine: AsyncEngine, mailing_id: int) -> int:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text("SELECT count(*) FROM messages WHERE mailing_id = :m"), {"m": mailing_id}
+        )
+        return int(result.scalar_one())
+
+
+class SeeingPublisher(RecordingPublisher):
+    """Records, at each publish, how many of the mailing's messages were written by then; `on_send` may
+    do something between two chunks."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.mailing_id = 0
+        self.written_at_send: list[int] = []
+        self.on_send: list[str] = []
+
+    async def send(self, commands: Sequence[SendMessages]) -> None:
+        self.written_at_send.append(await rows_of(self.engine, self.mailing_id))
+        if self.on_send:
+            await set_mailing(self.engine, self.mailing_id, self.on_send.pop())
+        await super().send(commands)
+
+
+async def test_each_chunk_is_handed_to_the_sender_as_it_commits_and_every_message_once(
+    engine: AsyncEngine,
+) -> None:
+    publisher = SeeingPublisher(engine)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
+    clients = [await add_client(engine, "Europe/Moscow") for _ in range(CLIENTS)]
+    publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+
+    assert await scheduler.process_mailing(publisher.mailing_id, T0)
+
+    # 3, 3, 3 and 1 clients: each chunk published once its rows were written, before the next was.
+    assert publisher.written_at_send == [3, 6, 9, 10]
+    assert [len(c.messages) for c in publisher.commands] == [3, 3, 3, 1]
+    assert sorted(i.client_id for c in publisher.commands for i in c.messages) == clients
+    assert len(set(publisher.sent_ids)) == CLIENTS
+    assert await status_counts(engine) == {"queued": CLIENTS}
+    # Nothing is left for the dispatch, and the expansion is recorded: the mailing is not expanded again.
+    publisher.take_sent()
+    await scheduler.tick(T0 + timedelta(seconds=1))
+    assert publisher.sent_ids == []
+    assert await mailing_status(engine, publisher.mailing_id) == "running"
+
+
+async def test_a_chunk_due_later_stays_pending_and_the_dispatch_hands_it_over_when_due(
+    engine: AsyncEngine,
+) -> None:
+    publisher = RecordingPublisher()
+    # No sender takes the queued message meanwhile: the recovery sweep is kept out of this test.
+    settings = scheduler_settings(str(engine.url), dispatch_batch=CHUNK, requeue_after_seconds=86_400)
+    scheduler = make_scheduler(engine, settings, publisher)
+    moscow = await add_client(engine, "Europe/Moscow")  # 09:00 local at T0: inside the window
+    london = await add_client(engine, "Europe/London")  # 07:00 local: the window opens at 09:00 local
+    await add_mailing(engine, T0, T0 + timedelta(hours=10), window=(time(9), time(18)))
+
+    await scheduler.tick(T0)
+    assert [i.client_id for c in publisher.commands for i in c.messages] == [moscow]
+    assert await status_counts(engine) == {"queued": 1, "pending": 1}
+    publisher.take_sent()
+    await scheduler.tick(T0 + timedelta(hours=2))
+    assert [i.client_id for c in publisher.commands for i in c.messages] == [london]
+
+
+async def test_an_expansion_stops_writing_when_the_mailing_is_cancelled_midway(engine: AsyncEngine) -> None:
+    publisher = SeeingPublisher(engine)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
+    for _ in range(CLIENTS):
+        await add_client(engine, "Europe/Moscow")
+    publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    publisher.on_send = ["status = 'cancelled'"]  # while the first chunk is being published
+
+    assert not await scheduler.process_mailing(publisher.mailing_id, T0)
+    assert publisher.written_at_send == [CHUNK]
+    assert await rows_of(engine, publisher.mailing_id) == CHUNK
+    # The next pass ends what was written; the sender's check would have found them cancelled too.
+    assert await scheduler.process_mailing(publisher.mailing_id, T0 + timedelta(seconds=1))
+    assert await status_counts(engine) == {"cancelled": CHUNK}
+
+
+async def test_a_paused_mailing_is_expanded_but_nothing_is_handed_over(engine: AsyncEngine) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
+    for _ in range(CLIENTS):
+        await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await set_mailing(engine, mailing, "status = 'paused'")
+
+    assert await scheduler.process_mailing(mailing, T0)
+    assert publisher.sent_ids == []
+    assert await status_counts(engine) == {"pending": CLIENTS}
+
+
+async def test_the_tick_and_the_event_consumer_never_expand_one_mailing_at_once(engine: AsyncEngine) -> None:
+    publisher = SeeingPublisher(engine)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
+    for _ in range(CLIENTS):
+        await add_client(engine, "Europe/Moscow")
+    publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    release = asyncio.Event()
+    held = asyncio.Event()
+    send = publisher.send
+
+    async def hold_first_send(commands: Sequence[SendMessages]) -> None:
+        held.set()
+        await release.wait()
+        await send(commands)
+
+    publisher.send = hold_first_send  # type: ignore[method-assign]
+    first = asyncio.create_task(scheduler.process_mailing(publisher.mailing_id, T0))
+    await held.wait()
+    assert not await scheduler.process_mailing(publisher.mailing_id, T0), "the mailing is being expanded"
+    release.set()
+    assert await first
+    assert len(publisher.sent_ids) == CLIENTS
