@@ -1,4 +1,5 @@
-"""API fixtures: settings for a per-test database, an in-process client and a live server process."""
+"""Integration fixtures: an engine on the per-test database; for the API, settings, an in-process client and
+a live server process."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.api.app import build_api
 from services.api.settings import ApiSettings
@@ -25,6 +27,14 @@ from shared.topology import Topology
 ADMIN_KEY = "test-admin-key"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's database (a module may define its own `engine`, seeded)."""
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,13 +4,14 @@ messages to the sender as it commits: the first are sent while the rest are stil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scheduler.scheduler import Scheduler
 from shared.contracts import SendMessages
 
 from .test_scheduler_helpers import (
@@ -29,13 +30,6 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 CLIENTS = 10
 CHUNK = 3
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def rows_of(engine: AsyncEngine, mailing_id: int) -> int:
@@ -64,13 +58,20 @@ class SeeingPublisher(RecordingPublisher):
         await super().send(commands)
 
 
-async def test_each_chunk_is_handed_to_the_sender_as_it_commits_and_every_message_once(
-    engine: AsyncEngine,
-) -> None:
+async def mailing_to_every_client(engine: AsyncEngine) -> tuple[Scheduler, SeeingPublisher, list[int]]:
+    """CLIENTS clients in Moscow and a mailing to all of them, due at T0; a scheduler expanding CHUNK
+    clients a transaction, its publisher watching that mailing; the clients' ids."""
     publisher = SeeingPublisher(engine)
     scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
     clients = [await add_client(engine, "Europe/Moscow") for _ in range(CLIENTS)]
     publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    return scheduler, publisher, clients
+
+
+async def test_each_chunk_is_handed_to_the_sender_as_it_commits_and_every_message_once(
+    engine: AsyncEngine,
+) -> None:
+    scheduler, publisher, clients = await mailing_to_every_client(engine)
 
     assert await scheduler.process_mailing(publisher.mailing_id, T0)
 
@@ -107,11 +108,7 @@ async def test_a_chunk_due_later_stays_pending_and_the_dispatch_hands_it_over_wh
 
 
 async def test_an_expansion_stops_writing_when_the_mailing_is_cancelled_midway(engine: AsyncEngine) -> None:
-    publisher = SeeingPublisher(engine)
-    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
-    for _ in range(CLIENTS):
-        await add_client(engine, "Europe/Moscow")
-    publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    scheduler, publisher, _ = await mailing_to_every_client(engine)
     publisher.on_send = ["status = 'cancelled'"]  # while the first chunk is being published
 
     assert not await scheduler.process_mailing(publisher.mailing_id, T0)
@@ -136,11 +133,7 @@ async def test_a_paused_mailing_is_expanded_but_nothing_is_handed_over(engine: A
 
 
 async def test_the_tick_and_the_event_consumer_never_expand_one_mailing_at_once(engine: AsyncEngine) -> None:
-    publisher = SeeingPublisher(engine)
-    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
-    for _ in range(CLIENTS):
-        await add_client(engine, "Europe/Moscow")
-    publisher.mailing_id = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    scheduler, publisher, _ = await mailing_to_every_client(engine)
     release = asyncio.Event()
     held = asyncio.Event()
     send = publisher.send

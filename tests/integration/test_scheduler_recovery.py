@@ -3,12 +3,12 @@ clients it leaves out."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.scheduler import Scheduler
 from shared.contracts import SendMessages
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 AFTER = 60.0
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def consumed_through(engine: AsyncEngine, instant: datetime) -> None:

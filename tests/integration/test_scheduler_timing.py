@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 from loguru import logger
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .test_scheduler_helpers import (
     RecordingPublisher,
@@ -27,13 +26,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def test_mailing_created_inside_its_period_starts_at_once(engine: AsyncEngine) -> None:
