@@ -126,3 +126,13 @@ def test_no_module_reaches_into_another_objects_private_attributes() -> None:
         for line, text in _private_accesses(path)
     ]
     assert found == []
+
+
+def test_the_admin_charts_colour_exactly_the_message_statuses() -> None:
+    """The one place outside `shared/domain` that names statuses (as bare object keys, which the literal
+    check above cannot tell from code): a status added or renamed there must be coloured here too."""
+    script = (ROOT / "services/api/admin/static/app.js").read_text()
+    colours = re.search(r"const COLORS = \{(.*?)\};", script, re.S)
+    assert colours is not None, "app.js no longer has its COLORS map: update this test"
+    keys = set(re.findall(r"(\w+)\s*:", colours.group(1)))
+    assert keys == {s.value for s in MessageStatus}
