@@ -41,3 +41,9 @@ class ReporterMetrics:
             "Start (local midnight, as a Unix time) of the newest day whose report was sent",
             registry=registry,
         )
+        self.next_report_due = Gauge(
+            "mailing_reporter_next_report_due_timestamp_seconds",
+            "When (Unix time) the oldest daily report not yet sent is due: past while one is owed. 0 until"
+            " the first tick has read the database",
+            registry=registry,
+        )

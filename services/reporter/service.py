@@ -18,7 +18,7 @@ from services.reporter import store
 from services.reporter.mailer import Mailer
 from services.reporter.metrics import ReporterMetrics
 from services.reporter.report import DailyReport, render, report_message_id
-from services.reporter.schedule import day_bounds, due_days, local_midnight
+from services.reporter.schedule import day_bounds, due_days, local_midnight, next_report_due_at
 from services.reporter.settings import ReporterSettings
 from shared.broker import Delivery
 from shared.clock import Clock, utc_now
@@ -93,6 +93,7 @@ class Reporter:
                 # Nothing sent yet: a first report that failed is still owed, whatever day it is now.
                 unsent = await store.oldest_unsent_day(self.engine)
                 last = None if unsent is None else unsent - timedelta(days=1)
+            self._set_next_due(last)
             zone, send_at = self.settings.zone, self.settings.send_at
             for day in due_days(self.clock(), zone, send_at, last, max_days=self.settings.max_missed_days):
                 if stop is not None and stop.is_set():
@@ -120,6 +121,7 @@ class Reporter:
         claimed_at = loop.time()
         claim = await store.claim_run(self.engine, day, self.holder, lease, self.clock())
         if claim is store.Refused.SENT:
+            self._set_next_due(day)
             return True
         if claim is store.Refused.HELD:
             log.info("another reporter holds the day's report under a lease; leaving it to them")
@@ -163,6 +165,7 @@ class Reporter:
             self._lease_lost(log)
             return False
         self._set_last_sent(day)
+        self._set_next_due(day)
         for m in figures:
             log.bind(mailing_id=m.mailing_id).info("mailing included in the daily report: {}", dict(m.day))
         log.info("daily report sent to {}: {}", ", ".join(self.settings.mail_to), message["Subject"])
@@ -177,3 +180,12 @@ class Reporter:
 
     def _set_last_sent(self, day: date) -> None:
         self.metrics.last_sent_day.set(local_midnight(day, self.settings.zone).timestamp())
+
+    def _set_next_due(self, last: date | None) -> None:
+        """When the oldest report still owed after `last` is due: what MailingReporterReportOverdue
+        measures from. Set on each tick from the database and after each send."""
+        settings = self.settings
+        due = next_report_due_at(
+            self.clock(), settings.zone, settings.send_at, last, max_days=settings.max_missed_days
+        )
+        self.metrics.next_report_due.set(due.timestamp())

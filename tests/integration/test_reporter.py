@@ -7,7 +7,7 @@ import email
 import email.policy
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -308,6 +308,38 @@ async def test_missed_days_are_sent_on_start_oldest_first(
         f"<mailing-report-2026-11-{d}@test.local>" for d in (23, 24, 25)
     ]
     assert app.metrics.last_sent_day._value.get() == datetime(2026, 11, 24, 21, 0, tzinfo=UTC).timestamp()
+    # All sent: the 26th's report is next, due at 08:00 Moscow on the 27th.
+    assert app.metrics.next_report_due._value.get() == datetime(2026, 11, 27, 5, 0, tzinfo=UTC).timestamp()
+
+
+def next_due(registry: CollectorRegistry) -> datetime | None:
+    value = registry.get_sample_value("mailing_reporter_next_report_due_timestamp_seconds")
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+async def test_the_next_report_due_is_exported_from_the_database_and_moves_on_after_a_send(
+    reporter_settings: ReporterSettings, smtp: SmtpServer, engine: AsyncEngine
+) -> None:
+    # Reports at 14:00 Moscow (11:00 UTC); the 24th was sent, the 25th is owed from 14:00 on the 26th.
+    settings = reporter_settings.model_copy(update={"send_at": time(14, 0)})
+    await mark_sent(engine, date(2026, 11, 24))
+    registry = CollectorRegistry()
+    now = [datetime(2026, 11, 26, 7, 0, tzinfo=UTC)]  # 10:00 in Moscow
+    reporter = Reporter(
+        engine, SmtpMailer(settings), settings, ReporterMetrics(registry), clock=lambda: now[0]
+    )
+    assert await reporter.tick() == []
+    assert next_due(registry) == datetime(2026, 11, 26, 11, 0, tzinfo=UTC)  # ahead: not overdue
+    now[0] = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+    assert await reporter.tick() == [YESTERDAY]
+    assert next_due(registry) == datetime(2026, 11, 27, 11, 0, tzinfo=UTC)
+    # A new process reads the same from the database on its first tick.
+    restarted = CollectorRegistry()
+    later = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
+    fresh = Reporter(engine, SmtpMailer(settings), settings, ReporterMetrics(restarted), clock=lambda: later)
+    assert await fresh.tick() == []
+    assert next_due(restarted) == datetime(2026, 11, 27, 11, 0, tzinfo=UTC)
+    assert len(smtp.inbox.messages) == 1
 
 
 async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_it_is_back(
@@ -321,6 +353,9 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
             engine, SmtpMailer(reporter_settings), reporter_settings, metrics, clock=lambda: now[0]
         )
         assert await reporter.tick() == []
+        # Owed since 08:00 Moscow on the 26th, and still owed after the failure.
+        owed = datetime(2026, 11, 26, 5, 0, tzinfo=UTC).timestamp()
+        assert reporter.metrics.next_report_due._value.get() == owed
         # The next try waits a tick (300 s here), then two, four...: not at once.
         assert await reporter.tick() == []
         assert (await runs(engine))[YESTERDAY][:2] == ("sending", 1)
@@ -330,6 +365,7 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
         assert await reporter.tick() == []  # 600 s after the second failure: not yet
         status, attempts, error = (await runs(engine))[YESTERDAY]
         assert (status, attempts) == ("sending", 2) and error
+        assert reporter.metrics.next_report_due._value.get() == owed
         assert reporter.metrics.report_failures._value.get() == 2
         now[0] += timedelta(seconds=300)
         server = SmtpServer(smtp_port)
@@ -339,6 +375,7 @@ async def test_a_report_is_not_marked_sent_while_smtp_is_down_and_goes_out_once_
         finally:
             server.stop()
         assert (await runs(engine))[YESTERDAY] == ("sent", 3, None)
+        assert reporter.metrics.next_report_due._value.get() == owed + 86400
         assert len(server.inbox.messages) == 1
     finally:
         await engine.dispose()

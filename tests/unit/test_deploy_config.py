@@ -534,6 +534,7 @@ def test_dashboard_shows_what_operations_watches() -> None:
         "mailing_sender_circuit_state",
         "mailing_api_outbox_backlog",
         "mailing_reporter_last_sent_day_timestamp_seconds",  # the daily report's state
+        "mailing_reporter_next_report_due_timestamp_seconds",  # what MailingReporterReportOverdue reads
         "mailing_reporter_report_failures_total",
     ):
         assert needle in exprs, f"the dashboard has no panel with {needle}"
