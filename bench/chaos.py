@@ -266,7 +266,10 @@ class PrivatePostgres:
 
 class FreezingProxy:
     """A TCP proxy that, on `freeze()`, stops forwarding in both directions without closing anything:
-    the peers see a connection that simply stops answering (a half-open link, a paused server)."""
+    the peers see a connection that simply stops answering (a half-open link, a paused server).
+
+    `stop()` drops every connection and stops listening (the upstream is unreachable); `start()` again
+    listens on the same port, so the peers find their way back as after a network outage."""
 
     def __init__(self, upstream_port: int, upstream_host: str = LOCALHOST) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -288,7 +291,7 @@ class FreezingProxy:
         self._flowing.set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, LOCALHOST, 0)
+        self._server = await asyncio.start_server(self._accept, LOCALHOST, self.port, reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -332,6 +335,7 @@ class FreezingProxy:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
 
 
 # What each kind of service reads as its listening port, and the path that says it is up.
