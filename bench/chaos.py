@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -167,49 +168,90 @@ class PrivateRabbit:
         self.dir = None
 
 
-class PrivatePostgres:
-    """A PostgreSQL cluster of its own on a free port, run as the `postgres` user (it refuses root)."""
+class PostgresUnavailable(RuntimeError):
+    """This machine has no PostgreSQL server binaries (initdb, pg_ctl) to run a private cluster with."""
 
-    def __init__(self, port: int | None = None) -> None:
+
+def postgres_bin() -> Path:
+    """The newest server's `bin` folder under /usr/lib/postgresql (Debian's layout), else that of a
+    `pg_ctl` on PATH."""
+    found = sorted(
+        (pg_ctl.parent for pg_ctl in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
+        key=lambda bin_dir: [int(n) for n in re.findall(r"\d+", bin_dir.parent.name)],
+    )
+    if found:
+        return found[-1]
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl is None:
+        raise PostgresUnavailable("no PostgreSQL server binaries (pg_ctl) on this machine")
+    return Path(pg_ctl).parent
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own on a free port, trust authentication for `postgres`. As root its
+    programs run as the `postgres` user through runuser (the server refuses root), otherwise as whoever
+    runs them.
+
+    `start` creates and starts the cluster and `stop` stops and removes it; in between, `stop_server` and
+    `start_server` take the server down and bring it back with its data (a fast shutdown closes every
+    connection, as a failover does), and `restart` does both at once."""
+
+    def __init__(self, port: int | None = None, *, max_connections: int = 300) -> None:
         self.port = port or free_port()
+        self.max_connections = max_connections
         self.dir: Path | None = None
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-        if not bins:
-            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = bins[-1]
+        self.bin = postgres_bin()
         self.restarts = 0
 
-    def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy URL the services take."""
-        return f"postgresql+psycopg://postgres@{LOCALHOST}:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, driver: str = "postgresql+psycopg") -> str:
+        """The SQLAlchemy URL the services take (another `driver` for another client)."""
+        return f"{driver}://postgres@{LOCALHOST}:{self.port}/{database}"
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{LOCALHOST}:{self.port}/{database}"
+        """The libpq DSN psycopg takes."""
+        return self.url(database, driver="postgresql")
 
     async def _as_postgres(self, program: str, *args: str, within: float = 120.0) -> str:
-        return await check("runuser", "-u", "postgres", "--", str(self.bin / program), *args, within=within)
+        command = [str(self.bin / program), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return await check(*command, within=within)
 
-    def _ctl_args(self) -> list[str]:
-        assert self.dir is not None
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses={LOCALHOST} -c fsync=off"
-        opts += " -c max_connections=300"
-        return ["-D", str(self.dir / "data"), "-o", opts, "-l", str(self.dir / "log"), "-w"]
+    def _pg_ctl_args(self, *, with_options: bool = True) -> list[str]:
+        assert self.dir is not None, "the cluster is not started"
+        args = ["-D", str(self.dir / "data"), "-w", "-t", "60"]
+        if with_options:
+            opts = f"-p {self.port} -k {self.dir} -c listen_addresses={LOCALHOST} -c fsync=off"
+            opts += f" -c max_connections={self.max_connections}"
+            args += ["-o", opts, "-l", str(self.dir / "log")]
+        return args
 
     async def start(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="chaos-pg-"))
-        await check("chown", "postgres", str(self.dir))
+        """A new cluster in a temporary folder, started."""
+        self.dir = Path(tempfile.mkdtemp(prefix="private-pg-"))
+        if os.geteuid() == 0:
+            await check("chown", "postgres", str(self.dir))
         await self._as_postgres("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
-        await self._as_postgres("pg_ctl", *self._ctl_args(), "start")
+        await self.start_server()
+
+    async def stop_server(self) -> None:
+        """A fast shutdown: open connections are closed, as in a failover; the data stays."""
+        await self._as_postgres("pg_ctl", *self._pg_ctl_args(with_options=False), "-m", "fast", "stop")
+
+    async def start_server(self) -> None:
+        await self._as_postgres("pg_ctl", *self._pg_ctl_args(), "start")
 
     async def restart(self) -> None:
-        await self._as_postgres("pg_ctl", *self._ctl_args(), "-m", "fast", "restart")
+        await self._as_postgres("pg_ctl", *self._pg_ctl_args(), "-m", "fast", "restart")
         self.restarts += 1
 
     async def stop(self) -> None:
+        """Stops the server if it runs and removes the cluster; nothing to do before `start`."""
         if self.dir is None:
             return
-        with contextlib.suppress(RuntimeError):
-            await self._as_postgres("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        if (self.dir / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(RuntimeError):
+                await self.stop_server()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
 
@@ -224,7 +266,10 @@ class PrivatePostgres:
 
 class FreezingProxy:
     """A TCP proxy that, on `freeze()`, stops forwarding in both directions without closing anything:
-    the peers see a connection that simply stops answering (a half-open link, a paused server)."""
+    the peers see a connection that simply stops answering (a half-open link, a paused server).
+
+    `stop()` drops every connection and stops listening (the upstream is unreachable); `start()` again
+    listens on the same port, so the peers find their way back as after a network outage."""
 
     def __init__(self, upstream_port: int, upstream_host: str = LOCALHOST) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -246,7 +291,7 @@ class FreezingProxy:
         self._flowing.set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, LOCALHOST, 0)
+        self._server = await asyncio.start_server(self._accept, LOCALHOST, self.port, reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -290,6 +335,7 @@ class FreezingProxy:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
 
 
 # What each kind of service reads as its listening port, and the path that says it is up.

@@ -4,24 +4,23 @@ itself; while RabbitMQ or PostgreSQL is down the outbox relay backs off and carr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
-import psycopg
 import pytest
 from fastapi import FastAPI
 from loguru import logger
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from bench.chaos import PrivatePostgres
 from services.api.app import build_api
 from services.api.metrics import ApiMetrics
 from services.api.relay import OutboxRelay
 from services.api.settings import ApiSettings
-from shared.migrate import upgrade
 from shared.topology import Topology
-from tests.faults import PrivatePostgres, private_postgres
+from tests.faults import private_postgres
 
 from ..conftest import AMQP_URL
 from .conftest import ADMIN_HEADERS, ADMIN_KEY
@@ -37,12 +36,9 @@ MAX_PAUSE_SECONDS = 0.4
 
 
 @pytest.fixture
-def postgres() -> Iterator[PrivatePostgres]:
+async def postgres() -> AsyncIterator[PrivatePostgres]:
     """A private cluster with the `mailing` database migrated, for tests that stop it."""
-    with private_postgres() as cluster:
-        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE mailing")
-        upgrade(cluster.url("mailing"))
+    async with private_postgres("mailing") as cluster:
         yield cluster
 
 
@@ -109,11 +105,11 @@ async def test_while_the_database_is_down_writes_answer_503_with_retry_after_and
         async with serving(outage_settings) as (_, api):
             assert (await api.post(CLIENTS, json=client_body(1))).status_code == 201
 
-            postgres.stop()
+            await postgres.stop_server()
             answers = [await api.post(CLIENTS, json=client_body(2)) for _ in range(3)]
             readiness = await api.get("/readyz")
 
-            postgres.start()
+            await postgres.start_server()
             after = await api.post(CLIENTS, json=client_body(2))
             ready_again = await api.get("/readyz")
     finally:
@@ -136,11 +132,11 @@ async def test_while_the_database_is_down_writes_answer_503_with_retry_after_and
 async def test_an_api_started_while_the_database_is_down_answers_503_and_works_once_it_is_up(
     outage_settings: ApiSettings, postgres: PrivatePostgres
 ) -> None:
-    postgres.stop()
+    await postgres.stop_server()
     async with serving(outage_settings) as (_, api):
         alive = await api.get("/healthz")
         during = await api.post(CLIENTS, json=client_body(1))
-        postgres.start()
+        await postgres.start_server()
         answers: list[int] = []
 
         async def created() -> bool:
@@ -162,7 +158,7 @@ async def test_after_a_database_restart_the_first_request_is_answered_normally(
 ) -> None:
     async with serving(outage_settings) as (_, api):
         assert (await api.post(CLIENTS, json=client_body(1))).status_code == 201
-        postgres.restart()
+        await postgres.restart()
         response = await api.post(CLIENTS, json=client_body(2))
     assert response.status_code == 201
 
@@ -202,12 +198,12 @@ async def test_the_relay_backs_off_while_the_database_is_down_keeps_the_broker_a
         await until(lambda: relay.connection is not None, "the relay holds a broker connection")
         broker_connection = relay.connection
 
-        postgres.stop()
+        await postgres.stop_server()
         await until(lambda: relay.pause == MAX_PAUSE_SECONDS, "the relay's pause reaches its cap")
         failed_passes = relay.failures
         kept = relay.connection is broker_connection
 
-        postgres.start()
+        await postgres.start_server()
         created = await api.post(MAILINGS, json=mailing_body())
         events = await consume_events(topology, lambda got: len(got) >= 1)
         await until(lambda: relay.failures == 0, "the relay counts no failure")

@@ -4,7 +4,6 @@ once and in order per mailing, also when the broker goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from bench.chaos import FreezingProxy
 from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.broker import connect
@@ -24,51 +24,6 @@ from .conftest import ADMIN_HEADERS
 from .test_api_mailings import MAILINGS, mailing_body, outbox
 
 pytestmark = pytest.mark.integration
-
-
-class TcpProxy:
-    """A TCP forwarder in front of RabbitMQ that the test can stop (dropping every connection) and restart
-    on the same port, so the relay loses the broker exactly as it would in a network outage."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_writer.close()
-            return
-        self._writers |= {client_writer, upstream_writer}
-        try:
-            await asyncio.gather(
-                self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer)
-            )
-        finally:
-            self._writers -= {client_writer, upstream_writer}
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
 
 
 @asynccontextmanager
@@ -155,7 +110,7 @@ async def test_events_written_while_the_broker_is_unreachable_arrive_once_when_i
     api_settings: ApiSettings, topology: Topology
 ) -> None:
     target = urlsplit(AMQP_URL)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    proxy = FreezingProxy(target.port or 5672, target.hostname or "127.0.0.1")
     await proxy.start()
     proxied_url = AMQP_URL.replace(f"{target.hostname}:{target.port or 5672}", f"127.0.0.1:{proxy.port}")
     try:
@@ -185,7 +140,7 @@ async def test_events_written_while_the_broker_is_unreachable_arrive_once_when_i
 
 
 async def test_with_rabbitmq_unreachable_the_api_keeps_accepting_mailings(api_settings: ApiSettings) -> None:
-    closed = TcpProxy("127.0.0.1", 1)
+    closed = FreezingProxy(1)
     await closed.start()
     port = closed.port
     await closed.stop()
