@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from bench.chaos import free_port
 from bench.report import rewrite_section
 from services.probe_stub.token import make_token
 from services.sender.bootstrap import ProviderFactory, build_sender
@@ -108,12 +108,6 @@ class Row:
                 )
             )
         return "; ".join(f"{sender:,.0f}/s" for sender in self.senders)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def stub_faults(base: str, **faults: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from bench.chaos import free_port
 from services.probe_stub.token import make_token
 from shared.settings import CommonSettings
 
@@ -30,12 +30,6 @@ API_KEY = "e2e-bootstrap-key-0123456789"
 CLIENTS = 2000
 OUT_OF_WINDOW = 100
 FINAL = ("sent", "failed", "expired", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Processes:

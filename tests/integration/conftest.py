@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bench.chaos import free_port
 from services.api.app import build_api
 from services.api.settings import ApiSettings
 from shared.settings import CommonSettings
@@ -75,17 +75,10 @@ class LiveApi:
     pid: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def live_api(api_settings: ApiSettings, topology: Topology, tmp_path: Path) -> Iterator[LiveApi]:
     """The real API (`python -m services.api`, outbox relay included) on a free port, until the test ends."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MAILING_DATABASE_URL": api_settings.database_url,

@@ -10,6 +10,7 @@ import socket
 import httpx
 import pytest
 
+from bench.chaos import free_port
 from services.api.app import build_api
 from services.api.settings import ApiSettings
 
@@ -17,13 +18,6 @@ pytestmark = pytest.mark.integration
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handlers = dict[signal.Signals, object]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 import asyncio
 import random
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +9,7 @@ import jwt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.chaos import free_port
 from services.probe_stub.app import ProbeStubService, build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
@@ -523,13 +523,6 @@ async def test_reset_forgets_the_request_log(client: Client) -> None:
     await client.post("/_stub/reset")
 
     assert await requests_seen(client) == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_the_service_listens_from_start_and_its_stop_ends_a_hanging_call() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from bench.chaos import free_port
 from services.probe_stub.app import build_probe_stub
 from services.probe_stub.settings import ProbeStubSettings
 from services.probe_stub.token import make_token
@@ -21,12 +21,6 @@ from tests.raw_http import Server, answering, read_request
 pytestmark = pytest.mark.unit
 
 CLAIM = Claim(42, 7, 9, 1, "79001234567", "UTC")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
