@@ -360,7 +360,8 @@ async def expansion_start(conn: AsyncConnection) -> datetime:
             " AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()))"
         )
     )
-    return result.scalar_one()  # type: ignore[no-any-return]
+    started: datetime = result.scalar_one()
+    return started
 
 
 async def mark_expanded(conn: AsyncConnection, mailing_id: int, signature: str, started: datetime) -> None:
