@@ -1,12 +1,16 @@
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-RUN := $(UV) run --frozen
+# uv: on PATH, else a Python's own module, else the one `make install` puts in .local/tools (a virtual
+# environment of its own: a system Python may refuse packages installed into it, PEP 668). Looked up
+# when used, so the recipe that installs it finds it.
+TOOLS := .local/tools
+UV = $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo "python3 -m uv"; } || echo $(TOOLS)/bin/uv)
+RUN = $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install browser deploy-tools run test test-unit lint format migrate bench soak demo up down preflight check-deploy
 
 install: ## virtual environment and packages from the lock file
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || { python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet uv; }
 	$(UV) sync --frozen
 	npm ci --no-audit --no-fund
 

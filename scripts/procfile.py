@@ -152,9 +152,13 @@ class Runner:
             for end in ends:
                 end.cancel()
         finally:
-            for signum in SIGNAL_CODES:
-                loop.remove_signal_handler(signum)
-            await self._stop_all()
+            try:
+                # Still handled meanwhile: a second signal changes nothing (Ctrl-C reaches `uv run` too,
+                # which passes it on), and an entry slow to stop is killed after KILL_AFTER_SECONDS.
+                await self._stop_all()
+            finally:
+                for signum in SIGNAL_CODES:
+                    loop.remove_signal_handler(signum)
         return code
 
     async def _start(self, entry: Entry) -> None:

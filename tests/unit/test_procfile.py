@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,52 @@ def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(
     assert ("quick", "hello") in pairs and ("quick", "world") in pairs
     assert ("system", "quick stopped (rc=3)") in pairs
     assert ("system", "slow stopped (rc=-15)") in pairs
+
+
+SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+
+def stop(*_):
+    print("stopping", flush=True)
+    while not pathlib.Path(sys.argv[1]).exists():
+        time.sleep(0.01)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("waiting", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_interrupt_while_stopping_changes_nothing(tmp_path: Path) -> None:
+    """Ctrl-C reaches `uv run` as well as the runner, and uv passes it on: the runner gets it twice. The
+    second, while the entries stop, must not cut the stop short with a traceback."""
+    python = sys.executable
+    script, release = tmp_path / "slow.py", tmp_path / "release"
+    script.write_text(SLOW_TO_STOP)
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(f"slow: {python} {script} {release}\n")
+    runner = subprocess.Popen(
+        [python, "-m", "scripts.procfile", "-f", str(procfile)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert runner.stdout is not None
+
+    def until(text: str) -> None:
+        for line in runner.stdout:  # type: ignore[union-attr]
+            match = PREFIX.match(line.decode())
+            if match is not None and match.groups() == ("slow", text):
+                return
+        raise AssertionError(f"the runner ended before the entry printed {text!r}")
+
+    until("waiting")
+    runner.send_signal(signal.SIGINT)
+    until("stopping")
+    runner.send_signal(signal.SIGINT)
+    release.touch()
+    out, err = runner.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    assert runner.returncode == 130
+    assert "slow stopped (rc=" in out.decode()
