@@ -10,7 +10,6 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
-    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -114,8 +113,10 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    mailing_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("mailings.id"), nullable=False)
-    client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"), nullable=False)
+    # Both name an existing row, as foreign keys would have them; triggers check that a statement at a
+    # time (migration 0011), which costs the scheduler's bulk inserts half of what the keys did.
+    mailing_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    client_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     status: Mapped[str] = mapped_column(
         String(16), nullable=False, server_default=MessageStatus.PENDING.value
     )

@@ -1,0 +1,124 @@
+"""A message names an existing mailing and client (migration 0011's triggers, in place of foreign keys)
+against real PostgreSQL: bad inserts and updates are refused, a named mailing or client cannot be deleted
+or truncated, a delete waits for the transactions writing messages, and the migration goes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from alembic import command
+from psycopg import errors
+
+from shared.settings import CommonSettings
+
+from .test_sender_support import Db
+from .test_status_counts import _alembic
+
+pytestmark = pytest.mark.integration
+
+
+async def message(db: Db, mailing_id: int, client_id: int) -> int:
+    rows = await db.execute(
+        "INSERT INTO messages (mailing_id, client_id, not_before) VALUES (%s, %s, now()) RETURNING id",
+        (mailing_id, client_id),
+    )
+    return int(rows[0][0])
+
+
+async def test_a_statement_naming_a_missing_mailing_or_client_is_refused_whole(
+    settings: CommonSettings,
+) -> None:
+    db = Db(settings.psycopg_dsn)
+    mailing_id, client_id = await db.mailing(), await db.client("79000000001")
+    with pytest.raises(errors.ForeignKeyViolation, match="no such mailing or client"):
+        await db.execute(
+            "INSERT INTO messages (mailing_id, client_id, not_before)"
+            " VALUES (%s, %s, now()), (%s, %s, now())",
+            (mailing_id, client_id, mailing_id, client_id + 1000),
+        )
+    with pytest.raises(errors.ForeignKeyViolation):
+        await message(db, mailing_id + 1000, client_id)
+    assert await db.execute("SELECT count(*) FROM messages") == [(0,)]
+    await message(db, mailing_id, client_id)
+    assert await db.execute("SELECT count(*) FROM messages") == [(1,)]
+
+
+async def test_an_update_may_not_point_a_message_elsewhere_than_an_existing_row(
+    settings: CommonSettings,
+) -> None:
+    db = Db(settings.psycopg_dsn)
+    mailing_id, first, second = (
+        await db.mailing(),
+        await db.client("79000000001"),
+        await db.client("79000000002"),
+    )
+    message_id = await message(db, mailing_id, first)
+    with pytest.raises(errors.ForeignKeyViolation, match=f"message {message_id}"):
+        await db.execute("UPDATE messages SET client_id = %s WHERE id = %s", (second + 1000, message_id))
+    await db.execute("UPDATE messages SET client_id = %s WHERE id = %s", (second, message_id))
+    assert await db.execute("SELECT client_id FROM messages") == [(second,)]
+
+
+async def test_a_mailing_or_client_that_messages_name_is_never_deleted(settings: CommonSettings) -> None:
+    db = Db(settings.psycopg_dsn)
+    mailing_id, named, unnamed = (
+        await db.mailing(),
+        await db.client("79000000001"),
+        await db.client("79000000002"),
+    )
+    await message(db, mailing_id, named)
+    with pytest.raises(errors.ForeignKeyViolation, match=f"clients row {named} has messages"):
+        await db.execute("DELETE FROM clients WHERE id = %s", (named,))
+    with pytest.raises(errors.ForeignKeyViolation, match=f"mailings row {mailing_id} has messages"):
+        await db.execute("DELETE FROM mailings WHERE id = %s", (mailing_id,))
+    for table in ("clients", "mailings"):
+        with pytest.raises(errors.ForeignKeyViolation, match="truncate messages first"):
+            await db.execute(f"TRUNCATE {table}")
+    await db.execute("DELETE FROM clients WHERE id = %s", (unnamed,))
+    assert await db.execute("SELECT id FROM clients") == [(named,)]
+
+
+async def test_a_delete_waits_for_a_transaction_writing_messages_and_then_sees_its_rows(
+    settings: CommonSettings,
+) -> None:
+    """Without the wait, the delete would not see the uncommitted message and would leave it without its
+    client once that commits."""
+    db = Db(settings.psycopg_dsn)
+    mailing_id, client_id = await db.mailing(), await db.client("79000000001")
+    async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn) as writer:
+        await writer.execute(
+            "INSERT INTO messages (mailing_id, client_id, not_before) VALUES (%s, %s, now())",
+            (mailing_id, client_id),
+        )
+        async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn, autocommit=True) as deleter:
+            await deleter.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(errors.LockNotAvailable):
+                await deleter.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+            await writer.commit()
+            with pytest.raises(errors.ForeignKeyViolation):
+                await deleter.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+    assert await db.execute("SELECT count(*) FROM messages m JOIN clients c ON c.id = m.client_id") == [(1,)]
+
+
+async def test_the_migration_goes_back_to_the_foreign_keys(settings: CommonSettings) -> None:
+    db = Db(settings.psycopg_dsn)
+    config = _alembic(settings.database_url)
+    keys = (
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'messages'::regclass AND contype = 'f' ORDER BY 1"
+    )
+    triggers = (
+        "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+        " WHERE p.proname LIKE 'messages_refer%%'"
+    )
+    assert await db.execute(keys) == []
+    await asyncio.to_thread(command.downgrade, config, "0010")
+    assert await db.execute(keys) == [
+        ("fk_messages_client_id_clients",),
+        ("fk_messages_mailing_id_mailings",),
+    ]
+    assert await db.execute(triggers) == [(0,)]
+    await asyncio.to_thread(command.upgrade, config, "head")
+    assert await db.execute(keys) == []
+    assert await db.execute(triggers) == [(6,)]
