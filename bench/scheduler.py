@@ -5,6 +5,7 @@ Uses its own database (`mailing_bench`) and a random RabbitMQ namespace, both re
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 import uuid
@@ -211,13 +212,17 @@ def _write_doc(table: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.scheduler", description=__doc__.split("\n")[0])
+    parser.add_argument("--no-write", action="store_true", help="leave docs/benchmarks.md")
+    args = parser.parse_args()
     # Per-message log lines are part of production, but this measures the machinery: as in bench.sender.
     configure_logging("bench", level="WARNING")
     rows = asyncio.run(run())
     table = _table(rows)
     print(table)
-    _write_doc(table)
-    print(f"written to {DOC}")
+    if not args.no_write:
+        _write_doc(table)
+        print(f"written to {DOC}")
 
 
 if __name__ == "__main__":
