@@ -1,9 +1,10 @@
 SHELL := /bin/bash
 # uv: on PATH, else a Python's own module, else the one `make install` puts in .local/tools (a virtual
 # environment of its own: a system Python may refuse packages installed into it, PEP 668). Looked up
-# when used, so the recipe that installs it finds it.
-TOOLS := .local/tools
-UV = $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo "python3 -m uv"; } || echo $(TOOLS)/bin/uv)
+# when used, so the recipe that installs it finds it. Given to the tests as MAILING_UV: the deployment
+# checks run PyPI's tools through it.
+TOOLS := $(CURDIR)/.local/tools
+UV = $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo "$$(command -v python3) -m uv"; } || echo $(TOOLS)/bin/uv)
 RUN = $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -25,14 +26,14 @@ run: migrate ## migrate, then start every service of the Procfile (api, schedule
 	$(RUN) python -m scripts.procfile -f Procfile
 
 test: preflight browser deploy-tools ## every test: unit, integration, end-to-end, browser
-	$(RUN) pytest
+	MAILING_UV="$(UV)" $(RUN) pytest
 
 browser: ## Debian's chromium for the browser tests (installed when missing and running as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y chromium; } \
 		|| echo "chromium is missing: install it (apt-get install chromium) to run the browser tests"
 
 test-unit: install
-	$(RUN) pytest -m unit
+	MAILING_UV="$(UV)" $(RUN) pytest -m unit
 
 lint: install ## ruff and mypy (strict)
 	$(RUN) ruff check .
@@ -70,4 +71,4 @@ deploy-tools: ## promtool (Debian's prometheus package, never started) when miss
 	@command -v kubectl >/dev/null || echo "kubectl is missing: the Kubernetes manifests are not validated (docs/deploy.md says how to get it)"
 
 check-deploy: install deploy-tools ## the deployment files through the real tools (kubectl kustomize, kubernetes-validate, the operators' schemas, docker compose, promtool, check-jsonschema); a missing tool fails
-	MAILING_DEPLOY_TOOLS_REQUIRED=1 $(RUN) pytest -q tests/unit/test_deploy_manifests.py tests/unit/test_deploy_config.py
+	MAILING_DEPLOY_TOOLS_REQUIRED=1 MAILING_UV="$(UV)" $(RUN) pytest -q tests/unit/test_deploy_manifests.py tests/unit/test_deploy_config.py

