@@ -104,18 +104,17 @@ class _Connection(asyncio.Protocol):
 
     def fail(self, exc: BaseException) -> None:
         waiter, self.waiter = self.waiter, None
-        # The answer may still come: the connection's state is unknown, so it is never reused. Closed
-        # before the caller hears of it, so that its next call cannot open a socket beside this one.
-        self.pool._drop(self)
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        # The answer may still come: the connection's state is unknown, so it is never reused.
+        self.pool._drop(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def eof_received(self) -> None:
-        # Out of the pool and closed at once, so that no call picks it up in between.
-        self.pool._drop(self, graceful=True)
+        # Out of the pool before the transport closes, so that no call picks it up in between.
+        self.pool._drop(self, lost=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool._drop(self, lost=True)
@@ -175,13 +174,11 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             self.pool._drop(self)  # a second answer to one request
             return
-        response = Response(status, self.headers, b"".join(self.body))
+        waiter.set_result(Response(status, self.headers, b"".join(self.body)))
         if self.parser.should_keep_alive():
-            waiter.set_result(response)
             self.pool._release(self)
         else:
-            self.pool._drop(self, graceful=True)  # closed first, as in `fail`
-            waiter.set_result(response)
+            self.pool._drop(self, graceful=True)
 
 
 class HttpClient:
@@ -394,15 +391,7 @@ class HttpClient:
             self._wake_one()
 
     def _drop(self, conn: _Connection, *, lost: bool = False, graceful: bool = False) -> None:
-        """Take `conn` out of the pool for good and close it (unless the transport is already gone).
-
-        The transport is closed before a waiting call is woken: its socket is then closed (a callback the
-        loop runs first) before that call opens a new one, so the pool never holds more than its bound."""
-        if not lost and conn.transport is not None and not conn.transport.is_closing():
-            if graceful:
-                conn.transport.close()
-            else:
-                conn.transport.abort()
+        """Take `conn` out of the pool for good and close it (unless the transport is already gone)."""
         if not conn.dropped:
             conn.dropped = True
             # A connection still being opened holds its slot through `_connect`, not through `_all`.
@@ -413,6 +402,11 @@ class HttpClient:
                     conn.idle = False
                     self._idle.remove(conn)
                 self._wake_one()
+        if not lost and conn.transport is not None and not conn.transport.is_closing():
+            if graceful:
+                conn.transport.close()
+            else:
+                conn.transport.abort()
 
     def _wake_one(self) -> None:
         while self._slot_waiters:
