@@ -1,6 +1,6 @@
 """A message names an existing mailing and client (migration 0011's triggers, in place of foreign keys)
-against real PostgreSQL: bad inserts and updates are refused, a named mailing or client cannot be deleted
-or truncated, a delete waits for the transactions writing messages, and the migration goes back."""
+against real PostgreSQL: bad inserts and updates are refused, mailings and clients are never deleted, nor
+truncated while messages name them, and the migration goes back."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def test_an_update_may_not_point_a_message_elsewhere_than_an_existing_row(
     assert await db.execute("SELECT client_id FROM messages") == [(second,)]
 
 
-async def test_a_mailing_or_client_that_messages_name_is_never_deleted(settings: CommonSettings) -> None:
+async def test_mailings_and_clients_are_never_deleted_only_marked(settings: CommonSettings) -> None:
     db = Db(settings.psycopg_dsn)
     mailing_id, named, unnamed = (
         await db.mailing(),
@@ -69,36 +69,39 @@ async def test_a_mailing_or_client_that_messages_name_is_never_deleted(settings:
         await db.client("79000000002"),
     )
     await message(db, mailing_id, named)
-    with pytest.raises(errors.ForeignKeyViolation, match=f"clients row {named} has messages"):
-        await db.execute("DELETE FROM clients WHERE id = %s", (named,))
-    with pytest.raises(errors.ForeignKeyViolation, match=f"mailings row {mailing_id} has messages"):
-        await db.execute("DELETE FROM mailings WHERE id = %s", (mailing_id,))
+    for table, row in (("clients", named), ("clients", unnamed), ("mailings", mailing_id)):
+        with pytest.raises(errors.ForeignKeyViolation, match=f"{table} rows are never deleted"):
+            await db.execute(f"DELETE FROM {table} WHERE id = %s", (row,))
     for table in ("clients", "mailings"):
         with pytest.raises(errors.ForeignKeyViolation, match="truncate messages first"):
             await db.execute(f"TRUNCATE {table}")
-    await db.execute("DELETE FROM clients WHERE id = %s", (unnamed,))
-    assert await db.execute("SELECT id FROM clients") == [(named,)]
+    assert await db.execute("SELECT count(*) FROM clients") == [(2,)]
+    assert await db.execute("SELECT count(*) FROM mailings") == [(1,)]
+    await db.execute("TRUNCATE messages")
+    await db.execute("TRUNCATE clients, mailings")
+    assert await db.execute("SELECT count(*) FROM clients") == [(0,)]
 
 
-async def test_a_delete_waits_for_a_transaction_writing_messages_and_then_sees_its_rows(
+async def test_a_truncate_waits_for_an_expansion_reading_clients_and_then_sees_its_messages(
     settings: CommonSettings,
 ) -> None:
-    """Without the wait, the delete would not see the uncommitted message and would leave it without its
-    client once that commits."""
+    """Without the wait, the truncate would not see the uncommitted messages and would leave them without
+    their clients once they commit."""
     db = Db(settings.psycopg_dsn)
-    mailing_id, client_id = await db.mailing(), await db.client("79000000001")
+    mailing_id = await db.mailing()
+    await db.client("79000000001")
     async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn) as writer:
         await writer.execute(
-            "INSERT INTO messages (mailing_id, client_id, not_before) VALUES (%s, %s, now())",
-            (mailing_id, client_id),
+            "INSERT INTO messages (mailing_id, client_id, not_before) SELECT %s, id, now() FROM clients",
+            (mailing_id,),
         )
-        async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn, autocommit=True) as deleter:
-            await deleter.execute("SET lock_timeout = '200ms'")
+        async with await psycopg.AsyncConnection.connect(settings.psycopg_dsn, autocommit=True) as other:
+            await other.execute("SET lock_timeout = '200ms'")
             with pytest.raises(errors.LockNotAvailable):
-                await deleter.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+                await other.execute("TRUNCATE clients")
             await writer.commit()
             with pytest.raises(errors.ForeignKeyViolation):
-                await deleter.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+                await other.execute("TRUNCATE clients")
     assert await db.execute("SELECT count(*) FROM messages m JOIN clients c ON c.id = m.client_id") == [(1,)]
 
 

@@ -6,14 +6,16 @@ expansion inserts every client of a mailing, so it locked the mailing's row once
 rewrote every page of `clients`: in PostgreSQL alone the INSERT of 100,000 messages took 1.8-2.0 s with
 them and 0.8-1.1 s with one anti-join a statement (docs/benchmarks.md, "Where the end-to-end CPU goes").
 
-The same two rules, kept by triggers:
-- a statement that inserts messages fails (foreign_key_violation, as the keys did) when any of its rows
-  names a mailing or a client that does not exist; so does an update that changes either column;
-- deleting a mailing or a client that messages name fails the same way. The delete first takes a SHARE
-  lock on `messages`, so it waits for every transaction writing messages and then sees their rows: a
-  message committed by a transaction that ran beside the delete cannot be left without its client, which
-  is what the keys' row locks ensured. (The services never delete either: they mark them `deleted_at`.)
-- TRUNCATE of `mailings` or `clients` fails while `messages` has rows.
+Kept by triggers instead (foreign_key_violation, as the keys did):
+- a statement that inserts messages fails when any of its rows names a mailing or a client that does not
+  exist; so does an update that changes either column;
+- a row of `mailings` or `clients` is never deleted: they are marked deleted (`deleted_at`), as the
+  services have always done, and their messages keep their history. Refusing every DELETE, not only of
+  the rows messages name, is what lets the insert check go without row locks: to see the messages of a
+  transaction not yet committed, a delete would have had to lock `messages` against every writer until
+  it committed, and one left open by hand would have held up all delivery;
+- TRUNCATE of `mailings` or `clients` fails while `messages` has rows (it waits for the transactions
+  that read them, the expansions among them, and then sees their messages).
 
 Revision ID: 0011
 Revises: 0010
@@ -61,16 +63,9 @@ _FUNCTIONS = {
         END IF;
         RETURN NULL;
     END""",
-    # TG_ARGV[0]: the column of messages that names a row of the table the trigger is on.
     "messages_referenced_deleted": f"""
     BEGIN
-        LOCK TABLE messages IN SHARE MODE;
-        IF TG_ARGV[0] = 'mailing_id' AND EXISTS (SELECT 1 FROM messages WHERE mailing_id = OLD.id)
-           OR TG_ARGV[0] = 'client_id' AND EXISTS (SELECT 1 FROM messages WHERE client_id = OLD.id) THEN
-            {_RAISE} format('%s row %s has messages: mark it deleted (deleted_at) instead',
-                TG_TABLE_NAME, OLD.id);
-        END IF;
-        RETURN OLD;
+        {_RAISE} format('%s rows are never deleted: mark them deleted (deleted_at)', TG_TABLE_NAME);
     END""",
     "messages_referenced_truncated": f"""
     BEGIN
@@ -96,9 +91,9 @@ _TRIGGERS = {
     **{
         f"{table}_messages_delete": (
             table,
-            f"BEFORE DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION messages_referenced_deleted('{column}')",
+            f"BEFORE DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION messages_referenced_deleted()",
         )
-        for column, table in _FOREIGN_KEYS.values()
+        for _, table in _FOREIGN_KEYS.values()
     },
     **{
         f"{table}_messages_truncate": (
