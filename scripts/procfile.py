@@ -118,6 +118,19 @@ async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
     out.lines(name, rest)
 
 
+def ended_with(code: int | None) -> str:
+    """An entry's exit code, and the signal that ended it: the shell's own (a negative code) or its
+    command's, which the shell gives as 128 + the signal's number."""
+    text = f"rc={code}"
+    if code is None:
+        return text
+    number = -code if code < 0 else code - 128
+    if number > 0:
+        with contextlib.suppress(ValueError):
+            return f"{text}: {signal.Signals(number).name}"
+    return text
+
+
 class Runner:
     def __init__(self, entries: Sequence[Entry], out: Output, cwd: Path | None = None) -> None:
         self.entries = entries
@@ -148,7 +161,7 @@ class Runner:
             else:
                 ended = next(iter(done))
                 code = ended.result()
-                self.out.system(f"{ends[ended]} stopped (rc={code})")
+                self.out.system(f"{ends[ended]} stopped ({ended_with(code)})")
             for end in ends:
                 end.cancel()
         finally:
@@ -162,8 +175,13 @@ class Runner:
         return code
 
     async def _start(self, entry: Entry) -> None:
+        # The shell (dash does not exec its last command) traps SIGTERM so as not to die of the SIGTERM
+        # sent to the entry's group: it waits for its command and ends with the command's own code. Killed
+        # at once, it reported -15 for an entry that stopped cleanly, and an entry slow to stop outlived
+        # it, so that it was never sent SIGKILL and the runner waited on its output for good. A caught
+        # signal is set back to its default in the command, which gets the SIGTERM as before.
         process = await asyncio.create_subprocess_shell(
-            entry.command,
+            f"trap : TERM; {entry.command}",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -196,7 +214,7 @@ class Runner:
             await asyncio.gather(*(p.wait() for p in self.processes.values()))
         await asyncio.gather(*self.relays, return_exceptions=True)
         for name, process in self.processes.items():
-            self.out.system(f"{name} stopped (rc={process.returncode})")
+            self.out.system(f"{name} stopped ({ended_with(process.returncode)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

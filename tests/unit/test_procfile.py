@@ -87,7 +87,7 @@ def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(
     pairs = [m.groups() for m in lines if m is not None]
     assert ("quick", "hello") in pairs and ("quick", "world") in pairs
     assert ("system", "quick stopped (rc=3)") in pairs
-    assert ("system", "slow stopped (rc=-15)") in pairs
+    assert ("system", "slow stopped (rc=143: SIGTERM)") in pairs  # the entry's own end, not its shell's
 
 
 SLOW_TO_STOP = """
@@ -136,4 +136,30 @@ def test_a_second_interrupt_while_stopping_changes_nothing(tmp_path: Path) -> No
     out, err = runner.communicate(timeout=60)
     assert b"Traceback" not in err, err.decode()
     assert runner.returncode == 130
-    assert "slow stopped (rc=" in out.decode()
+    assert "slow stopped (rc=0)" in out.decode()  # the entry's own code, not its shell's
+
+
+def test_an_entry_that_ignores_the_stop_is_killed_and_the_runner_ends(tmp_path: Path) -> None:
+    python = sys.executable
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        f"stubborn: {python} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        f' print("waiting", flush=True); time.sleep(600)\'\n'
+    )
+    runner = subprocess.Popen(
+        [python, "-m", "scripts.procfile", "-f", str(procfile)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert runner.stdout is not None
+    for line in runner.stdout:
+        match = PREFIX.match(line.decode())
+        if match is not None and match.groups() == ("stubborn", "waiting"):
+            break
+    runner.send_signal(signal.SIGINT)
+    # A guard against a hang, not a timing: the runner sends SIGKILL KILL_AFTER_SECONDS after SIGTERM.
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130
+    assert "sending SIGKILL to stubborn" in out.decode()
+    assert "stubborn stopped (rc=-9: SIGKILL)" in out.decode()
