@@ -14,10 +14,11 @@ import base64
 import hashlib
 import io
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     port: int = parser.parse_args(argv).port
     settings = ApiSettings()
     configure_logging("dev-oidc", json=settings.log_json, level=settings.log_level)
+    signal.signal(signal.SIGTERM, _stop)
     if settings.oidc_issuer is not None or not settings.development:
         logger.info(
             "the development OpenID Connect provider is not started ({}); waiting",
             "an issuer is configured" if settings.oidc_issuer else "production",
         )
-        threading.Event().wait()
+        with suppress(_Stopped):
+            threading.Event().wait()
         return 0
     logger.warning(
         "DEVELOPMENT-ONLY OpenID Connect provider on http://{}:{} (users admin, operator, viewer; anyone "
@@ -189,8 +192,21 @@ def main(argv: list[str] | None = None) -> int:
         port,
     )
     server = werkzeug.serving.make_server(DEV_OIDC_HOST, port, build_app(), threaded=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except _Stopped:
+        logger.info("development OpenID Connect provider stopped")
+    finally:
+        server.server_close()
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM (`make run` stopping, a test ending): out of `serve_forever` or the wait, exit code 0."""
+
+
+def _stop(*_: object) -> None:
+    raise _Stopped
 
 
 if __name__ == "__main__":

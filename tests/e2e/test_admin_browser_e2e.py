@@ -80,6 +80,8 @@ async def provider_process(logs: Path) -> AsyncIterator[str]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+    # Reached only when the body went well: `make run` stops the provider this way too.
+    assert process.returncode == 0, f"the provider ended with {process.returncode} on SIGTERM"
 
 
 @asynccontextmanager
