@@ -90,6 +90,26 @@ def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(
     assert ("system", "slow stopped (rc=143: SIGTERM)") in pairs  # the entry's own end, not its shell's
 
 
+def start_runner(procfile: Path) -> subprocess.Popen[bytes]:
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "scripts.procfile", "-f", str(procfile)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert runner.stdout is not None
+    return runner
+
+
+def until(runner: subprocess.Popen[bytes], name: str, text: str) -> None:
+    """Reads the runner's output up to the line `text` of entry `name`."""
+    for line in runner.stdout:  # type: ignore[union-attr]
+        match = PREFIX.match(line.decode())
+        if match is not None and match.groups() == (name, text):
+            return
+    raise AssertionError(f"the runner ended before {name} printed {text!r}")
+
+
 SLOW_TO_STOP = """
 import pathlib, signal, sys, time
 
@@ -113,24 +133,10 @@ def test_a_second_interrupt_while_stopping_changes_nothing(tmp_path: Path) -> No
     script.write_text(SLOW_TO_STOP)
     procfile = tmp_path / "Procfile"
     procfile.write_text(f"slow: {python} {script} {release}\n")
-    runner = subprocess.Popen(
-        [python, "-m", "scripts.procfile", "-f", str(procfile)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert runner.stdout is not None
-
-    def until(text: str) -> None:
-        for line in runner.stdout:  # type: ignore[union-attr]
-            match = PREFIX.match(line.decode())
-            if match is not None and match.groups() == ("slow", text):
-                return
-        raise AssertionError(f"the runner ended before the entry printed {text!r}")
-
-    until("waiting")
+    runner = start_runner(procfile)
+    until(runner, "slow", "waiting")
     runner.send_signal(signal.SIGINT)
-    until("stopping")
+    until(runner, "slow", "stopping")
     runner.send_signal(signal.SIGINT)
     release.touch()
     out, err = runner.communicate(timeout=60)
@@ -146,17 +152,8 @@ def test_an_entry_that_ignores_the_stop_is_killed_and_the_runner_ends(tmp_path: 
         f"stubborn: {python} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
         f' print("waiting", flush=True); time.sleep(600)\'\n'
     )
-    runner = subprocess.Popen(
-        [python, "-m", "scripts.procfile", "-f", str(procfile)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert runner.stdout is not None
-    for line in runner.stdout:
-        match = PREFIX.match(line.decode())
-        if match is not None and match.groups() == ("stubborn", "waiting"):
-            break
+    runner = start_runner(procfile)
+    until(runner, "stubborn", "waiting")
     runner.send_signal(signal.SIGINT)
     # A guard against a hang, not a timing: the runner sends SIGKILL KILL_AFTER_SECONDS after SIGTERM.
     out, _ = runner.communicate(timeout=60)
