@@ -7,6 +7,7 @@ TOOLS := $(CURDIR)/.local/tools
 UV = $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo "$$(command -v python3) -m uv"; } || echo $(TOOLS)/bin/uv)
 RUN = $(UV) run --frozen
 export PYTHONDONTWRITEBYTECODE := 1
+export MAILING_UV = $(UV)
 
 .PHONY: install browser deploy-tools run test test-unit lint format migrate bench soak demo up down preflight check-deploy
 
@@ -26,14 +27,14 @@ run: migrate ## migrate, then start every service of the Procfile (api, schedule
 	$(RUN) python -m scripts.procfile -f Procfile
 
 test: preflight browser deploy-tools ## every test: unit, integration, end-to-end, browser
-	MAILING_UV="$(UV)" $(RUN) pytest
+	$(RUN) pytest
 
 browser: ## Debian's chromium for the browser tests (installed when missing and running as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y chromium; } \
 		|| echo "chromium is missing: install it (apt-get install chromium) to run the browser tests"
 
 test-unit: install
-	MAILING_UV="$(UV)" $(RUN) pytest -m unit
+	$(RUN) pytest -m unit
 
 lint: install ## ruff and mypy (strict)
 	$(RUN) ruff check .
@@ -71,4 +72,4 @@ deploy-tools: ## promtool (Debian's prometheus package, never started) when miss
 	@command -v kubectl >/dev/null || echo "kubectl is missing: the Kubernetes manifests are not validated (docs/deploy.md says how to get it)"
 
 check-deploy: install deploy-tools ## the deployment files through the real tools (kubectl kustomize, kubernetes-validate, the operators' schemas, docker compose, promtool, check-jsonschema); a missing tool fails
-	MAILING_DEPLOY_TOOLS_REQUIRED=1 MAILING_UV="$(UV)" $(RUN) pytest -q tests/unit/test_deploy_manifests.py tests/unit/test_deploy_config.py
+	MAILING_DEPLOY_TOOLS_REQUIRED=1 $(RUN) pytest -q tests/unit/test_deploy_manifests.py tests/unit/test_deploy_config.py

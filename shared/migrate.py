@@ -39,10 +39,15 @@ def ensure_database(database_url: str) -> bool:
         return True
 
 
-def upgrade(database_url: str) -> None:
+def alembic_config(database_url: str) -> Config:
+    """The project's Alembic configuration, pointed at `database_url`."""
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    return config
+
+
+def upgrade(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "head")
 
 
 def schema_is_ready(script: ScriptDirectory, current: str | None) -> bool:

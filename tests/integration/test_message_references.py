@@ -11,10 +11,10 @@ import pytest
 from alembic import command
 from psycopg import errors
 
+from shared.migrate import alembic_config
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
-from .test_status_counts import _alembic
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ async def test_a_truncate_waits_for_an_expansion_reading_clients_and_then_sees_i
 
 async def test_the_migration_goes_back_to_the_foreign_keys(settings: CommonSettings) -> None:
     db = Db(settings.psycopg_dsn)
-    config = _alembic(settings.database_url)
+    config = alembic_config(settings.database_url)
     keys = (
         "SELECT conname FROM pg_constraint WHERE conrelid = 'messages'::regclass AND contype = 'f' ORDER BY 1"
     )

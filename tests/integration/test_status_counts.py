@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.mailings_service import status_counts
@@ -24,7 +23,7 @@ from services.sender.outcome import Outcome
 from services.sender.store import Store
 from shared.db import make_engine
 from shared.domain.statuses import MessageStatus
-from shared.migrate import ROOT
+from shared.migrate import alembic_config
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
@@ -284,17 +283,11 @@ async def test_the_counts_are_read_summed_over_the_slots_with_every_status_prese
     assert (counts[idle].total, counts[idle].counts) == (0, zeros)
 
 
-def _alembic(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
-
-
 async def test_the_migration_counts_the_messages_already_there_and_goes_back(
     settings: CommonSettings,
 ) -> None:
     db = Db(settings.psycopg_dsn)
-    config = _alembic(settings.database_url)
+    config = alembic_config(settings.database_url)
     await asyncio.to_thread(command.downgrade, config, "0006")
     assert await db.execute("SELECT to_regclass('mailing_status_counts')") == [(None,)]
     mailing_id = await db.mailing()
