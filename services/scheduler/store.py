@@ -198,13 +198,16 @@ async def insert_chunk(
     rows = (
         await conn.execute(
             text(
-                "WITH src AS (SELECT c.id, p.nb,"
-                " CAST(:queued_at AS timestamptz) IS NOT NULL AND p.nb <= :now AS due"
-                " FROM clients c"
-                " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
-                " ON p.tz = c.timezone"
+                # The chunk's clients first, then their timezones' plan: joined before the LIMIT, the
+                # plan was a nested loop comparing every client with every timezone.
+                "WITH picked AS (SELECT c.id, c.timezone FROM clients c"
                 f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed}"
                 " ORDER BY c.id LIMIT :limit),"
+                " src AS (SELECT k.id, p.nb,"
+                " CAST(:queued_at AS timestamptz) IS NOT NULL AND p.nb <= :now AS due"
+                " FROM picked k"
+                " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
+                " ON p.tz = k.timezone),"
                 " ins AS ("
                 " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error, queued_at,"
                 " created_at, updated_at)"
@@ -218,7 +221,7 @@ async def insert_chunk(
                 # Pending rows are only counted: all of a chunk are, when its window opens later.
                 f" SELECT last.id AS last, (SELECT count(*) FROM ins WHERE status = {_PENDING}) AS pending,"
                 " i.id, i.client_id, i.status"
-                " FROM (SELECT max(id) AS id FROM src) AS last"
+                " FROM (SELECT max(id) AS id FROM picked) AS last"
                 f" LEFT JOIN (SELECT * FROM ins WHERE status <> {_PENDING}) AS i ON TRUE"
             ),
             params,
