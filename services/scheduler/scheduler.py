@@ -48,6 +48,8 @@ class _Expansion:
 
     plan: MailingPlan
     full: bool
+    # The mailing has messages from an earlier pass: the chunks look only for clients without one.
+    again: bool
     changed_since: datetime | None
     zones: TimezonePlan
     # The instant `mark_expanded` records (`store.expansion_start`), and the pass's start for its metric.
@@ -208,6 +210,7 @@ class Scheduler:
         expansion = _Expansion(
             plan=plan,
             full=full,
+            again=row.expanded_at is not None,
             changed_since=changed_since,
             zones=plan_timezones(plan, await store.matching_timezones(conn, plan, changed_since), now),
             started=await store.expansion_start(conn),
@@ -253,6 +256,7 @@ class Scheduler:
                     after_client_id=after,
                     limit=self.settings.dispatch_batch,
                     queued_at=now if await self._may_queue(conn, current, now) else None,
+                    skip_existing=expansion.again,
                 )
                 if chunk.expired:
                     await self._publish_finalized(chunk.expired, now)

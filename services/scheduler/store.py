@@ -178,10 +178,15 @@ async def insert_chunk(
     after_client_id: int,
     limit: int,
     queued_at: datetime | None,
+    skip_existing: bool = False,
 ) -> ExpansionChunk:
     """One row for each of the next `limit` matching clients by id, planned per timezone; an existing
     (mailing, client) is left alone. With `queued_at`, a row due at `now` is written `queued` (the caller
-    hands it to the sender once this commits) instead of `pending` (the dispatch claims it later)."""
+    hands it to the sender once this commits) instead of `pending` (the dispatch claims it later).
+
+    With `skip_existing` (a mailing expanded before), clients that have their message are passed over
+    before the limit, so a pass that finds nothing new is one anti-join, not an insert attempt a client:
+    clients written just before the last pass are all looked at again (`_changed_sql`)."""
     params: dict[str, Any] = {
         "mid": plan.id,
         "tzs": zones.timezones,
@@ -195,6 +200,8 @@ async def insert_chunk(
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
+    if skip_existing:
+        changed += " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = :mid AND m.client_id = c.id)"
     rows = (
         await conn.execute(
             text(
