@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -214,9 +214,9 @@ class BatchedStream:
 
 
 def _json_line(
-    extra: dict[str, Any], time: datetime, level: str, message: str, exception: str | None = None
+    extra: dict[str, Any], time: str, level: str, message: str, exception: str | None = None
 ) -> str:
-    line: dict[str, Any] = {**extra, "time": time.isoformat(), "level": level, "message": message}
+    line: dict[str, Any] = {**extra, "time": time, "level": level, "message": message}
     if exception is not None:
         line["exception"] = exception
     return _JSON.encode(line) + "\n"
@@ -257,7 +257,9 @@ class JsonLines:
         if error is not None:
             text = mask_phones("".join(traceback.format_exception(error.type, error.value, error.traceback)))
         self.stream.write(
-            _json_line(record["extra"], record["time"], record["level"].name, record["message"], text)
+            _json_line(
+                record["extra"], record["time"].isoformat(), record["level"].name, record["message"], text
+            )
         )
 
     def stop(self) -> None:
@@ -350,8 +352,9 @@ class HotLine:
         """`names`: the fields every call passes, in its order (a call with others is written too, the
         listing of its fields built for it)."""
         self.template = template
-        # A template without braces is its own message, whatever the arguments.
-        self.fixed = template if "{" not in template and "}" not in template else None
+        # A template without braces is its own message, whatever the arguments: (JSON, plain) as written.
+        fixed = "{" not in template and "}" not in template
+        self.fixed = (_scrub_fast(template, False), _scrub_fast(template, True)) if fixed else None
         self.names = names
         listed = " ".join(f"{name.replace('{', '{{').replace('}', '}}')}={{}}" for name in names)
         self.suffix = f" | {listed}" if names else ""
@@ -360,41 +363,78 @@ class HotLine:
         self.json_keys = None if own else tuple(f", {_JSON.encode(name)}: " for name in names)
 
     def info(self, *args: Any, **fields: Any) -> None:
-        sink = _Hot.sink
-        if sink is None or repr(logger) != sink.sinks:
+        sink = _fast_sink(fields)
+        if sink is None:
             _caller.info(self.template, *args, **fields)
-            return
-        if not _Levels.info:
-            return
-        if not _NOT_FIELDS.isdisjoint(fields):
-            # A field that would replace the service's name or pick loguru's other template.
-            _caller.info(self.template, *args, **fields)
-            return
+        elif _Levels.info:
+            sink.stream.write(self._line(sink, _line_time(sink), args, fields))
+
+    def info_each(self, rows: Iterable[Sequence[Any]]) -> None:
+        """`info(**dict(zip(names, row)))` for each row (the values of `names`, in order), the lines
+        written together and with one time: for lines logged at one instant, such as those of the
+        messages of a batch handed to the sender."""
+        names = self.names
+        sink = _fast_sink(names)
+        if sink is None:
+            for row in rows:
+                _caller.info(self.template, **dict(zip(names, row, strict=True)))
+        elif _Levels.info:
+            at = _line_time(sink)
+            lines = [self._line(sink, at, (), dict(zip(names, row, strict=True))) for row in rows]
+            sink.stream.write("".join(lines))
+
+    def _line(self, sink: _OnlySink, at: str, args: tuple[Any, ...], fields: dict[str, Any]) -> str:
         plain = not sink.json
-        message = self.fixed
-        if message is None:
+        if self.fixed is not None:
+            message = self.fixed[plain]
+        else:
             message = self.template.format(*args, **fields) if args or fields else self.template
-        message = _scrub_fast(message, plain)
+            message = _scrub_fast(message, plain)
         for key, value in fields.items():
             if isinstance(value, str):
                 fields[key] = _scrub_fast(value, plain)
         if plain:
-            now = datetime.now().isoformat(" ", "milliseconds")
             if tuple(fields) == self.names:
                 suffix = self.suffix.format(*fields.values())
             else:
                 suffix = _fields_suffix(fields)
-            sink.stream.write(f"{now}{sink.plain_head}{message}{suffix}\n")
-        elif self.json_keys is not None and tuple(fields) == self.names:
+            return f"{at}{sink.plain_head}{message}{suffix}\n"
+        if self.json_keys is not None and tuple(fields) == self.names:
             listed = "".join(map(str.__add__, self.json_keys, map(_json_value, fields.values())))
-            sink.stream.write(
-                f'{sink.json_head}{listed}, "time": "{_record_time().isoformat()}", "level": "INFO", '
+            return (
+                f'{sink.json_head}{listed}, "time": "{at}", "level": "INFO", '
                 f'"message": {_JSON.encode(message)}}}\n'
             )
-        else:
-            sink.stream.write(
-                _json_line({"service": sink.service, **fields}, _record_time(), "INFO", message)
-            )
+        return _json_line({"service": sink.service, **fields}, at, "INFO", message)
+
+
+def _fast_sink(names: Iterable[str]) -> _OnlySink | None:
+    """The sink a `HotLine` writes into itself; None when the line must go through loguru: the sink
+    `configure_logging` added is no longer loguru's only one, or a field would replace the service's
+    name or pick loguru's other template."""
+    sink = _Hot.sink
+    if sink is None or repr(logger) != sink.sinks or not _NOT_FIELDS.isdisjoint(names):
+        return None
+    return sink
+
+
+class _PlainTime:
+    # The millisecond (of `time.time()`) and the time a plain line shows for it.
+    current: tuple[int, str] = (-1, "")
+
+
+def _line_time(sink: _OnlySink) -> str:
+    """The time a line shows, as loguru writes it: in a JSON line, the record's time; in a plain line,
+    the local wall clock to the millisecond, made once a millisecond (a line a message comes many to
+    a millisecond)."""
+    if sink.json:
+        return _record_time().isoformat()
+    now = time.time()
+    millisecond = int(now * 1000)
+    if millisecond != _PlainTime.current[0]:
+        shown = datetime.fromtimestamp(now).isoformat(" ", "milliseconds")
+        _PlainTime.current = (millisecond, shown)
+    return _PlainTime.current[1]
 
 
 # The fallback's line is its caller's (module, function, line), as a direct `logger.info` would be.

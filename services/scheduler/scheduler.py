@@ -414,8 +414,7 @@ class Scheduler:
         self.metrics.dispatched.inc(len(claimed))
         for mailing_id, count in Counter(c.mailing_id for c in claimed).items():
             logger.bind(mailing_id=mailing_id).info("dispatched {} messages", count)
-        for c in claimed:
-            HANDED.info(mailing_id=c.mailing_id, message_id=c.message_id, client_id=c.client_id)
+        HANDED.info_each((c.mailing_id, c.message_id, c.client_id) for c in claimed)
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
         items = [

@@ -201,7 +201,9 @@ async def insert_chunk(
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
     if skip_existing:
-        changed += " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = :mid AND m.client_id = c.id)"
+        changed += (
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = :mid AND m.client_id = c.id)"
+        )
     rows = (
         await conn.execute(
             text(

@@ -256,3 +256,38 @@ def test_loguru_lists_every_sink_in_its_repr() -> None:
     finally:
         logger.remove(sink)
     assert repr(logger) == before
+
+
+ROWS = [(12, 345, 6), (12, 346, 79001234567), (13, 347, 8)]
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_a_batch_of_hot_lines_writes_what_a_line_each_writes_with_one_time(
+    configure: Configure, json_lines: bool
+) -> None:
+    stderr = configure("scheduler", json=json_lines)
+    for row in ROWS:
+        HANDED.info(**dict(zip(HANDED.names, row, strict=True)))
+    one_by_one = stderr.getvalue().splitlines()
+    HANDED.info_each(iter(ROWS))
+    batched = stderr.getvalue().splitlines()[len(one_by_one) :]
+
+    parts = json_parts if json_lines else plain_time
+    times, texts = zip(*map(parts, batched), strict=True)
+    assert list(texts) == [parts(line)[1] for line in one_by_one]
+    assert len(set(times)) == 1 and times[0] >= parts(one_by_one[-1])[0]
+
+
+def test_a_batch_goes_through_loguru_a_line_each_when_another_sink_listens(configure: Configure) -> None:
+    stderr = configure("scheduler")
+    records: list[Record] = []
+    sink = logger.add(lambda m: records.append(m.record), level="INFO")
+    try:
+        HANDED.info_each(ROWS)
+    finally:
+        logger.remove(sink)
+    assert [(r["message"], r["extra"]["message_id"]) for r in records] == [
+        ("message handed to the sender", message_id) for _, message_id, _ in ROWS
+    ]
+    assert records[0]["function"] == "test_a_batch_goes_through_loguru_a_line_each_when_another_sink_listens"
+    assert stderr.getvalue().count("message handed to the sender") == len(ROWS)
