@@ -130,7 +130,11 @@ class BatchedStream:
     at the end of each turn of the loop was not enough once the calls' answers came spread out (a
     provider taking 50 ms): a turn then held a line or two. What waits is flushed when loguru removes
     the sink (at exit, or when logging is configured again); a process killed outright loses at most
-    the window's lines."""
+    the window's lines.
+
+    A `HotLine` call waits as itself (`_HotCall`) and is made into its line when its batch goes out,
+    with the batch's other lines: a sender makes its per-call lines for a tenth less CPU that way than
+    one at a time among its other work (docs/benchmarks.md, "End to end")."""
 
     # A thread inside `batched_lines()`, or an event loop within the window, writes this many lines at
     # most in one write.
@@ -139,13 +143,13 @@ class BatchedStream:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.pending: list[str] = []
+        self.pending: list[str | _HotCall] = []
         self.lock = threading.Lock()
         self.flush_on: asyncio.AbstractEventLoop | None = None
         self._held = threading.local()
 
-    def write(self, line: str) -> None:
-        held: list[str] | None = getattr(self._held, "lines", None)
+    def write(self, line: str | _HotCall) -> None:
+        held: list[str | _HotCall] | None = getattr(self._held, "lines", None)
         if held is not None:
             held.append(line)
             if len(held) >= self.HELD_LINES:
@@ -175,7 +179,7 @@ class BatchedStream:
 
     def _write_pending(self) -> None:
         if self.pending:
-            text = "".join(self.pending)
+            text = "".join(map(str, self.pending))
             self.pending.clear()
             try:
                 self.stream.write(text)
@@ -190,7 +194,7 @@ class BatchedStream:
         if getattr(self._held, "lines", None) is not None:
             yield  # already holding in this thread
             return
-        lines: list[str] = []
+        lines: list[str | _HotCall] = []
         self._held.lines = lines
         try:
             yield
@@ -198,7 +202,7 @@ class BatchedStream:
             self._held.lines = None
             self._write_held(lines)
 
-    def _write_held(self, lines: list[str]) -> None:
+    def _write_held(self, lines: list[str | _HotCall]) -> None:
         with self.lock:
             self.pending.extend(lines)
             self._write_pending()
@@ -308,10 +312,11 @@ class _LocalZone:
     current: tuple[int, timezone] = (-1, UTC)
 
 
-def _record_time() -> datetime:
+def _record_time(now: float | None = None) -> datetime:
     """What loguru puts in a record's time: the local wall clock with the offset then in force (its
     `aware_now`, `time.localtime`'s offset), here looked up once a second."""
-    now = time.time()
+    if now is None:
+        now = time.time()
     second, tz = _LocalZone.current
     if int(now) != second:
         local = time.localtime(now)
@@ -338,7 +343,8 @@ class HotLine:
     **fields)` writes, for a fraction of its cost (docs/benchmarks.md, "Log lines without loguru's
     record"). loguru builds a whole record first (the caller's frame, process, thread, a lock); this
     formats the message, masks and escapes it and the string fields as the patcher does, and writes
-    the line into the configured sink's stream in the sink's format.
+    the line into the configured sink's stream in the sink's format. An `info` call waits in the
+    stream's batch as it was made and becomes its line when the batch goes out (`_HotCall`).
 
     It does so only while the sink `configure_logging` added is loguru's only one, without colours
     (a terminal); whenever loguru's list of sinks has changed since (a test capturing lines, a second
@@ -367,7 +373,7 @@ class HotLine:
         if sink is None:
             _caller.info(self.template, *args, **fields)
         elif _Levels.info:
-            sink.stream.write(self._line(sink, _line_time(sink), args, fields))
+            sink.stream.write(_HotCall(self, sink, time.time(), args, fields))
 
     def info_each(self, rows: Iterable[Sequence[Any]]) -> None:
         """`info(**dict(zip(names, row)))` for each row (the values of `names`, in order), the lines
@@ -408,6 +414,30 @@ class HotLine:
         return _json_line({"service": sink.service, **fields}, at, "INFO", message)
 
 
+class _HotCall:
+    """A `HotLine.info` call, made into its line (`str()`) when the stream writes its batch: the time is
+    the call's, the values are read then (the services pass ints and strings)."""
+
+    __slots__ = ("args", "at", "fields", "hot", "sink")
+
+    def __init__(
+        self, hot: HotLine, sink: _OnlySink, at: float, args: tuple[Any, ...], fields: dict[str, Any]
+    ) -> None:
+        self.hot, self.sink, self.at, self.args, self.fields = hot, sink, at, args, fields
+
+    def __str__(self) -> str:
+        sink, at = self.sink, _line_time(self.sink, self.at)
+        try:
+            return self.hot._line(sink, at, self.args, self.fields)
+        except Exception as exc:
+            # Arguments that do not fit the template: said in the line's place, not lost with its batch.
+            told = f"could not format {self.hot.template!r} with {self.args!r} {self.fields!r}: {exc!r}"
+            told = _scrub(told, plain=not sink.json)
+            if sink.json:
+                return _json_line({"service": sink.service}, at, "INFO", told)
+            return f"{at}{sink.plain_head}{told}\n"
+
+
 def _fast_sink(names: Iterable[str]) -> _OnlySink | None:
     """The sink a `HotLine` writes into itself; None when the line must go through loguru: the sink
     `configure_logging` added is no longer loguru's only one, or a field would replace the service's
@@ -423,13 +453,14 @@ class _PlainTime:
     current: tuple[int, str] = (-1, "")
 
 
-def _line_time(sink: _OnlySink) -> str:
+def _line_time(sink: _OnlySink, now: float | None = None) -> str:
     """The time a line shows, as loguru writes it: in a JSON line, the record's time; in a plain line,
     the local wall clock to the millisecond, made once a millisecond (a line a message comes many to
     a millisecond)."""
+    if now is None:
+        now = time.time()
     if sink.json:
-        return _record_time().isoformat()
-    now = time.time()
+        return _record_time(now).isoformat()
     millisecond = int(now * 1000)
     if millisecond != _PlainTime.current[0]:
         shown = datetime.fromtimestamp(now).isoformat(" ", "milliseconds")

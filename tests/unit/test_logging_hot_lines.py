@@ -4,10 +4,12 @@ their times set aside (the times are checked on their own)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -291,3 +293,59 @@ def test_a_batch_goes_through_loguru_a_line_each_when_another_sink_listens(confi
     ]
     assert records[0]["function"] == "test_a_batch_goes_through_loguru_a_line_each_when_another_sink_listens"
     assert stderr.getvalue().count("message handed to the sender") == len(ROWS)
+
+
+class FakeClock:
+    """Stands in for the `time` module inside `shared.logging`: `time()` is what the test says."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def localtime(self, seconds: float) -> Any:
+        return time.localtime(seconds)
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_a_line_logged_on_an_event_loop_is_made_when_its_batch_goes_out_with_the_time_of_its_call(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch, json_lines: bool
+) -> None:
+    stderr = configure("sender", json=json_lines)
+    clock = FakeClock(time.time())
+    monkeypatch.setattr(shared.logging, "time", clock)
+    called_at = datetime.fromtimestamp(clock.now)
+
+    async def call_then_later_write() -> None:
+        CALLED.info(345, 200, "ok", message_id=345)
+        assert stderr.getvalue() == ""  # waits for its batch
+        clock.now += 5
+        assert shared.logging._Output.stream is not None
+        shared.logging._Output.stream.drain()
+
+    asyncio.run(call_then_later_write())
+    [line] = stderr.getvalue().splitlines()
+    shown, rest = json_parts(line) if json_lines else plain_time(line)
+    assert abs(shown.replace(tzinfo=None) - called_at) < timedelta(milliseconds=1)
+    assert "probe POST /v1/send/345 -> 200 (ok)" in rest
+
+
+def test_arguments_that_do_not_fit_the_template_are_told_in_their_line_and_the_batch_goes_out(
+    configure: Configure,
+) -> None:
+    stderr = configure("sender")
+
+    async def three_calls() -> None:
+        CALLED.info(1, 200, "ok", message_id=1)
+        CALLED.info(2, message_id=2)  # one argument short
+        CALLED.info(3, 200, "ok", message_id=3)
+        assert shared.logging._Output.stream is not None
+        shared.logging._Output.stream.drain()
+
+    asyncio.run(three_calls())
+    first, told, last = stderr.getvalue().splitlines()
+    assert first.endswith("probe POST /v1/send/1 -> 200 (ok) | message_id=1")
+    template = "'probe POST /v1/send/{} -> {} ({})'"
+    assert f"could not format {template} with (2,) {{'message_id': 2}}: IndexError" in told
+    assert last.endswith("probe POST /v1/send/3 -> 200 (ok) | message_id=3")
