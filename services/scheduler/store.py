@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,6 +23,7 @@ from shared.domain.statuses import (
 # Advisory-lock key space of the scheduler, so its per-mailing locks never collide with anyone else's.
 _LOCK_SPACE = 0x5343 << 48
 
+_QUEUED_VALUE = MessageStatus.QUEUED.value
 # The statuses the statements below quote, in their SQL form.
 _PENDING, _QUEUED, _EXPIRED, _CANCELLED = (
     s.sql
@@ -52,8 +53,9 @@ class Finalized:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
+    """A message made `queued`, for the hand-over: a tuple, as thousands are made a chunk."""
+
     message_id: int
     mailing_id: int
     client_id: int
@@ -236,7 +238,7 @@ async def insert_chunk(
             params,
         )
     ).all()
-    queued = [Claimed(r.id, plan.id, r.client_id) for r in rows if r.status == MessageStatus.QUEUED]
+    queued = [Claimed(r.id, plan.id, r.client_id) for r in rows if r.status == _QUEUED_VALUE]
     expired = [
         Finalized(r.id, plan.id, r.client_id, r.status, 0, Reason.NO_OPENING)
         for r in rows
