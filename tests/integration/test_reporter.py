@@ -6,7 +6,7 @@ import asyncio
 import email
 import email.policy
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from email.message import EmailMessage
 from typing import Any
 
@@ -432,7 +432,8 @@ async def test_recording_keeps_each_messages_first_outcome_with_every_field_and_
     engine: AsyncEngine,
 ) -> None:
     at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-    later = at + timedelta(minutes=3)
+    # In another offset, to the microsecond: the same instant comes back.
+    later = (at + timedelta(minutes=3, microseconds=654321)).astimezone(timezone(timedelta(hours=3)))
     assert await store.record_outcomes(engine, [outcome(1, 5, "sent", at)]) == [1]
     again = [outcome(1, 5, "failed", later), outcome(2, 6, "expired", later), outcome(2, 6, "sent", at)]
     again[1] = again[1].model_copy(update={"client_id": 9, "attempts": 4})
@@ -448,7 +449,10 @@ async def test_recording_keeps_each_messages_first_outcome_with_every_field_and_
         minutes = await conn.execute(
             text("SELECT mailing_id, status, minute, count FROM report_outcome_minutes ORDER BY 1")
         )
-        assert [tuple(r) for r in minutes] == [(5, "sent", at, 1), (6, "expired", later, 1)]
+        assert [tuple(r) for r in minutes] == [
+            (5, "sent", at, 1),
+            (6, "expired", at + timedelta(minutes=3), 1),
+        ]
 
 
 async def test_a_stop_between_two_due_days_ends_the_tick_after_the_day_under_way(
