@@ -257,11 +257,9 @@ class HttpClient:
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
         retried = False
         while True:
-            # An idle connection without the await of `_connection`: the common case, once warm. The
-            # second try takes a new one while the pool has room, an idle one otherwise.
-            conn = (None if retried else self._take_idle()) or await self._connection(
-                loop, deadline, total, fresh=retried
-            )
+            # An idle connection without the await of `_connection`: the common case, once warm. A
+            # retry takes a new one if it can (`_connection` hands out an idle one when one is free).
+            conn = (None if retried else self._take_idle()) or await self._connection(loop, deadline, total)
             if conn.closing():
                 # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
                 self._drop(conn, lost=True)
@@ -306,13 +304,12 @@ class HttpClient:
             await asyncio.wait([conn.closed for conn in connections], timeout=CLOSE_WAIT_SECONDS)
 
     async def _connection(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, total: float, *, fresh: bool = False
+        self, loop: asyncio.AbstractEventLoop, deadline: float, total: float
     ) -> _Connection:
-        """An idle connection, else a new one; with `fresh`, a new one while the pool has room."""
         while True:
             if self._closed:
                 raise ClientClosedError("the client is closed")
-            conn = None if fresh and self._open < self._max else self._take_idle()
+            conn = self._take_idle()
             if conn is not None:
                 return conn
             if self._open < self._max:
