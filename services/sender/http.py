@@ -83,8 +83,6 @@ class _Connection(asyncio.Protocol):
         self.dropped = False
         self.idle = False
         self.idle_since = 0.0
-        # Requests sent on it; a connection with one behind it was kept alive.
-        self.calls = 0
         self.received = 0
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
@@ -93,7 +91,6 @@ class _Connection(asyncio.Protocol):
 
     def request(self, data: bytes) -> asyncio.Future[Response]:
         self.waiter = waiter = self.loop.create_future()
-        self.calls += 1
         self.received = 0
         cast(asyncio.Transport, self.transport).write(data)
         return waiter
@@ -188,9 +185,7 @@ class HttpClient:
     """POSTs to one origin (scheme, host and port of `base_url`; paths go after its own path) over at
     most `max_connections` keep-alive connections, reused last-in first-out and closed after
     `keepalive_seconds` idle. A call that times out or fails closes its connection; one the server
-    closed leaves the pool at once. A call whose kept-alive connection ends before any byte of the
-    answer (the server closed it idle as the request went out) is made once more, on a new connection
-    when the pool has room. `headers` go into every request."""
+    closed leaves the pool at once. `headers` go into every request."""
 
     def __init__(
         self,
@@ -255,34 +250,23 @@ class HttpClient:
         )
         deadline = loop.time() + total
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
-        retried = False
         while True:
-            # An idle connection without the await of `_connection`: the common case, once warm. A
-            # retry takes a new one if it can (`_connection` hands out an idle one when one is free).
-            conn = (None if retried else self._take_idle()) or await self._connection(loop, deadline, total)
-            if conn.closing():
-                # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
-                self._drop(conn, lost=True)
-                continue
-            kept_alive = conn.calls > 0
-            waiter = conn.request(data)
-            timer = loop.call_at(deadline, conn.time_out, waiter, total)
-            try:
-                return await waiter
-            except ServerDisconnectedError:
-                # A kept-alive connection that ended before the first byte of the answer: the server
-                # most likely closed it idle as the request went out, and never read it. Once more, on a
-                # new connection; the API is idempotent by message id, so a request it did read is
-                # harmless to repeat.
-                if retried or not kept_alive or conn.received:
-                    raise
-                retried = True
-            except asyncio.CancelledError:
-                if conn.waiter is waiter:
-                    conn.fail(ClientClosedError("the call was cancelled"))
-                raise
-            finally:
-                timer.cancel()
+            # An idle connection without the await of `_connection`: the common case, once warm.
+            conn = self._take_idle() or await self._connection(loop, deadline, total)
+            if not conn.closing():
+                break
+            # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
+            self._drop(conn, lost=True)
+        waiter = conn.request(data)
+        timer = loop.call_at(deadline, conn.time_out, waiter, total)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if conn.waiter is waiter:
+                conn.fail(ClientClosedError("the call was cancelled"))
+            raise
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         """Close every connection; calls under way and later ones raise `ClientClosedError`."""
