@@ -202,17 +202,18 @@ async def insert_chunk(
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
-    if skip_existing:
-        changed += (
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = :mid AND m.client_id = c.id)"
-        )
+    without_message = (
+        "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.mailing_id = :mid AND m.client_id = c.id)"
+        if skip_existing
+        else ""
+    )
     rows = (
         await conn.execute(
             text(
                 # The chunk's clients first, then their timezones' plan: joined before the LIMIT, the
                 # plan was a nested loop comparing every client with every timezone.
                 "WITH picked AS (SELECT c.id, c.timezone FROM clients c"
-                f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed}"
+                f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed} {without_message}"
                 " ORDER BY c.id LIMIT :limit),"
                 " src AS (SELECT k.id, p.nb,"
                 " CAST(:queued_at AS timestamptz) IS NOT NULL AND p.nb <= :now AS due"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos import free_port
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def connect_when_listening(port: int, within: float = 20.0) -> smtplib.SMTP:

@@ -69,10 +69,10 @@ async def test_a_line_split_across_reads_goes_out_whole() -> None:
 
 def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(tmp_path: Path) -> None:
     python = sys.executable
-    procfile = tmp_path / "Procfile"
-    procfile.write_text(
-        f'quick: {python} -c \'import sys; print("hello"); print("world", file=sys.stderr); sys.exit(3)\'\n'
-        f"slow: {python} -c 'import time; print(\"waiting\", flush=True); time.sleep(600)'\n"
+    procfile = write_procfile(
+        tmp_path,
+        quick=f'{python} -c \'import sys; print("hello"); print("world", file=sys.stderr); sys.exit(3)\'',
+        slow=f"{python} -c 'import time; print(\"waiting\", flush=True); time.sleep(600)'",
     )
     # A guard against a hang, not a timing: the slow entry is stopped as soon as the quick one ends.
     done = subprocess.run(
@@ -88,6 +88,13 @@ def test_when_one_entry_ends_the_others_are_stopped_and_its_code_is_the_runners(
     assert ("quick", "hello") in pairs and ("quick", "world") in pairs
     assert ("system", "quick stopped (rc=3)") in pairs
     assert ("system", "slow stopped (rc=143: SIGTERM)") in pairs  # the entry's own end, not its shell's
+
+
+def write_procfile(folder: Path, **commands: str) -> Path:
+    """A Procfile in `folder`: a line `name: command` for each entry."""
+    procfile = folder / "Procfile"
+    procfile.write_text("".join(f"{name}: {command}\n" for name, command in commands.items()))
+    return procfile
 
 
 def start_runner(procfile: Path) -> subprocess.Popen[bytes]:
@@ -131,8 +138,7 @@ def test_a_second_interrupt_while_stopping_changes_nothing(tmp_path: Path) -> No
     python = sys.executable
     script, release = tmp_path / "slow.py", tmp_path / "release"
     script.write_text(SLOW_TO_STOP)
-    procfile = tmp_path / "Procfile"
-    procfile.write_text(f"slow: {python} {script} {release}\n")
+    procfile = write_procfile(tmp_path, slow=f"{python} {script} {release}")
     runner = start_runner(procfile)
     until(runner, "slow", "waiting")
     runner.send_signal(signal.SIGINT)
@@ -147,10 +153,10 @@ def test_a_second_interrupt_while_stopping_changes_nothing(tmp_path: Path) -> No
 
 def test_an_entry_that_ignores_the_stop_is_killed_and_the_runner_ends(tmp_path: Path) -> None:
     python = sys.executable
-    procfile = tmp_path / "Procfile"
-    procfile.write_text(
-        f"stubborn: {python} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-        f' print("waiting", flush=True); time.sleep(600)\'\n'
+    procfile = write_procfile(
+        tmp_path,
+        stubborn=f"{python} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        f' print("waiting", flush=True); time.sleep(600)\'',
     )
     runner = start_runner(procfile)
     until(runner, "stubborn", "waiting")
