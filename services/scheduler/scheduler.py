@@ -40,6 +40,39 @@ SCHEDULED = MailingStatus.SCHEDULED.value
 ACTIVE = (SCHEDULED, RUNNING, PAUSED)
 # A line a message, for finding its story by id (docs/operations.md).
 HANDED = HotLine("message handed to the sender", "mailing_id", "message_id", "client_id")
+# How old the outstanding cap's count may get while a pass adds its own hand-overs to it: the others'
+# (another scheduler's) show only in a new count.
+RECOUNT_AFTER_SECONDS = 1.0
+
+
+class _Outstanding:
+    """The outstanding cap's figure through one expansion pass or one dispatch run, without a count
+    before every batch: a count plus what this pass handed over since is an upper bound of the
+    `queued` and `retrying` messages (sending only lowers it). It is counted again when that bound
+    leaves no room for the next batch, or when the count is older than `RECOUNT_AFTER_SECONDS`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.bound: int | None = None
+        self.counted_at = 0.0
+
+    async def room(self, conn: AsyncConnection, wanted: int) -> int:
+        """How many of `wanted` messages may be handed over now (all of them without a cap)."""
+        if not self.cap:
+            return wanted
+        if (
+            self.bound is None
+            or self.bound + wanted > self.cap
+            or time.monotonic() - self.counted_at > RECOUNT_AFTER_SECONDS
+        ):
+            self.bound = await store.outstanding(conn)
+            self.counted_at = time.monotonic()
+        return max(0, min(wanted, self.cap - self.bound))
+
+    def took(self, count: int) -> None:
+        """`count` messages were made `queued` and committed."""
+        if self.bound is not None:
+            self.bound += count
 
 
 @dataclass
@@ -240,6 +273,7 @@ class Scheduler:
         being active midway: the next pass starts over, and what was written stays (it is idempotent)."""
         plan = expansion.plan
         after = 0
+        outstanding = _Outstanding(self.settings.max_outstanding)
         while expansion.zones.timezones:
             async with self.engine.begin() as conn:
                 await store.lock_mailing(conn, plan.id)
@@ -255,7 +289,7 @@ class Scheduler:
                     expansion.changed_since,
                     after_client_id=after,
                     limit=self.settings.dispatch_batch,
-                    queued_at=now if await self._may_queue(conn, current, now) else None,
+                    queued_at=now if await self._may_queue(conn, current, now, outstanding) else None,
                     skip_existing=expansion.again,
                 )
                 if chunk.expired:
@@ -267,6 +301,7 @@ class Scheduler:
             expansion.expired += len(chunk.expired)
             self._count_finalized(chunk.expired, log)
             if chunk.queued:
+                outstanding.took(len(chunk.queued))
                 await self._hand_over(chunk.queued, now)
         async with self.engine.begin() as conn:
             await store.lock_mailing(conn, plan.id)
@@ -289,14 +324,16 @@ class Scheduler:
             log.info("mailing finished: status running -> finished")
         return True
 
-    async def _may_queue(self, conn: AsyncConnection, mailing: store.MailingRow, now: datetime) -> bool:
+    async def _may_queue(
+        self, conn: AsyncConnection, mailing: store.MailingRow, now: datetime, outstanding: _Outstanding
+    ) -> bool:
         """Whether a chunk's due messages go to the sender at once: the mailing is running (as
         `running_mailings` has it) and a whole chunk fits under the outstanding cap; otherwise they
         stay pending for the dispatch."""
         if mailing.status != RUNNING or not mailing.plan.start_at <= now < mailing.plan.end_at:
             return False
-        cap = self.settings.max_outstanding
-        return not cap or await store.outstanding(conn) + self.settings.dispatch_batch <= cap
+        batch = self.settings.dispatch_batch
+        return await outstanding.room(conn, batch) == batch
 
     async def sweep(
         self,
@@ -373,8 +410,9 @@ class Scheduler:
         """Hand every due message of a running mailing to the sender, batch by batch, within the cap."""
         running = await self._running(now) if running is None else running
         total, more = 0, bool(running)
+        outstanding = _Outstanding(self.settings.max_outstanding)
         while more and not should_stop():
-            claimed, more = await self._dispatch_batch(running, now)
+            claimed, more = await self._dispatch_batch(running, now, outstanding)
             total += claimed
         return total
 
@@ -382,20 +420,20 @@ class Scheduler:
         async with self.engine.connect() as conn:
             return await store.running_mailings(conn, now)
 
-    async def _dispatch_batch(self, running: Sequence[int], now: datetime) -> tuple[int, bool]:
+    async def _dispatch_batch(
+        self, running: Sequence[int], now: datetime, outstanding: _Outstanding
+    ) -> tuple[int, bool]:
         """Returns how many were dispatched and whether more may be due."""
         started = time.perf_counter()
-        limit = self.settings.dispatch_batch
         async with self.engine.begin() as conn:
-            if self.settings.max_outstanding:
-                budget = self.settings.max_outstanding - await store.outstanding(conn)
-                if budget <= 0:
-                    logger.info("dispatch held back: {} messages outstanding", self.settings.max_outstanding)
-                    return 0, False
-                limit = min(limit, budget)
+            limit = await outstanding.room(conn, self.settings.dispatch_batch)
+            if limit <= 0:
+                logger.info("dispatch held back: {} messages outstanding", self.settings.max_outstanding)
+                return 0, False
             claimed = await store.claim_due(conn, running, now, limit)
         if not claimed:
             return 0, False
+        outstanding.took(len(claimed))
         await self._hand_over(claimed, now)
         self.metrics.dispatch_duration.observe(time.perf_counter() - started)
         return len(claimed), len(claimed) == limit

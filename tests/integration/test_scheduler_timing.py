@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 import pytest
 from loguru import logger
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.scheduler import store as scheduler_store
 
 from .test_scheduler_helpers import (
     RecordingPublisher,
@@ -311,3 +313,29 @@ async def test_outstanding_cap_holds_dispatch_back(engine: AsyncEngine) -> None:
     await add_mailing(engine, T0, T0 + timedelta(hours=5))
     await scheduler.tick(T0)
     assert len(publisher.sent_ids) == 3
+
+
+async def test_outstanding_cap_is_counted_again_only_when_its_bound_leaves_no_room(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A count plus the pass's own hand-overs bounds what is outstanding: three chunks of 2 are handed
+    # over after one count (0); the fourth would make 8 > 7, so it counts (6) and stays pending, as do
+    # the fifth and the empty one that ends the pass (6 each); the dispatch counts (6), hands over 1,
+    # and counts again (7) to find the cap reached. A count before every chunk made eight.
+    counts: list[int] = []
+    count = scheduler_store.outstanding
+
+    async def counting(conn: AsyncConnection) -> int:
+        counts.append(await count(conn))
+        return counts[-1]
+
+    monkeypatch.setattr(scheduler_store, "outstanding", counting)
+    publisher = RecordingPublisher()
+    settings = scheduler_settings(str(engine.url), max_outstanding=7, dispatch_batch=2)
+    scheduler = make_scheduler(engine, settings, publisher)
+    for _ in range(10):
+        await add_client(engine, "Europe/Moscow")
+    await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    await scheduler.tick(T0)
+    assert len(publisher.sent_ids) == 7
+    assert counts == [0, 6, 6, 6, 6, 7]
