@@ -40,6 +40,10 @@ SCHEDULED = MailingStatus.SCHEDULED.value
 ACTIVE = (SCHEDULED, RUNNING, PAUSED)
 # A line a message, for finding its story by id (docs/operations.md).
 HANDED = HotLine("message handed to the sender", "mailing_id", "message_id", "client_id")
+# An expansion's first chunk is this many clients, and each next one twice the last, up to
+# MAILING_SCHEDULER_DISPATCH_BATCH: a new mailing's first messages go out after a small write, the rest
+# in chunks large enough to cost little a row.
+FIRST_CHUNK = 500
 # How old the outstanding cap's count may get while a pass adds its own hand-overs to it: the others'
 # (another scheduler's) show only in a new count.
 RECOUNT_AFTER_SECONDS = 1.0
@@ -273,6 +277,7 @@ class Scheduler:
         being active midway: the next pass starts over, and what was written stays (it is idempotent)."""
         plan = expansion.plan
         after = 0
+        size = min(FIRST_CHUNK, self.settings.dispatch_batch)
         outstanding = _Outstanding(self.settings.max_outstanding)
         while expansion.zones.timezones:
             async with self.engine.begin() as conn:
@@ -288,8 +293,8 @@ class Scheduler:
                     now,
                     expansion.changed_since,
                     after_client_id=after,
-                    limit=self.settings.dispatch_batch,
-                    queued_at=now if await self._may_queue(conn, current, now, outstanding) else None,
+                    limit=size,
+                    queued_at=now if await self._may_queue(conn, current, now, outstanding, size) else None,
                     skip_existing=expansion.again,
                 )
                 if chunk.expired:
@@ -297,6 +302,7 @@ class Scheduler:
             if chunk.last_client_id is None:
                 break
             after = chunk.last_client_id
+            size = min(2 * size, self.settings.dispatch_batch)
             expansion.planned += chunk.pending + len(chunk.queued)
             expansion.expired += len(chunk.expired)
             self._count_finalized(chunk.expired, log)
@@ -325,15 +331,19 @@ class Scheduler:
         return True
 
     async def _may_queue(
-        self, conn: AsyncConnection, mailing: store.MailingRow, now: datetime, outstanding: _Outstanding
+        self,
+        conn: AsyncConnection,
+        mailing: store.MailingRow,
+        now: datetime,
+        outstanding: _Outstanding,
+        size: int,
     ) -> bool:
         """Whether a chunk's due messages go to the sender at once: the mailing is running (as
-        `running_mailings` has it) and a whole chunk fits under the outstanding cap; otherwise they
-        stay pending for the dispatch."""
+        `running_mailings` has it) and a whole chunk of `size` fits under the outstanding cap;
+        otherwise they stay pending for the dispatch."""
         if mailing.status != RUNNING or not mailing.plan.start_at <= now < mailing.plan.end_at:
             return False
-        batch = self.settings.dispatch_batch
-        return await outstanding.room(conn, batch) == batch
+        return await outstanding.room(conn, size) == size
 
     async def sweep(
         self,

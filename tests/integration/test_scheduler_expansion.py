@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scheduler import scheduler as scheduling
 from services.scheduler.scheduler import Scheduler
 from shared.contracts import SendMessages
 
@@ -86,6 +87,20 @@ async def test_each_chunk_is_handed_to_the_sender_as_it_commits_and_every_messag
     await scheduler.tick(T0 + timedelta(seconds=1))
     assert publisher.sent_ids == []
     assert await mailing_status(engine, publisher.mailing_id) == "running"
+
+
+async def test_the_first_chunks_are_small_and_grow_to_the_dispatch_batch(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first messages go out after a write of FIRST_CHUNK clients, not of a whole dispatch batch.
+    monkeypatch.setattr(scheduling, "FIRST_CHUNK", 1)
+    scheduler, publisher, clients = await mailing_to_every_client(engine)
+
+    assert await scheduler.process_mailing(publisher.mailing_id, T0)
+
+    assert [len(c.messages) for c in publisher.commands] == [1, 2, 3, 3, 1]
+    assert publisher.written_at_send == [1, 3, 6, 9, 10]
+    assert sorted(i.client_id for c in publisher.commands for i in c.messages) == clients
 
 
 async def test_a_later_pass_chunks_only_the_clients_without_a_message(engine: AsyncEngine) -> None:
