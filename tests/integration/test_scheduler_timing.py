@@ -304,14 +304,21 @@ async def test_stale_messages_are_not_copied_again_while_no_sender_consumes(engi
     assert publisher.take_sent() == first
 
 
-async def test_outstanding_cap_holds_dispatch_back(engine: AsyncEngine) -> None:
+async def tick_under_cap(engine: AsyncEngine, cap: int, clients: int) -> RecordingPublisher:
+    """A tick of a scheduler writing and dispatching 2 messages a batch under an outstanding cap of
+    `cap`, for a mailing due now to `clients` new clients; its publisher."""
     publisher = RecordingPublisher()
-    settings = scheduler_settings(str(engine.url), max_outstanding=3, dispatch_batch=2)
+    settings = scheduler_settings(str(engine.url), max_outstanding=cap, dispatch_batch=2)
     scheduler = make_scheduler(engine, settings, publisher)
-    for _ in range(5):
+    for _ in range(clients):
         await add_client(engine, "Europe/Moscow")
     await add_mailing(engine, T0, T0 + timedelta(hours=5))
     await scheduler.tick(T0)
+    return publisher
+
+
+async def test_outstanding_cap_holds_dispatch_back(engine: AsyncEngine) -> None:
+    publisher = await tick_under_cap(engine, cap=3, clients=5)
     assert len(publisher.sent_ids) == 3
 
 
@@ -330,12 +337,6 @@ async def test_outstanding_cap_is_counted_again_only_when_its_bound_leaves_no_ro
         return counts[-1]
 
     monkeypatch.setattr(scheduler_store, "outstanding", counting)
-    publisher = RecordingPublisher()
-    settings = scheduler_settings(str(engine.url), max_outstanding=7, dispatch_batch=2)
-    scheduler = make_scheduler(engine, settings, publisher)
-    for _ in range(10):
-        await add_client(engine, "Europe/Moscow")
-    await add_mailing(engine, T0, T0 + timedelta(hours=5))
-    await scheduler.tick(T0)
+    publisher = await tick_under_cap(engine, cap=7, clients=10)
     assert len(publisher.sent_ids) == 7
     assert counts == [0, 6, 6, 6, 6, 7]
