@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.finalize import seed_clients, seed_open_mailing
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.scheduler import Scheduler
+from services.scheduler.scheduler import FIRST_CHUNK, Scheduler
 from shared.broker import QueueStatus
 from shared.contracts import MessagesFinalized, SendMessages
 
@@ -153,7 +153,10 @@ async def test_clients_without_an_opening_before_the_end_are_expired_and_publish
     publisher, _ = await end_measured(engine, database_url, mailing_id, start, CHUNK)
 
     assert await statuses_of(engine, mailing_id) == {"expired": MESSAGES}
-    assert publisher.batches == [CHUNK] * (MESSAGES // CHUNK)
+    # An expansion's chunks: FIRST_CHUNK clients, then CHUNK each, the rest in the last.
+    first = min(FIRST_CHUNK, CHUNK)
+    rest = MESSAGES - first
+    assert publisher.batches == [first] + [CHUNK] * (rest // CHUNK) + [rest % CHUNK] * bool(rest % CHUNK)
     assert publisher.outcomes == MESSAGES
     assert publisher.statuses == {"expired"}
 
