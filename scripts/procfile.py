@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,9 +100,10 @@ class Output:
         self.lines(SYSTEM, text.encode())
 
 
-async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
-    """Every complete line waiting in the pipe, in one write; a partial line waits for its end. Lines
-    are gathered for `GATHER_SECONDS` between reads unless the pipe keeps the reads full."""
+async def line_blocks(stream: asyncio.StreamReader, gather_seconds: float = 0.0) -> AsyncIterator[bytes]:
+    """Every complete line waiting in the pipe, a block at a time; a partial line waits for its end (one
+    longer than `LONGEST_LINE` comes in pieces), and what is left without a newline comes last. With
+    `gather_seconds`, lines gather that long between reads unless the pipe keeps the reads full."""
     rest = b""
     while chunk := await stream.read(READ_BYTES):
         data = rest + chunk if rest else chunk
@@ -112,10 +113,18 @@ async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
             continue
         cut = cut or len(data)
         rest = data[cut:]
-        out.lines(name, data[:cut])
-        if len(chunk) < READ_BYTES:
-            await asyncio.sleep(GATHER_SECONDS)
-    out.lines(name, rest)
+        yield data[:cut]
+        if gather_seconds and len(chunk) < READ_BYTES:
+            await asyncio.sleep(gather_seconds)
+    if rest:
+        yield rest
+
+
+async def relay(name: str, stream: asyncio.StreamReader, out: Output) -> None:
+    """Every complete line waiting in the pipe, in one write, gathered for `GATHER_SECONDS` between
+    reads unless the pipe keeps the reads full."""
+    async for block in line_blocks(stream, GATHER_SECONDS):
+        out.lines(name, block)
 
 
 def ended_with(code: int | None) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import e2e
 from bench.e2e import TAIL_LINES, Relay, count_lines
+from scripts import procfile
 
 
 def test_lines_are_counted_by_the_service_in_their_prefix() -> None:
@@ -26,7 +26,7 @@ def test_lines_are_counted_by_the_service_in_their_prefix() -> None:
 async def test_lines_split_between_reads_are_counted_once_and_kept_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(e2e, "READ_BYTES", 7)  # every line comes in several reads
+    monkeypatch.setattr(procfile, "READ_BYTES", 7)  # every line comes in several reads
     relay = Relay("procfile", {}, tmp_path)
     lines = [f"14:11:0{i % 10} sender    | line {i}" for i in range(TAIL_LINES + 5)]
     lines.append("14:11:09 api       | the last line, without its newline")
