@@ -73,7 +73,10 @@ async def seed_running_mailing(database_url: str, clients: int) -> None:
     await engine.dispose()
 
 
-def _start_scheduler(database_url: str, namespace: str) -> subprocess.Popen[bytes]:
+def _start_scheduler(
+    database_url: str, namespace: str, log: Path | None = None, log_level: str = "WARNING"
+) -> subprocess.Popen[bytes]:
+    """A scheduler process as `make run` starts it; its log lines go to `log` when given."""
     env = {
         **os.environ,
         "MAILING_DATABASE_URL": database_url,
@@ -86,11 +89,29 @@ def _start_scheduler(database_url: str, namespace: str) -> subprocess.Popen[byte
         "MAILING_SCHEDULER_MESSAGES_PER_EVENT": "250",
         "MAILING_SCHEDULER_MAX_OUTSTANDING": "0",
         "MAILING_SCHEDULER_TICK_SECONDS": "0.5",
-        "MAILING_LOG_LEVEL": "WARNING",
+        "MAILING_LOG_LEVEL": log_level,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.scheduler"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
-    )
+    stderr = log.open("ab") if log is not None else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.scheduler"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    finally:
+        if stderr is not None:
+            stderr.close()
+
+
+async def _wait_until_running(process: subprocess.Popen[bytes], log: Path, deadline_seconds: float) -> None:
+    """Until the scheduler says it runs: its signal handlers are in place and it reads the database."""
+    deadline = time.monotonic() + deadline_seconds
+    while "scheduler running" not in (lines := await asyncio.to_thread(log.read_text)):
+        assert process.poll() is None, f"the scheduler exited with {process.returncode}: {lines}"
+        assert time.monotonic() < deadline, f"the scheduler did not start: {lines}"
+        await asyncio.sleep(0.05)
 
 
 async def _wait_for(
@@ -142,13 +163,16 @@ async def test_a_killed_scheduler_loses_nothing_and_leaves_at_most_one_batch_to_
 
 @pytest.mark.timeout(120)
 async def test_two_scheduler_processes_dispatch_every_message_once(
-    database_url: str, topology: Topology
+    database_url: str, topology: Topology, tmp_path: Path
 ) -> None:
     total = 20_000
-    await seed_running_mailing(database_url, total)
-
-    processes = [_start_scheduler(database_url, topology.namespace) for _ in range(2)]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    processes = [_start_scheduler(database_url, topology.namespace, log, "INFO") for log in logs]
     try:
+        # Both run before the mailing exists, so that both take part, and a SIGTERM finds their handlers.
+        for process, log in zip(processes, logs, strict=True):
+            await _wait_until_running(process, log, 60)
+        await seed_running_mailing(database_url, total)
         await _wait_for(database_url, lambda c: c.get("queued", 0) == total, 60)
     finally:
         for process in processes:
