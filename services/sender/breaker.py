@@ -45,6 +45,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probes_out = 0
         self._probes_ok = 0
+        # Each half-open spell is a trial of its own, numbered from 1: a probe belongs to one.
+        self._trial = 0
         self.opened_count = 0
 
     @property
@@ -55,6 +57,7 @@ class CircuitBreaker:
         ):
             self._set(BreakerState.HALF_OPEN)
             self._probes_out = self._probes_ok = 0
+            self._trial += 1
         return self._state
 
     def cooldown_left(self) -> float:
@@ -62,17 +65,22 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self.config.cooldown_seconds - self.clock())
 
-    def try_acquire(self) -> bool:
+    def admit(self) -> int | None:
+        """Whether a call may go now: None when it may not; 0 for a call of the closed breaker; for a
+        probe of the half-open breaker, the number of its trial (see `record` and `release`)."""
         if self._state is BreakerState.CLOSED:
             # Nearly every call: no clock to read.
-            return True
+            return 0
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
+            return 0
         if state is BreakerState.HALF_OPEN and self._probes_out < self.config.probes:
             self._probes_out += 1
-            return True
-        return False
+            return self._trial
+        return None
+
+    def try_acquire(self) -> bool:
+        return self.admit() is not None
 
     def slot(self, until: float, abandoned: Callable[[], bool]) -> CallSlot:
         """A call's turn: `async with breaker.slot(until, abandoned) as slot`; `slot.acquired` says
@@ -80,12 +88,15 @@ class CircuitBreaker:
         released on the way out, whatever the exit (see CallSlot)."""
         return CallSlot(self, until, abandoned)
 
-    def release(self) -> None:
-        """An acquired call that was not made after all: a half-open probe slot becomes free again."""
-        if self._state is BreakerState.HALF_OPEN and self._probes_out > 0:
+    def release(self, trial: int | None = None) -> None:
+        """A probe admitted in `trial` (by default the current one) that was not made after all: its place
+        is free again. A call admitted otherwise (the breaker closed, or an earlier trial) frees none."""
+        if self._state is BreakerState.HALF_OPEN and self._probes_out > 0 and trial in (None, self._trial):
             self._probes_out -= 1
 
-    def record(self, success: bool) -> None:
+    def record(self, success: bool, trial: int | None = None) -> None:
+        """The answer to a call; `trial` is what `admit` gave it (by default a probe of the current trial,
+        when half-open). While half-open, only the current trial's probes count."""
         if success and not self._failures and self._state is BreakerState.CLOSED:
             # Nearly every call: a success in a window without failures changes no count and cannot
             # open the breaker (the slot it pushes out, if any, was a success too).
@@ -93,6 +104,9 @@ class CircuitBreaker:
             return
         state = self._state if self._state is BreakerState.CLOSED else self.state
         if state is BreakerState.HALF_OPEN:
+            if trial not in (None, self._trial):
+                # Admitted before this trial began (the breaker closed then, or an earlier trial).
+                return
             if not success:
                 self._open()
                 return
@@ -133,23 +147,28 @@ class CircuitBreaker:
 class CallSlot:
     """Waits (until `until` on the breaker's clock, or until `abandoned()`) for the breaker to let a
     call through. A half-open breaker lets only a few probes through: a slot taken but left without a
-    recorded call (the call was not made after all) is given back on exit, so no exit path keeps it."""
+    recorded call (the call was not made after all) is given back on exit, so no exit path keeps it. A
+    slot admitted before a half-open trial began neither frees nor counts as one of its probes."""
 
-    __slots__ = ("_abandoned", "_breaker", "_recorded", "_until", "acquired")
+    __slots__ = ("_abandoned", "_breaker", "_recorded", "_trial", "_until")
 
     def __init__(self, breaker: CircuitBreaker, until: float, abandoned: Callable[[], bool]) -> None:
         self._breaker = breaker
         self._until = until
         self._abandoned = abandoned
         self._recorded = False
-        self.acquired = False
+        self._trial: int | None = None  # what the breaker's `admit` gave this slot
+
+    @property
+    def acquired(self) -> bool:
+        return self._trial is not None
 
     async def __aenter__(self) -> CallSlot:
         breaker = self._breaker
-        self.acquired = breaker.try_acquire()
-        while not self.acquired and not self._abandoned() and breaker.clock() < self._until:
+        self._trial = breaker.admit()
+        while self._trial is None and not self._abandoned() and breaker.clock() < self._until:
             await asyncio.sleep(max(POLL_SECONDS, min(breaker.cooldown_left(), MAX_POLL_SECONDS)))
-            self.acquired = breaker.try_acquire()
+            self._trial = breaker.admit()
         return self
 
     async def __aexit__(
@@ -158,9 +177,9 @@ class CallSlot:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.acquired and not self._recorded:
-            self._breaker.release()
+        if self._trial and not self._recorded:
+            self._breaker.release(self._trial)
 
     def record(self, success: bool) -> None:
         self._recorded = True
-        self._breaker.record(success)
+        self._breaker.record(success, self._trial)

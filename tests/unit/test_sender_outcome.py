@@ -170,6 +170,28 @@ async def test_a_probe_slot_whose_call_was_recorded_stays_counted() -> None:
     assert not breaker.try_acquire(), "the first probe's slot was used, not given back"
 
 
+async def test_a_slot_admitted_before_the_breaker_opened_neither_frees_nor_fills_a_probe_place() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        BreakerConfig(window=4, min_calls=2, failure_ratio=0.5, cooldown_seconds=5, probes=1), clock
+    )
+    async with (
+        breaker.slot(until=100.0, abandoned=lambda: False) as early,
+        breaker.slot(until=100.0, abandoned=lambda: False) as late,
+    ):
+        assert early.acquired and late.acquired, "closed: every call goes"
+        breaker.record(False)
+        breaker.record(False)  # other calls failed meanwhile: open, then half-open after the cool-down
+        clock.now = 5.0
+        assert breaker.try_acquire(), "the trial's one probe"
+        early.record(True)
+        assert breaker.state is BreakerState.HALF_OPEN, "an answer from before the trial is not its probe's"
+    # `late` leaves without a call: the probe's place is still taken.
+    assert not breaker.try_acquire()
+    breaker.record(True)  # the probe's own answer
+    assert breaker.state.name == "CLOSED"
+
+
 async def test_a_slot_of_an_open_breaker_is_not_acquired_once_its_time_is_up_or_it_is_abandoned() -> None:
     breaker, clock = half_open_breaker()
     breaker.record(False)  # the probe failed: open again for 5 s
