@@ -63,7 +63,8 @@ class HealthReport:
                     "instance": self.instance,
                     "circuit": int(self.breaker.state),
                     "in_flight": self.sender.calls_in_flight,
-                    "fenced": self.sender.fenced,
+                    # Looked at again here: a sender given no more work would otherwise stay fenced.
+                    "fenced": self.sender.check_fence(),
                     "retry": retry_queued,
                     "parked": parked_queued,
                 },

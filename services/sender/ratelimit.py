@@ -65,11 +65,12 @@ class RateLimiter:
     async def acquire(self, give_up_at: float | None = None) -> bool:
         """Take one token; False when none came before `give_up_at` (a `time.monotonic()` instant)."""
         while True:
+            # Checked on every turn: a caller may have waited long for the lock.
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                return False
             if self._stock > 0:
                 self._stock -= 1
                 return True
-            if give_up_at is not None and time.monotonic() >= give_up_at:
-                return False
             async with self._lock:
                 if self._stock > 0:
                     continue

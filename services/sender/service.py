@@ -26,6 +26,7 @@ from services.sender.settings import SenderSettings
 from services.sender.writer import OutcomeWriter
 from shared.broker import Delivery
 from shared.contracts import SendMessages
+from shared.db import TRANSIENT_DB_ERRORS
 from shared.domain.retry import FailureKind
 from shared.domain.statuses import MessageStatus, Route
 
@@ -195,11 +196,13 @@ class Sender:
         # the scheduler's sweep. Each message then waits for the breaker within its own give-up time.
         await self._wait_for_fence()
         ids = [item.message_id for item in delivery.body.messages]
+        # The lease runs from the claim statement's start, which may wait for row locks: counted from here.
+        claiming = self.clocks.monotonic()
         claims = await self.store.claim(ids, self.lease_seconds)
         if claims:
             # Give up waiting (breaker, callers) well before the lease runs out, so no other copy can
             # claim the message while this one might still call.
-            give_up_at = self.clocks.monotonic() + self.lease_seconds / 2
+            give_up_at = claiming + self.lease_seconds / 2
             batch = _Batch(len(claims))
             self._jobs.extend([(claim, give_up_at, batch) for claim in claims])
             self._wake_callers(len(claims))
@@ -211,7 +214,7 @@ class Sender:
                 raise batch.error
         self.metrics.deliveries.labels("done").inc()
 
-    def _fenced(self) -> bool:
+    def check_fence(self) -> bool:
         """True while outcomes wait longer than `fence_after_seconds` for their commit. A call made then
         might never be recorded: its lease would run out, another sender would claim the message and
         send it again. So no call starts until the writer catches up."""
@@ -265,7 +268,7 @@ class Sender:
         # Holding the delivery, not requeueing it: each requeue counts towards the queue's delivery limit,
         # which would park a healthy delivery. Should the fence last, the scheduler's sweep copies its
         # messages to another sender, and this one's claim finds them final.
-        while self._fenced() and not self.stopping:  # noqa: ASYNC110
+        while self.check_fence() and not self.stopping:  # noqa: ASYNC110
             await asyncio.sleep(FENCE_POLL_SECONDS)
 
     def _abandoned(self) -> bool:
@@ -293,7 +296,7 @@ class Sender:
         async with self.breaker.slot(give_up_at, self._abandoned) as slot:
             if not slot.acquired:
                 return self._give_back(claim, topology.retry_key(0))
-            if self.limiter is not None and not await self.limiter.acquire(give_up_at):
+            if self.limiter is not None and not await _rate_token(self.limiter, claim, give_up_at):
                 return self._give_back(claim, topology.retry_key(0))
             if monotonic() - started > RECHECK_AFTER_WAIT_SECONDS:
                 rechecked = self.cache.fresh(claim.mailing_id) or await self._read_mailing(claim)
@@ -307,7 +310,11 @@ class Sender:
             left = (mailing.end_at - now).total_seconds() - (monotonic() - checked)
             if left <= 0:
                 return self._not_sent(claim, check_sendable(claim, mailing, mailing.end_at))
-            if self._fenced():
+            if self.check_fence():
+                return self._give_back(claim, topology.send_key)
+            if monotonic() >= give_up_at:
+                # A wait above (the rate limit's turn, a slow read of the mailing) ran past it: the lease
+                # could run out during the call, and another copy be claimed and sent.
                 return self._give_back(claim, topology.send_key)
             self.calls_in_flight += 1
             try:
@@ -351,6 +358,18 @@ class Sender:
         decided = outcome.not_sent(claim, verdict)
         _about(claim).info("not sending: {} -> {}", verdict.reason, decided.status)
         return self.writer.submit(decided)
+
+
+async def _rate_token(limiter: RateLimiter, claim: Claim, give_up_at: float) -> bool:
+    """A token of the shared rate limit; False when none came in time or the database could not be asked
+    (the message is then given back, not left leased without an outcome until its lease runs out)."""
+    try:
+        return await limiter.acquire(give_up_at)
+    except TRANSIENT_DB_ERRORS as exc:
+        logger.bind(message_id=claim.message_id, mailing_id=claim.mailing_id).warning(
+            "could not take a rate-limit token ({!r}); giving the message back", exc
+        )
+        return False
 
 
 def _about(claim: Claim) -> Logger:

@@ -164,11 +164,12 @@ async def test_a_frozen_database_connection_fails_the_statement_within_its_deadl
 
 async def test_a_sender_reports_its_circuit_and_fence_for_the_dashboard(engine: AsyncEngine, db: Db) -> None:
     breaker = CircuitBreaker(BreakerConfig(min_calls=1, window=1), time.monotonic)
-    sender = SimpleNamespace(calls_in_flight=4, fenced=False)
+    fence = [False]
+    sender = SimpleNamespace(calls_in_flight=4, check_fence=lambda: fence[0])
     health = HealthReport("host:42", breaker, cast(Sender, sender))
     await health.write(engine, retry_queued=3, parked_queued=None)
     breaker.record(False)  # one failure in a window of one: open
-    sender.fenced = True
+    fence[0] = True
     await health.write(engine, retry_queued=5, parked_queued=1)
 
     rows = await db.execute(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +17,7 @@ from services.sender.checks import Claim, MailingInfo
 from services.sender.metrics import SenderMetrics
 from services.sender.outcome import Outcome
 from services.sender.pacing import Pacer
+from services.sender.ratelimit import RateLimiter
 from services.sender.service import Clocks, Guards, Sender, SenderParts
 from services.sender.settings import SenderSettings
 from services.sender.writer import OutcomeWriter
@@ -69,12 +71,14 @@ NAMESPACE = "t"
 TOPOLOGY = Topology(NAMESPACE)
 
 
-def make_sender(provider: FakeProvider, writer: FakeWriter, pacer: Pacer | None = None) -> Sender:
+def make_sender(
+    provider: FakeProvider, writer: FakeWriter, pacer: Pacer | None = None, limiter: object = None
+) -> Sender:
     settings = SenderSettings(amqp_namespace=NAMESPACE, max_in_flight=1, mailing_recheck_seconds=60.0)
     parts = SenderParts(
         FakeStore(), provider, cast(OutcomeWriter, writer), SenderMetrics(CollectorRegistry())
     )
-    guards = Guards(CircuitBreaker(BreakerConfig(), time.monotonic), pacer)
+    guards = Guards(CircuitBreaker(BreakerConfig(), time.monotonic), pacer, cast(RateLimiter | None, limiter))
     return Sender(settings, parts, guards, Clocks(now=lambda: datetime.now(UTC), monotonic=time.monotonic))
 
 
@@ -138,4 +142,54 @@ async def test_a_sender_whose_outcomes_cannot_be_recorded_makes_no_call_until_th
     writer.unwritten = 0.0
     await sender._deliver(message(2), time.monotonic() + 30)
     assert provider.called == [2]
+    assert fenced(sender) == 0
+
+
+class LateLimiter:
+    """Grants its token only once the message's give-up time has passed: a long wait for the limit."""
+
+    async def acquire(self, give_up_at: float | None = None) -> bool:
+        assert give_up_at is not None
+        await asyncio.sleep(give_up_at - time.monotonic() + 0.01)
+        return True
+
+
+class BrokenLimiter:
+    """The shared bucket's database is away."""
+
+    async def acquire(self, give_up_at: float | None = None) -> bool:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+async def test_no_call_starts_after_the_give_up_time_whatever_the_wait_before_it() -> None:
+    provider, writer = FakeProvider(), FakeWriter()
+    sender = make_sender(provider, writer, limiter=LateLimiter())
+
+    await sender._deliver(message(1), time.monotonic() + 0.05)
+
+    assert provider.called == [], "called with half the lease or less left"
+    (given_back,) = writer.outcomes
+    assert (given_back.status, given_back.attempts, given_back.route) == ("queued", 0, TOPOLOGY.send_key)
+
+
+async def test_a_rate_limit_the_database_cannot_answer_gives_the_message_back() -> None:
+    provider, writer = FakeProvider(), FakeWriter()
+    sender = make_sender(provider, writer, limiter=BrokenLimiter())
+
+    await sender._deliver(message(1), time.monotonic() + 30)
+
+    assert provider.called == []
+    (given_back,) = writer.outcomes
+    assert (given_back.status, given_back.attempts, given_back.route) == ("queued", 0, TOPOLOGY.retry_key(0))
+
+
+async def test_a_fence_lifts_when_looked_at_again_without_new_work() -> None:
+    provider, writer = FakeProvider(), FakeWriter()
+    sender = make_sender(provider, writer)
+    writer.unwritten = 3.5
+    await sender._deliver(message(1), time.monotonic() + 30)
+    assert fenced(sender) == 1
+
+    writer.unwritten = 0.0  # the writer caught up; no delivery comes to this sender any more
+    assert not sender.check_fence()  # what the health report asks every few seconds
     assert fenced(sender) == 0

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, time, timedelta
+from time import monotonic
 
 import pytest
 
@@ -195,6 +197,25 @@ async def test_the_rate_limiter_waits_when_the_bucket_is_empty() -> None:
     limiter = RateLimiter(bucket, rate=1000, chunk=2)
     await limiter.acquire()
     assert bucket.asked == [2, 2]
+
+
+async def test_a_caller_that_waited_for_the_limiter_past_its_give_up_time_gets_no_token() -> None:
+    granted = asyncio.Event()
+
+    class SlowBucket:
+        async def take(self, want: int) -> int:
+            await granted.wait()
+            return want
+
+    limiter = RateLimiter(SlowBucket(), rate=1000, chunk=2)
+    first = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # the first caller holds the limiter's turn, waiting for the bucket
+    late_at = monotonic() + 0.02
+    second = asyncio.create_task(limiter.acquire(late_at))
+    await asyncio.sleep(late_at - monotonic() + 0.01)
+    granted.set()  # two tokens come: one for each caller, but the second one's time is up
+    assert await first
+    assert not await second
 
 
 def test_pacing_spreads_a_burst_of_calls_over_the_lowest_latency_seen() -> None:
