@@ -398,6 +398,10 @@ async def set_mailing_status(
 
 
 async def finish_if_done(conn: AsyncConnection, mailing_id: int, allowed_from: Sequence[str]) -> bool:
+    # The mailing's row first, in a statement of its own, so that the check below reads a snapshot taken
+    # after any writer that held it (a requeue of parked messages): an UPDATE that waits for a row
+    # re-checks that row when it gets it, not its NOT EXISTS.
+    await conn.execute(text("SELECT 1 FROM mailings WHERE id = :id FOR UPDATE"), {"id": mailing_id})
     result = await conn.execute(
         text(
             f"UPDATE mailings SET status = {_FINISHED} WHERE id = :id AND status = ANY(CAST(:old AS text[]))"
