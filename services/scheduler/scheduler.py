@@ -255,8 +255,12 @@ class Scheduler:
         )
         if row.expanded_at is not None:
             expansion.cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
-        if full and row.expanded_at is not None and expansion.zones.timezones:
-            expansion.moved, expansion.expired = await store.replan_pending(conn, plan, expansion.zones, now)
+        if row.expanded_at is not None and expansion.zones.timezones:
+            # A full pass moves every pending message to a changed plan; a later one, those of the clients
+            # changed since (a new timezone is a new local window).
+            expansion.moved, expansion.expired = await store.replan_pending(
+                conn, plan, expansion.zones, now, changed_since
+            )
         # Either can be every client of the mailing: published and logged a chunk at a time, never held.
         ended: list[tuple[str, Sequence[str]]] = (
             [(MessageStatus.CANCELLED, store.UNMATCHED_REASONS)] if expansion.cancelled else []

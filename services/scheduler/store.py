@@ -303,10 +303,23 @@ UNMATCHED_REASONS = (Reason.CLIENT_DELETED, Reason.CLIENT_NO_LONGER_MATCHES)
 
 
 async def replan_pending(
-    conn: AsyncConnection, plan: MailingPlan, zones: TimezonePlan, now: datetime
+    conn: AsyncConnection,
+    plan: MailingPlan,
+    zones: TimezonePlan,
+    now: datetime,
+    changed_since: datetime | None = None,
 ) -> tuple[int, int]:
-    """Moves pending messages to the current window and period; returns how many moved and how many
-    expired (counted in SQL: read the expired ones with `finalized_at`)."""
+    """Moves pending messages to the current window and period (with `changed_since`, only those of the
+    clients changed since: a new timezone moves the client's window); returns how many moved and how
+    many expired (counted in SQL: read the expired ones with `finalized_at`)."""
+    params: dict[str, Any] = {
+        "mid": plan.id,
+        "tzs": zones.timezones,
+        "nbs": zones.not_befores,
+        "reason": Reason.NO_OPENING,
+        "now": now,
+    }
+    changed = _changed_sql(changed_since, params)
     row = (
         await conn.execute(
             text(
@@ -318,20 +331,14 @@ async def replan_pending(
                 " FROM clients c"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
                 " ON p.tz = c.timezone"
-                f" WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = {_PENDING}"
+                f" WHERE c.id = m.client_id AND m.mailing_id = :mid AND m.status = {_PENDING} {changed}"
                 # A due message that may still be sent now keeps its place in the queue.
                 " AND (p.nb IS NULL OR (m.not_before <> p.nb AND NOT (m.not_before <= :now AND p.nb = :now)))"
                 " RETURNING m.status)"
                 f" SELECT count(*) FILTER (WHERE status = {_PENDING}) AS moved,"
                 f" count(*) FILTER (WHERE status = {_EXPIRED}) AS expired FROM moved"
             ),
-            {
-                "mid": plan.id,
-                "tzs": zones.timezones,
-                "nbs": zones.not_befores,
-                "reason": Reason.NO_OPENING,
-                "now": now,
-            },
+            params,
         )
     ).one()
     return int(row.moved), int(row.expired)

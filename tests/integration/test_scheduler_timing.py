@@ -259,6 +259,28 @@ async def test_client_written_by_a_transaction_open_across_expansions_gets_its_m
     assert late in await messages(engine, mailing)
 
 
+async def test_a_clients_new_timezone_moves_its_waiting_message_to_the_new_local_window(
+    engine: AsyncEngine,
+) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    client = await add_client(engine, "Europe/Moscow")
+    # 12:00-13:00 local: 09:00 UTC in Moscow; in Omsk (UTC+6), 06:00 UTC, when the mailing starts.
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5), window=(time(12), time(13)))
+    await scheduler.tick(T0)
+    assert (await messages(engine, mailing))[client][:2] == ("pending", T0 + timedelta(hours=3))
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE clients SET timezone = 'Asia/Omsk', updated_at = now() WHERE id = :id"),
+            {"id": client},
+        )
+    await scheduler.tick(T0 + timedelta(minutes=1))
+
+    assert (await messages(engine, mailing))[client][:2] == ("queued", T0 + timedelta(minutes=1))
+    assert publisher.sent_ids == list((await message_ids_of(engine, mailing)).values())
+
+
 async def test_filter_change_cancels_unmatched_and_replans_window(engine: AsyncEngine) -> None:
     publisher = RecordingPublisher()
     scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
