@@ -177,7 +177,10 @@ async def delete_client(session: AsyncSession, client_id: int, now: datetime) ->
     """Delete a client (soft: its sent messages keep their history) and cancel its messages not final
     yet; answers the ids of the cancelled ones."""
     deleted = await session.scalar(
-        update(Client).where(_live(client_id)).values(deleted_at=func.now()).returning(Client.id)
+        update(Client)
+        .where(_live(client_id))
+        .values(deleted_at=func.now(), updated_at=func.now())  # a change the scheduler picks up
+        .returning(Client.id)
     )
     if deleted is None:
         raise NotFound("client", client_id)

@@ -91,6 +91,19 @@ async def test_a_deleted_clients_phone_can_be_used_again(api: httpx.AsyncClient)
     assert second.json()["id"] != first["id"]
 
 
+async def test_deleting_a_client_moves_its_updated_at_so_the_scheduler_sees_the_change(
+    api: httpx.AsyncClient, api_settings: ApiSettings
+) -> None:
+    created = (await api.post("/api/v1/clients", json=CLIENT)).json()
+    assert (await api.delete(f"/api/v1/clients/{created['id']}")).status_code == 204
+    with psycopg.connect(api_settings.psycopg_dsn) as conn:
+        row = conn.execute(
+            "SELECT updated_at > created_at, updated_at = deleted_at FROM clients WHERE id = %s",
+            (created["id"],),
+        ).fetchone()
+    assert row == (True, True)
+
+
 async def test_a_deleted_client_is_gone_from_reads_and_lists(api: httpx.AsyncClient) -> None:
     client_id = (await api.post("/api/v1/clients", json=CLIENT)).json()["id"]
     await api.delete(f"/api/v1/clients/{client_id}")
