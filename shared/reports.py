@@ -44,6 +44,12 @@ class DailyReport:
         return {s: sum(m.day.get(s, 0) for m in self.mailings) for s in FINAL_STATUSES}
 
 
+# The days whose bounds exist in every timezone: a day's end in UTC, or its start, would fall outside
+# what `datetime` holds for the first and last days of the calendar.
+FIRST_DAY = date(1, 1, 2)
+LAST_DAY = date(9999, 12, 30)
+
+
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:
     """The UTC instant local day `day` begins (a midnight skipped by DST resolves to the first hour after)."""
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)

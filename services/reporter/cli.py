@@ -15,7 +15,15 @@ from services.reporter.mailer import Mailer, SmtpMailer
 from services.reporter.report import render
 from services.reporter.settings import ReporterSettings
 from shared.db import make_engine
-from shared.reports import DailyReport, daily_report
+from shared.reports import FIRST_DAY, LAST_DAY, DailyReport, daily_report
+
+
+def local_day(text: str) -> date:
+    """YYYY-MM-DD, a day whose bounds every timezone has."""
+    day = date.fromisoformat(text)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise argparse.ArgumentTypeError(f"{text}: a day from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
         ("send", "send a day's report now"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--day", type=date.fromisoformat, required=True, help="YYYY-MM-DD, local day")
+        command.add_argument("--day", type=local_day, required=True, help="YYYY-MM-DD, local day")
     return cli
 
 

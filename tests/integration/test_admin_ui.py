@@ -212,6 +212,23 @@ async def test_clients_list_counts_up_to_the_bound(
     assert "2+ in all" in by_phone.text
 
 
+async def test_a_page_past_the_last_shows_the_last_page_its_pager_names(
+    api: httpx.AsyncClient, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for phone in ("79001110001", "79001110002", "79001110003"):
+        await add_client(api, phone)
+    monkeypatch.setattr(pages, "CLIENTS_PAGE", 2)
+    async with login("viewer") as ui:
+        stale = await ui.get("/admin/clients", params={"page": "7"})  # a link from before deletions
+        last = await ui.get("/admin/clients", params={"page": "2"})
+
+    def phones(page: httpx.Response) -> list[str]:
+        return re.findall(r"7900111000\d", page.text)
+
+    assert len(phones(last)) == 1
+    assert phones(stale) == phones(last)
+
+
 async def test_mailing_form_shows_the_api_rules_errors_at_their_fields(
     login: Login, api: httpx.AsyncClient
 ) -> None:
@@ -427,6 +444,12 @@ async def test_daily_report_page_shows_the_figures_of_the_daily_email(
         r"<dt>failed</dt><dd>1</dd>", page.text
     )
     assert "No message reached a final status that day" in other.text
+
+
+async def test_a_report_day_at_the_calendars_edge_is_refused_not_an_error(login: Login) -> None:
+    async with login("viewer") as ui:
+        answers = [await ui.get("/admin/reports", params={"day": d}) for d in ("9999-12-31", "0001-01-01")]
+    assert [a.status_code for a in answers] == [422, 422]
 
 
 async def test_an_api_key_created_in_the_ui_is_shown_once_and_works(

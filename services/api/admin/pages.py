@@ -4,7 +4,7 @@ service functions (and request schemas) the REST API uses; forms show those rule
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,7 +35,7 @@ from shared.domain.statuses import (
     can_transition_mailing,
 )
 from shared.models import Mailing
-from shared.reports import FINAL_STATUSES, daily_report
+from shared.reports import FINAL_STATUSES, FIRST_DAY, LAST_DAY, daily_report
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["statuses"] = [s.value for s in MessageStatus]
@@ -115,6 +115,18 @@ def _offset(page: int, size: int) -> int:
     """The OFFSET of `page`, within the first PAGED_ROWS rows."""
     last = max(1, math.ceil(PAGED_ROWS / size))
     return (min(page, last) - 1) * size
+
+
+PageFetch = Callable[[int], Awaitable[tuple[Sequence[Any], int, dict[str, int | bool]]]]
+
+
+async def _within_pages(fetch: PageFetch, page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
+    """`fetch(page)`: its rows, their total and the pager; a page past the last (a stale link after
+    deletions) is fetched again as the last page, the one its pager shows."""
+    rows, total, pager = await fetch(page)
+    if not rows and int(pager["page"]) < page:
+        return await fetch(int(pager["page"]))
+    return rows, total, pager
 
 
 def _errors(exc: ValidationError | RequestValidationError, field_of: Any = None) -> Errors:
@@ -401,14 +413,18 @@ async def _messages_context(
     q: str,
     page: int,
 ) -> dict[str, Any]:
-    rows, total = await dashboard_service.mailing_messages(
-        session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE), SEARCH_ROWS
-    )
-    more = bool(q.strip()) and total > SEARCH_ROWS
+    async def fetch(page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
+        rows, total = await dashboard_service.mailing_messages(
+            session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE), SEARCH_ROWS
+        )
+        more = bool(q.strip()) and total > SEARCH_ROWS
+        return rows, total, _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more)
+
+    rows, total, pager = await _within_pages(fetch, page)
     return {
         "mailing_id": mailing_id,
         "messages": rows,
-        "pager": _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more),
+        "pager": pager,
         "status": "" if status is None else status.value,
         "q": q,
     }
@@ -496,17 +512,21 @@ async def clients(
         phone_prefix=prefix,
     )
     # A phone search lists by phone: the range of the phone index, in its order.
-    rows, counted = await clients_service.list_clients(
-        session,
-        conditions,
-        CLIENTS_PAGE,
-        _offset(page, CLIENTS_PAGE),
-        count_cap=PAGED_ROWS,
-        by_phone=prefix is not None,
-    )
+    async def fetch(page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
+        rows, counted = await clients_service.list_clients(
+            session,
+            conditions,
+            CLIENTS_PAGE,
+            _offset(page, CLIENTS_PAGE),
+            count_cap=PAGED_ROWS,
+            by_phone=prefix is not None,
+        )
+        return rows, counted, _pages(min(counted, PAGED_ROWS), CLIENTS_PAGE, page, more=counted > PAGED_ROWS)
+
+    rows, _, pager = await _within_pages(fetch, page)
     context = {
         "clients": rows,
-        "pager": _pages(min(counted, PAGED_ROWS), CLIENTS_PAGE, page, more=counted > PAGED_ROWS),
+        "pager": pager,
         "filters": {"tag": tag, "operator_code": operator_code, "timezone": timezone, "phone": phone},
     }
     name = "partials/clients_table.html" if request.headers.get("hx-request") else "clients.html"
@@ -626,7 +646,7 @@ async def report_page(
     user: UserDep,
     session: SessionDep,
     settings: AdminSettingsDep,
-    day: date | None = None,
+    day: Annotated[date | None, Query(ge=FIRST_DAY, le=LAST_DAY)] = None,
 ) -> HTMLResponse:
     zone = settings.report_timezone
     chosen = day or utc_now().astimezone(ZoneInfo(zone)).date()
