@@ -96,7 +96,11 @@ def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def _pages(total: int, size: int, page: int, *, more: bool = False) -> dict[str, int | bool]:
+Pager = dict[str, int | bool]
+PageFetch = Callable[[int], Awaitable[tuple[Sequence[Any], Pager]]]
+
+
+def _pages(total: int, size: int, page: int, *, more: bool = False) -> Pager:
     """The pager of a list of `total` rows (`more`: at least that many), paging through the first
     PAGED_ROWS at most; `page` is the one shown, brought within those."""
     pages = max(1, math.ceil(min(total, PAGED_ROWS) / size))
@@ -117,16 +121,13 @@ def _offset(page: int, size: int) -> int:
     return (min(page, last) - 1) * size
 
 
-PageFetch = Callable[[int], Awaitable[tuple[Sequence[Any], int, dict[str, int | bool]]]]
-
-
-async def _within_pages(fetch: PageFetch, page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
-    """`fetch(page)`: its rows, their total and the pager; a page past the last (a stale link after
-    deletions) is fetched again as the last page, the one its pager shows."""
-    rows, total, pager = await fetch(page)
+async def _within_pages(fetch: PageFetch, page: int) -> tuple[Sequence[Any], Pager]:
+    """`fetch(page)`: its rows and their pager; a page past the last (a stale link after deletions) is
+    fetched again as the last page, the one its pager shows."""
+    rows, pager = await fetch(page)
     if not rows and int(pager["page"]) < page:
         return await fetch(int(pager["page"]))
-    return rows, total, pager
+    return rows, pager
 
 
 def _errors(exc: ValidationError | RequestValidationError, field_of: Any = None) -> Errors:
@@ -413,14 +414,14 @@ async def _messages_context(
     q: str,
     page: int,
 ) -> dict[str, Any]:
-    async def fetch(page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
+    async def fetch(page: int) -> tuple[Sequence[Any], Pager]:
         rows, total = await dashboard_service.mailing_messages(
             session, mailing_id, status, q, counts, MESSAGES_PAGE, _offset(page, MESSAGES_PAGE), SEARCH_ROWS
         )
         more = bool(q.strip()) and total > SEARCH_ROWS
-        return rows, total, _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more)
+        return rows, _pages(min(total, SEARCH_ROWS) if more else total, MESSAGES_PAGE, page, more=more)
 
-    rows, total, pager = await _within_pages(fetch, page)
+    rows, pager = await _within_pages(fetch, page)
     return {
         "mailing_id": mailing_id,
         "messages": rows,
@@ -511,8 +512,9 @@ async def clients(
         timezone=timezone.strip() or None,
         phone_prefix=prefix,
     )
+
     # A phone search lists by phone: the range of the phone index, in its order.
-    async def fetch(page: int) -> tuple[Sequence[Any], int, dict[str, int | bool]]:
+    async def fetch(page: int) -> tuple[Sequence[Any], Pager]:
         rows, counted = await clients_service.list_clients(
             session,
             conditions,
@@ -521,9 +523,9 @@ async def clients(
             count_cap=PAGED_ROWS,
             by_phone=prefix is not None,
         )
-        return rows, counted, _pages(min(counted, PAGED_ROWS), CLIENTS_PAGE, page, more=counted > PAGED_ROWS)
+        return rows, _pages(min(counted, PAGED_ROWS), CLIENTS_PAGE, page, more=counted > PAGED_ROWS)
 
-    rows, _, pager = await _within_pages(fetch, page)
+    rows, pager = await _within_pages(fetch, page)
     context = {
         "clients": rows,
         "pager": pager,
