@@ -223,6 +223,18 @@ class SenderHealth(Base):
     reported_at: Mapped[datetime] = _now()
 
 
+class AdminSessionEnded(Base):
+    """An admin UI session ended by its sign-out. The session is a signed cookie: a copy of it would
+    otherwise stay valid until it expires."""
+
+    __tablename__ = "admin_sessions_ended"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ended_at: Mapped[datetime] = _now()
+    # When the session would have expired anyway: the row is not needed after it.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+
+
 class SendProgress(Base):
     """How far a send queue has been consumed: the entry time of the newest message claimed from it."""
 

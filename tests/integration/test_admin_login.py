@@ -23,6 +23,7 @@ from scripts.dev_token import access_token
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
 from services.api.app import SESSION_COOKIE, build_api
 from services.api.settings import DEV_OIDC_CLIENT_ID, ApiSettings
+from tests.admin_session import session_data, signed
 
 from .test_api_mailings import mailing_body
 
@@ -133,7 +134,7 @@ async def test_the_session_cookie_is_signed_httponly_lax_scoped_and_expiring(ui:
     assert "max-age=28800" in cookie.lower()
     assert "secure" not in attributes  # http:// public URL; https:// gives Secure (next test)
     stored = json.loads(base64.b64decode(cookie.split("=", 1)[1].split(".")[0] + "=="))
-    assert set(stored) == {"sub", "name", "role", "id_token", "csrf"}
+    assert set(stored) == {"sub", "name", "role", "id_token", "csrf", "sid", "signed_in_at"}
 
 
 async def test_an_https_public_url_makes_the_cookie_secure(api_settings: ApiSettings, provider: str) -> None:
@@ -208,8 +209,35 @@ async def test_logout_clears_the_session_and_ends_it_at_the_provider(
     assert (await ui.get("/admin/auth/signed-out")).status_code == 200
 
 
+async def test_a_copy_of_the_session_cookie_is_refused_after_the_sign_out(ui: httpx.AsyncClient) -> None:
+    await sign_in(ui, "operator")
+    token = (await ui.get(PAGE)).json()["csrf"]
+    kept = ui.cookies.get(SESSION_COOKIE, path="/admin")
+    assert kept
+    assert (await ui.post("/admin/logout", data={"csrf_token": token})).status_code == 303
+    ui.cookies.set(SESSION_COOKIE, kept, path="/admin")  # replayed from elsewhere
+    assert (await ui.get(PAGE)).status_code == 303
+    assert (await ui.get("/admin/auth/me")).status_code == 401
+    change = await ui.post("/admin/_test/change", data={"csrf_token": token})
+    assert change.status_code == 303 and change.headers["location"].startswith("/admin/login")
+
+
+async def test_a_session_ends_its_lifetime_after_the_sign_in_however_often_it_is_used(
+    ui: httpx.AsyncClient,
+) -> None:
+    # Renewed on every answer, the cookie's own stamp is always fresh: the sign-in's time is what ends it.
+    for signed_in_at, expected in ((time.time() - 8 * 3600 + 60, 200), (time.time() - 8 * 3600 - 1, 303)):
+        ui.cookies.clear()
+        ui.cookies.set(
+            SESSION_COOKIE,
+            signed(session_data("admin", signed_in_at=signed_in_at), secret=SESSION_SECRET),
+            path="/admin",
+        )
+        assert (await ui.get(PAGE)).status_code == expected
+
+
 async def test_an_expired_session_goes_back_to_the_login(ui: httpx.AsyncClient) -> None:
-    session = {"sub": "admin", "name": "Ada", "role": "admin", "csrf": "x"}
+    session = session_data("admin")
     data = base64.b64encode(json.dumps(session).encode())
 
     class EightHoursAgo(itsdangerous.TimestampSigner):

@@ -2,11 +2,14 @@
 
 Pages use exactly these names: `UiUser`, `Role`, `current_user`, `require_role`, `csrf_token`,
 `verify_csrf`. The session (a signed cookie) holds only `sub`, `name`, `role`, `id_token` (the logout
-hint) and `csrf`, plus Authlib's state while a login is under way."""
+hint), `csrf`, `sid` (the session's own id) and `signed_in_at`, plus Authlib's state while a login is
+under way. A session ends at its sign-out (its id is recorded as ended: a copy of the cookie is refused
+too) or `MAILING_SESSION_MAX_AGE_SECONDS` after its sign-in, however often it is used."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -14,7 +17,10 @@ from urllib.parse import urlencode, urlsplit
 
 from fastapi import Depends, Request
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.api.admin import sessions
+from services.api.deps import SessionDep
 from shared.domain.roles import Role
 
 __all__ = [
@@ -24,12 +30,15 @@ __all__ = [
     "Role",
     "UiUser",
     "admin_session",
+    "begin_session",
     "csrf_token",
     "current_user",
     "login_url",
     "require_role",
     "safe_next",
+    "session_ends_at",
     "session_user",
+    "signed_in_user",
     "verify_csrf",
 ]
 
@@ -85,13 +94,51 @@ def admin_session(request: Request) -> dict[str, Any]:
     return session
 
 
+SESSION_ID = "sid"
+SIGNED_IN_AT = "signed_in_at"
+
+
+def begin_session(request: Request, user: UiUser, **kept: Any) -> None:
+    """A new session for `user` (after the session was cleared): its own id, its sign-in time, a CSRF
+    token, and `kept` (the provider's id token)."""
+    admin_session(request).update(
+        sub=user.subject,
+        name=user.name,
+        role=user.role.value,
+        csrf=secrets.token_urlsafe(32),
+        **{SESSION_ID: secrets.token_urlsafe(32), SIGNED_IN_AT: time.time()},
+        **kept,
+    )
+
+
+def session_ends_at(request: Request) -> float | None:
+    """When the session ends at the latest (epoch seconds): its sign-in plus the session's lifetime."""
+    signed_in_at = admin_session(request).get(SIGNED_IN_AT)
+    if not isinstance(signed_in_at, int | float):
+        return None
+    max_age: int = request.app.state.settings.session_max_age_seconds
+    return float(signed_in_at) + max_age
+
+
 def session_user(request: Request) -> UiUser | None:
-    """The signed-in user, or None (no login yet, expired or cleared session)."""
+    """The signed-in user, or None (no login yet, a cleared session, one older than its lifetime, or one
+    from before sessions had an id). Whether its sign-out ended it is `current_user`'s check."""
     session = admin_session(request)
+    ends_at = session_ends_at(request)
+    if ends_at is None or time.time() >= ends_at or not isinstance(session.get(SESSION_ID), str):
+        return None
     try:
         return UiUser(subject=session["sub"], name=session["name"], role=Role(session["role"]))
     except (KeyError, ValueError):
         return None
+
+
+async def signed_in_user(request: Request, db: AsyncSession) -> UiUser | None:
+    """`session_user`, unless a sign-out ended the session (a copy of its cookie kept somewhere)."""
+    user = session_user(request)
+    if user is None or await sessions.is_ended(db, admin_session(request)[SESSION_ID]):
+        return None
+    return user
 
 
 def _page_of(request: Request) -> str:
@@ -105,10 +152,10 @@ def _page_of(request: Request) -> str:
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
-async def current_user(request: Request) -> AsyncIterator[UiUser]:
+async def current_user(request: Request, db: SessionDep) -> AsyncIterator[UiUser]:
     """The signed-in user (a dependency); without a session the browser is sent to the login. Binds the
     user's subject as `actor` to every log line of the request."""
-    user = session_user(request)
+    user = await signed_in_user(request, db)
     if user is None:
         raise LoginRequired(_page_of(request))
     request.state.actor = user.subject

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,17 +12,23 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from loguru import logger
 from markupsafe import Markup
 
+from services.api.admin import sessions
 from services.api.admin.html import page
 from services.api.admin.identity import (
     ADMIN_HOME,
+    SESSION_ID,
     LoginUnavailable,
     UiUser,
     admin_session,
+    begin_session,
     current_user,
     safe_next,
+    session_ends_at,
     session_user,
+    signed_in_user,
     verify_csrf,
 )
+from services.api.deps import SessionDep
 from services.api.settings import ApiSettings, OidcConfig
 from shared.domain.roles import role_from_claims
 
@@ -129,26 +134,24 @@ async def callback(request: Request) -> Response:
             '<p><a href="/admin/login">Sign in as someone else</a></p>'
         ).format(name, ", ".join(sorted(config.role_map)), config.role_claim)
         return HTMLResponse(page("No access", body), status_code=403)
-    session.update(
-        sub=subject,
-        name=name,
-        role=role.value,
-        id_token=token.get("id_token"),
-        csrf=secrets.token_urlsafe(32),
-    )
+    begin_session(request, UiUser(subject, name, role), id_token=token.get("id_token"))
     request.state.actor = subject
     logger.bind(actor=subject).info("signed in to the admin UI: {} ({}) as {}", subject, name, role.value)
     return RedirectResponse(next_url, status_code=303)
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    """Ends the session, and at the provider when it supports RP-initiated logout."""
+async def logout(request: Request, db: SessionDep) -> Response:
+    """Ends the session (recorded: a copy of its cookie is refused too), and at the provider when it
+    supports RP-initiated logout."""
     session = admin_session(request)
     target = SIGNED_OUT_PATH
     user = session_user(request)
-    if user is not None:
+    ends_at = session_ends_at(request)
+    if user is not None and ends_at is not None:
         await verify_csrf(request)
+        await sessions.end(db, session[SESSION_ID], ends_at)
+        await db.commit()
         id_token = session.get("id_token")
         session.clear()
         request.state.actor = user.subject
@@ -184,9 +187,9 @@ async def signed_out() -> HTMLResponse:
 
 
 @router.get("/auth/me")
-async def me(request: Request) -> JSONResponse:
+async def me(request: Request, db: SessionDep) -> JSONResponse:
     """Who is signed in (for scripts and the UI): subject, name, role; 401 when nobody is."""
-    user: UiUser | None = session_user(request)
+    user = await signed_in_user(request, db)
     if user is None:
         return JSONResponse({"detail": "not signed in"}, status_code=401)
     return JSONResponse({"subject": user.subject, "name": user.name, "role": user.role.value})
