@@ -193,8 +193,10 @@ class Scheduler:
                     ending = (MessageStatus.EXPIRED, Reason.MAILING_ENDED, status)
                 if row.expanded_at is None or not ended:
                     expansion = await self._begin_expansion(conn, row, now, log)
-        if expansion is not None and not await self._expand(expansion, now, log, finish=ending is None):
-            return False
+        if expansion is not None:
+            await self._publish_ended(expansion, now, log)
+            if not await self._expand(expansion, now, log, finish=ending is None):
+                return False
         if ending is not None:
             await self._end_open_messages(mailing_id, *ending, now, log)
         return True
@@ -208,7 +210,7 @@ class Scheduler:
         now: datetime,
         log: Logger,
     ) -> None:
-        """Ends a mailing's open messages a chunk a transaction, each chunk's events confirmed before its
+        """Ends a mailing's open messages a chunk a transaction, each chunk's events published after its
         commit: a mailing of millions never sits in memory, and a crash midway leaves the rest open for
         the next tick. With `finish_from` (the mailing's status) the mailing is finished after the last."""
         limit = self.settings.dispatch_batch
@@ -218,8 +220,6 @@ class Scheduler:
                 if not await store.try_lock_mailing(conn, mailing_id):
                     return
                 chunk = await store.finalize_unfinished(conn, mailing_id, status, reason, now, limit)
-                if chunk:
-                    await self._publish_finalized(chunk, now)
                 last = len(chunk) < limit
                 if (
                     last
@@ -227,6 +227,10 @@ class Scheduler:
                     and await store.finish_if_done(conn, mailing_id, (RUNNING, PAUSED))
                 ):
                     log.info("mailing finished: status {} -> finished", finish_from)
+            # After the commit: an outcome published for rows rolled back would be counted by the reporter
+            # for a message that did not end so. One lost in a crash here, the reporter's backfill adds.
+            if chunk:
+                await self._publish_finalized(chunk, now)
             self._count_finalized(chunk, log)
             if last:
                 return
@@ -261,18 +265,25 @@ class Scheduler:
             expansion.moved, expansion.expired = await store.replan_pending(
                 conn, plan, expansion.zones, now, changed_since
             )
-        # Either can be every client of the mailing: published and logged a chunk at a time, never held.
+        return expansion
+
+    async def _publish_ended(self, expansion: _Expansion, now: datetime, log: Logger) -> None:
+        """The outcomes of the messages the expansion's first step ended (cancelled, expired), read back
+        after its commit. Either can be every client of the mailing: published and logged a chunk at a
+        time, never held."""
         ended: list[tuple[str, Sequence[str]]] = (
             [(MessageStatus.CANCELLED, store.UNMATCHED_REASONS)] if expansion.cancelled else []
         )
         ended += [(MessageStatus.EXPIRED, (Reason.NO_OPENING,))] if expansion.expired else []
-        for status, reasons in ended:
-            async for chunk in store.finalized_at(
-                conn, plan.id, status, reasons, now, self.settings.dispatch_batch
-            ):
-                await self._publish_finalized(chunk, now)
-                self._count_finalized(chunk, log)
-        return expansion
+        if not ended:
+            return
+        async with self.engine.connect() as conn:
+            for status, reasons in ended:
+                async for chunk in store.finalized_at(
+                    conn, expansion.plan.id, status, reasons, now, self.settings.dispatch_batch
+                ):
+                    await self._publish_finalized(chunk, now)
+                    self._count_finalized(chunk, log)
 
     async def _expand(self, expansion: _Expansion, now: datetime, log: Logger, *, finish: bool) -> bool:
         """Writes the messages a chunk of clients a transaction, handing those due now to the sender as
@@ -301,8 +312,8 @@ class Scheduler:
                     queued_at=now if await self._may_queue(conn, current, now, outstanding, size) else None,
                     skip_existing=expansion.again,
                 )
-                if chunk.expired:
-                    await self._publish_finalized(chunk.expired, now)
+            if chunk.expired:
+                await self._publish_finalized(chunk.expired, now)
             if chunk.last_client_id is None:
                 break
             after = chunk.last_client_id

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scheduler import store as scheduler_store
+from shared.contracts import MessagesFinalized
 
 from .test_scheduler_helpers import (
     RecordingPublisher,
@@ -145,6 +147,51 @@ async def test_a_client_without_an_opening_before_the_end_is_expired_with_a_reas
     assert rows[fine][0] == "queued"
     outcomes = [o for event in publisher.events for o in event.outcomes]
     assert [(o.client_id, o.status) for o in outcomes] == [(late, "expired")]
+
+
+class CommittedFirstPublisher(RecordingPublisher):
+    """Records, for each outcome event, how many of its messages another connection already sees in
+    their final status: an outcome published before its commit could be rolled back after."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.seen: list[tuple[int, int]] = []  # (outcomes, of them committed as published)
+
+    async def finalized(self, events: Sequence[MessagesFinalized]) -> None:
+        await super().finalized(events)
+        pairs = [(o.message_id, o.status) for event in events for o in event.outcomes]
+        async with self.engine.connect() as conn:
+            committed = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM messages m JOIN unnest(CAST(:ids AS bigint[]), CAST(:st AS text[]))"
+                    " AS p(id, status) ON p.id = m.id AND p.status = m.status"
+                ),
+                {"ids": [i for i, _ in pairs], "st": [str(st) for _, st in pairs]},
+            )
+        self.seen.append((len(pairs), int(committed or 0)))
+
+
+async def test_every_outcome_the_scheduler_publishes_is_committed_first(engine: AsyncEngine) -> None:
+    publisher = CommittedFirstPublisher(engine)
+    scheduler = make_scheduler(engine, scheduler_settings(str(engine.url)), publisher)
+    await add_client(engine, "Asia/Vladivostok", tag="a")  # no opening before the end: expired at once
+    waiting = await add_client(engine, "Europe/Moscow", tag="a")  # waits for 09:00 Moscow
+    dropped = await add_client(engine, "Europe/Moscow", tag="b")
+    # 06:00-08:00 UTC: 09:00-11:00 in Moscow, 16:00-18:00 in Vladivostok (outside 09:00-15:00).
+    mailing = await add_mailing(
+        engine, T0 - timedelta(hours=1), T0 + timedelta(hours=2), window=(time(9), time(15))
+    )
+    await scheduler.tick(T0 - timedelta(hours=1))
+    await set_mailing(engine, mailing, "filter_tags = '{a}'")  # `dropped` is cancelled
+    await scheduler.tick(T0 - timedelta(minutes=59))
+    await set_mailing(engine, mailing, "end_at = :end", end=T0 - timedelta(minutes=58))
+    await scheduler.tick(T0 - timedelta(minutes=58))  # ended: `waiting` expires
+
+    rows = await messages(engine, mailing)
+    assert (rows[dropped][0], rows[waiting][0]) == ("cancelled", "expired")
+    assert len(publisher.seen) == 3, publisher.seen
+    assert all(committed == outcomes for outcomes, committed in publisher.seen), publisher.seen
 
 
 async def test_nothing_is_dispatched_after_the_end_and_the_mailing_finishes(engine: AsyncEngine) -> None:
