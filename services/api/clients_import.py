@@ -37,6 +37,7 @@ from shared.logging import batched_lines
 
 COLUMNS = ("phone", "operator_code", "tag", "timezone")
 REQUIRED = ("phone", "timezone")
+OPTIONAL = frozenset(COLUMNS) - frozenset(REQUIRED)
 MAX_REPORTED_ERRORS = 1000
 
 # line, phone, operator code, tag, timezone
@@ -128,6 +129,8 @@ class _Parsed:
         self.rejected = 0
         self.errors: list[RowError] = []
         self.validator = _Validator()
+        # The optional columns the header names: an existing client keeps what the file does not give.
+        self.optional: frozenset[str] = frozenset()
 
     def reject(self, line: int, problems: list[tuple[str, str]]) -> None:
         self.rejected += 1
@@ -153,6 +156,7 @@ def _chunks(text: io.TextIOBase, parsed: _Parsed, chunk_rows: int, max_rows: int
         if len(set(names)) != len(names):
             raise _file_error("the header names a column twice")
         wanted = [(i, n) for i, n in enumerate(names) if n in COLUMNS]
+        parsed.optional = frozenset(names) & OPTIONAL
         chunk: list[Row] = []
         rows = 0
         for record in reader:
@@ -205,6 +209,8 @@ SELECT line, first, count(*) OVER () FROM gone ORDER BY line LIMIT %(limit)s
 # the file lands in one part, where the upsert refuses it), what it wrote (id, the row's line, created or
 # updated) kept in a staging table for the log lines, and the counts. A part of at most UPSERT_ROWS rows
 # a statement keeps each statement well inside the statement timeout, whatever the file's length.
+# An existing client gets the file's timezone, and its operator code and tag only when the header names
+# them (a file of phones and timezones changes no tag); a new one gets the rules' defaults for those.
 UPSERT = """
 WITH part AS (
     SELECT line, phone, operator_code, tag, timezone FROM client_import
@@ -213,8 +219,7 @@ WITH part AS (
     INSERT INTO clients (phone, operator_code, tag, timezone)
     SELECT phone, operator_code, tag, timezone FROM part
     ON CONFLICT (phone) WHERE deleted_at IS NULL DO UPDATE
-        SET operator_code = EXCLUDED.operator_code, tag = EXCLUDED.tag,
-            timezone = EXCLUDED.timezone, updated_at = now()
+        SET {given}timezone = EXCLUDED.timezone, updated_at = now()
     RETURNING id, phone, (xmax = 0) AS created
 ), written AS (
     INSERT INTO client_import_written (client_id, line, created)
@@ -356,32 +361,37 @@ async def _copy_rows(cursor: Any, chunks: Iterator[list[Row]]) -> int:
     return copied
 
 
-async def _upsert_parts(cursor: Any, copied: int) -> tuple[int, int]:
-    """Created and written (created or updated) clients, the staging table upserted a part at a time."""
+async def _upsert_parts(cursor: Any, copied: int, optional: frozenset[str]) -> tuple[int, int]:
+    """Created and written (created or updated) clients, the staging table upserted a part at a time;
+    `optional`: the optional columns the file gives, written over an existing client's."""
+    given = "".join(f"{column} = EXCLUDED.{column}, " for column in sorted(optional & OPTIONAL))
+    upsert = UPSERT.replace("{given}", given)
     parts = -(-copied // UPSERT_ROWS)
     created = written = 0
     for part in range(parts):
-        await cursor.execute(UPSERT, {"parts": parts, "part": part})
+        await cursor.execute(upsert, {"parts": parts, "part": part})
         part_created, part_written = await cursor.fetchone()
         created += part_created
         written += part_written
     return created, written
 
 
-async def _upsert(cursor: Any, copied: int, duplicate_errors: list[RowError]) -> _Written:
+async def _upsert(
+    cursor: Any, copied: int, optional: frozenset[str], duplicate_errors: list[RowError]
+) -> _Written:
     """The upsert of the staging table. It refuses a phone that comes twice; only then are the repeats
     taken out (each reported as an error, the first MAX_REPORTED_ERRORS by line) and the upsert run again."""
     result = _Written()
     await cursor.execute("SAVEPOINT client_import_upsert")
     try:
-        result.created, result.written = await _upsert_parts(cursor, copied)
+        result.created, result.written = await _upsert_parts(cursor, copied, optional)
     except psycopg.errors.CardinalityViolation:
         await cursor.execute("ROLLBACK TO SAVEPOINT client_import_upsert")
         await cursor.execute(DUPLICATES, {"limit": MAX_REPORTED_ERRORS})
         for line, first, total in await cursor.fetchall():
             result.duplicates = total
             duplicate_errors.append(RowError(line=line, field="phone", message=f"duplicate of line {first}"))
-        result.created, result.written = await _upsert_parts(cursor, copied - result.duplicates)
+        result.created, result.written = await _upsert_parts(cursor, copied - result.duplicates, optional)
     await cursor.execute("RELEASE SAVEPOINT client_import_upsert")
     return result
 
@@ -406,7 +416,7 @@ async def import_clients_csv(
             for statement in STAGING:
                 await cursor.execute(statement)
             if copied := await _copy_rows(cursor, _chunks(text, parsed, chunk_rows, max_rows)):
-                written = await _upsert(cursor, copied, duplicate_errors)
+                written = await _upsert(cursor, copied, parsed.optional, duplicate_errors)
                 # Streamed a row (a block of text) at a time: never the whole result at once.
                 async for (block,) in cursor.stream(WRITTEN_BLOCKS, {"rows": chunk_rows}):
                     out.write(block.encode() + b"\n")

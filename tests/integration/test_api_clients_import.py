@@ -150,6 +150,26 @@ async def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(ap
     assert (await _phones(api))["79001234567"]["operator_code"] == "900"
 
 
+async def test_an_existing_client_keeps_the_tag_and_code_a_file_without_those_columns_does_not_give(
+    api: httpx.AsyncClient,
+) -> None:
+    client = {"phone": "79001234567", "operator_code": "999", "tag": "vip", "timezone": "Europe/Moscow"}
+    assert (await api.post("/api/v1/clients", json=client)).status_code == 201
+    body = (await _import(api, "phone,timezone\n79001234567,Asia/Omsk\n79001234568,Asia/Omsk\n")).json()
+    assert (body["created"], body["updated"], body["rejected"]) == (1, 1, 0)
+    phones = await _phones(api)
+    kept = phones["79001234567"]
+    assert (kept["operator_code"], kept["tag"], kept["timezone"]) == ("999", "vip", "Asia/Omsk")
+    new = phones["79001234568"]
+    assert (new["operator_code"], new["tag"]) == ("900", "")
+
+    # A column the file has is written, an empty cell too (the rules' default, as in the API).
+    body = (await _import(api, "phone,tag,timezone\n79001234567,,Asia/Omsk\n")).json()
+    assert body["updated"] == 1
+    again = (await _phones(api))["79001234567"]
+    assert (again["operator_code"], again["tag"]) == ("999", "")
+
+
 async def test_a_row_with_too_many_columns_is_rejected(api: httpx.AsyncClient) -> None:
     body = (await _import(api, HEADER + "79001234567,,a,UTC,extra\n")).json()
     assert body["errors"] == [{"line": 2, "field": "row", "message": "expected 4 columns, got 5"}]
