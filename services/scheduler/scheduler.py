@@ -257,9 +257,9 @@ class Scheduler:
             started=await store.expansion_start(conn),
             timer=time.perf_counter(),
         )
-        if row.expanded_at is not None:
-            expansion.cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
-        if row.expanded_at is not None and expansion.zones.timezones:
+        # Also on a first pass: one that stopped before its end wrote messages under the plan it read.
+        expansion.cancelled = await store.cancel_unmatched(conn, plan, now, changed_since)
+        if expansion.zones.timezones:
             # A full pass moves every pending message to a changed plan; a later one, those of the clients
             # changed since (a new timezone is a new local window).
             expansion.moved, expansion.expired = await store.replan_pending(
@@ -289,7 +289,8 @@ class Scheduler:
         """Writes the messages a chunk of clients a transaction, handing those due now to the sender as
         each chunk commits, so the first are sent while the rest are written; then records the expansion
         (and, with `finish`, finishes a mailing with nothing left open). False when the mailing stopped
-        being active midway: the next pass starts over, and what was written stays (it is idempotent)."""
+        being active or was changed midway: the next pass starts over under what it is now, and what was
+        written stays (it is idempotent; a pending message is re-planned)."""
         plan = expansion.plan
         after = 0
         size = min(FIRST_CHUNK, self.settings.dispatch_batch)
@@ -300,6 +301,9 @@ class Scheduler:
                 current = await store.load_mailing(conn, plan.id)
                 if current is None or current.deleted or current.status not in ACTIVE:
                     log.info("expansion stopped: the mailing is no longer active")
+                    return False
+                if current.plan.signature != plan.signature:
+                    log.info("expansion stopped: the mailing changed; the next pass follows the change")
                     return False
                 chunk = await store.insert_chunk(
                     conn,

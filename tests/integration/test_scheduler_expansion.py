@@ -150,6 +150,19 @@ async def test_an_expansion_stops_writing_when_the_mailing_is_cancelled_midway(e
     assert await status_counts(engine) == {"cancelled": CHUNK}
 
 
+async def test_an_expansion_stops_when_the_mailing_is_changed_midway_and_the_next_follows_the_change(
+    engine: AsyncEngine,
+) -> None:
+    scheduler, publisher, _ = await mailing_to_every_client(engine)
+    # While the first chunk is handed over: 12:00-13:00 in Moscow, 09:00 UTC, not due at T0 any more.
+    publisher.on_send = ["window_start = '12:00', window_end = '13:00'"]
+
+    assert not await scheduler.process_mailing(publisher.mailing_id, T0)
+    assert await rows_of(engine, publisher.mailing_id) == CHUNK, "written under the plan it no longer has"
+    assert await scheduler.process_mailing(publisher.mailing_id, T0 + timedelta(seconds=1))
+    assert await status_counts(engine) == {"queued": CHUNK, "pending": CLIENTS - CHUNK}
+
+
 async def test_a_paused_mailing_is_expanded_but_nothing_is_handed_over(engine: AsyncEngine) -> None:
     publisher = RecordingPublisher()
     scheduler = make_scheduler(engine, scheduler_settings(str(engine.url), dispatch_batch=CHUNK), publisher)
