@@ -68,6 +68,8 @@ _MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY
 # Every outcome but a success (see _WRITE_SENT): retrying, failed, expired, cancelled, or back to
 # pending or queued. Each write applies only while the claim that made the call still holds the
 # message: a sender whose lease ran out and passed to another can neither overwrite nor release it.
+# A repeat of a write whose commit reply was lost (`write(..., repeat=True)`) also takes a final row its
+# own claim left with the same status: what its first try wrote is counted and published all the same.
 _WRITE = f"""
     UPDATE messages AS m
     SET status = u.status,
@@ -84,7 +86,7 @@ _WRITE = f"""
         %(next_at)b::timestamptz[], %(not_before)b::timestamptz[], %(attempts)b::int[],
         %(tokens)b::bigint[]
     ) AS u(id, status, last_error, next_attempt_at, not_before, attempts, token)
-    WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
+    WHERE m.id = u.id AND m.claim_token = u.token AND {{writable}}
     RETURNING m.id
     """
 
@@ -94,9 +96,19 @@ _WRITE_SENT = f"""
     UPDATE messages AS m
     SET status = {_SENT}, sent_at = u.sent_at, lease_until = NULL, next_attempt_at = NULL, updated_at = now()
     FROM unnest(%(ids)b::bigint[], %(sent_at)b::timestamptz[], %(tokens)b::bigint[]) AS u(id, sent_at, token)
-    WHERE m.id = u.id AND m.claim_token = u.token AND m.status NOT IN {FINAL_SQL}
+    WHERE m.id = u.id AND m.claim_token = u.token AND {{writable}}
     RETURNING m.id
     """
+_OPEN_ROW = f"m.status NOT IN {FINAL_SQL}"
+# (first try, repeat) of each statement.
+_WRITES = (
+    _WRITE.replace("{writable}", _OPEN_ROW),
+    _WRITE.replace("{writable}", f"({_OPEN_ROW} OR m.status = u.status)"),
+)
+_WRITES_SENT = (
+    _WRITE_SENT.replace("{writable}", _OPEN_ROW),
+    _WRITE_SENT.replace("{writable}", f"({_OPEN_ROW} OR m.status = {_SENT})"),
+)
 
 
 def _sent_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -215,17 +227,18 @@ class Store:
             rows = (await conn.execute(_MAILINGS, {"ids": list(ids)})).all()
         return {row[0]: _mailing(row) for row in rows}
 
-    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    async def write(self, outcomes: Sequence[Outcome], *, repeat: bool = False) -> list[Outcome]:
         """Write these outcomes, successes and the rest in one transaction; returns those written (a
-        message already final, or whose claim has passed on, is left as it is)."""
+        message already final, or whose claim has passed on, is left as it is). `repeat`: the same
+        outcomes again, after a try whose reply was lost (it may have committed)."""
         sent = _SENT_STATUS
         successes = [o for o in outcomes if o.status is sent]
         others = [o for o in outcomes if o.status is not sent] if len(successes) < len(outcomes) else []
         statements: list[tuple[str, dict[str, Any]]] = []
         if successes:
-            statements.append((_WRITE_SENT, _sent_params(successes)))
+            statements.append((_WRITES_SENT[repeat], _sent_params(successes)))
         if others:
-            statements.append((_WRITE, _params(others)))
+            statements.append((_WRITES[repeat], _params(others)))
         if not statements:
             return []
         written = await self._writes.fetch_ids(statements)

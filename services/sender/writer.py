@@ -22,8 +22,9 @@ _status = attrgetter("status")
 
 
 class OutcomeStore(Protocol):
-    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """Write the outcomes; returns those written (not already final, claim still held)."""
+    async def write(self, outcomes: Sequence[Outcome], *, repeat: bool = False) -> list[Outcome]:
+        """Write the outcomes; returns those written (not already final, claim still held; with
+        `repeat`, also those this claim already made final so, by a try whose reply was lost)."""
 
 
 class Bus(Protocol):
@@ -122,7 +123,9 @@ class OutcomeWriter:
         """Write the outcomes, then publish their copies in the background: the next batch's write does
         not wait for the broker (which may be restarting) and the fence looks at writes alone."""
         try:
-            written = await self._retrying(lambda: self.store.write(batch), "write", len(batch))
+            written = await self._retrying(
+                lambda tries: self.store.write(batch, repeat=tries > 0), "write", len(batch)
+            )
         except Exception as exc:
             logger.exception("status write of {} messages failed", len(batch))
             _fail(future, exc)
@@ -149,25 +152,25 @@ class OutcomeWriter:
 
     async def _publish(self, written: list[Outcome], at: datetime, future: asyncio.Future[None]) -> None:
         try:
-            await self._retrying(lambda: self.bus.publish(written, at), "publish", len(written))
+            await self._retrying(lambda _: self.bus.publish(written, at), "publish", len(written))
         except Exception as exc:
             logger.exception("publishing the copies of {} outcomes failed", len(written))
             _fail(future, exc)
             return
         _resolve(future)
 
-    async def _retrying(self, step: Callable[[], Awaitable[W]], what: str, rows: int) -> W:
+    async def _retrying(self, step: Callable[[int], Awaitable[W]], what: str, rows: int) -> W:
         # Outcomes of calls already made must not be dropped: giving up would let the lease run out and
         # the message be sent again. So keep trying until it works, bounded only while shutting down.
         # Each write is idempotent (a final status never changes), so repeating one whose reply was
-        # lost is harmless; so is publishing a copy twice (the claim drops the redundant one). The
-        # copies are published only after the write, and the write is never repeated for them: a
-        # repeat would find the rows final and publish no `message.finalized`.
+        # lost is harmless: the repeat (`step(tries)` with tries > 0) counts the final rows its own
+        # claim wrote. So is publishing a copy twice (the claim drops the redundant one). The copies are
+        # published only after the write, and the write is never repeated for them.
         failures = 0
         while True:
             started = time.perf_counter()
             try:
-                done = await step()
+                done = await step(failures)
             except Exception as exc:
                 failures += 1
                 if self._closing and failures > len(WRITE_RETRY_PAUSES):

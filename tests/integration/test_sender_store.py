@@ -57,6 +57,44 @@ async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
     assert statuses[refused.message_id][:3] == ("retrying", 0, "http 401")
 
 
+async def test_a_final_write_repeated_after_a_lost_reply_counts_as_written_for_its_own_claim_only(
+    settings: CommonSettings,
+) -> None:
+    # Its first try committed: a repeat that found nothing to write would drop the outcomes (no event,
+    # no parking-lot copy, the metrics short), though this claim wrote them.
+    db = Db(settings.psycopg_dsn)
+    mailing = await db.mailing()
+    items = await db.queued_messages(mailing, 3)
+    engine = make_engine(settings)
+    store = Store(engine, settings, settings.topology().send_queue)
+    try:
+        claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
+        delivered, failed, other = (claims[i.message_id] for i in items)
+        outcomes = [
+            Outcome(delivered, MessageStatus.SENT, sent_at=datetime.now(UTC)),
+            Outcome(failed, MessageStatus.FAILED, reason="http 400"),
+        ]
+        expected = sorted((o.claim.message_id, o.status) for o in outcomes)
+        for repeat in (False, True):
+            written = await store.write(outcomes, repeat=repeat)
+            assert sorted((w.claim.message_id, w.status) for w in written) == expected
+        # Only a repeat takes a final row, and only with its own status and its own claim's token.
+        assert await store.write(outcomes) == []
+        late = Outcome(delivered, MessageStatus.FAILED, reason="late")
+        assert await store.write([late], repeat=True) == []
+        await store.write([Outcome(other, MessageStatus.SENT, sent_at=datetime.now(UTC))])
+        stranger = other._replace(token=other.token + 1)  # a claim that never held the message
+        repeated = Outcome(stranger, MessageStatus.SENT, sent_at=datetime.now(UTC))
+        assert await store.write([repeated], repeat=True) == []
+    finally:
+        await store.close()
+        await engine.dispose()
+
+    statuses = await db.statuses(mailing)
+    assert statuses[delivered.message_id][0] == "sent"
+    assert statuses[failed.message_id][0] == "failed"
+
+
 async def test_the_lease_keeps_a_bulk_inserted_message_on_its_page(settings: CommonSettings) -> None:
     # The scheduler inserts a mailing's messages in bulk; the sender's lease changes no indexed column.
     # With room left on each page (migration 0010) the leased row stays where it was, a HOT update that

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -26,7 +27,7 @@ class FakeStore:
         self.sent: list[int] = []
         self.wrote_sent = asyncio.Event()
 
-    async def write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    async def write(self, outcomes: Sequence[Outcome], *, repeat: bool = False) -> list[Outcome]:
         successes = [o.claim.message_id for o in outcomes if o.status is MessageStatus.SENT]
         if successes:
             self.sent += successes
@@ -94,4 +95,33 @@ async def test_a_delivery_cancelled_with_its_channel_does_not_stop_the_writer() 
     second = writer.submit(outcome.sent(claim(2), datetime.now(UTC)))
     await asyncio.wait_for(second, 5)
     assert store.sent == [1, 2]
+    await writer.close()
+
+
+class LostReplyStore(FakeStore):
+    """Its first write commits, but the reply never comes; a later try finds the rows final already."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeats: list[bool] = []
+
+    async def write(self, outcomes: Sequence[Outcome], *, repeat: bool = False) -> list[Outcome]:
+        self.repeats.append(repeat)
+        if len(self.repeats) == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return list(outcomes) if repeat else []
+
+
+async def test_outcomes_whose_write_reply_was_lost_are_still_counted_and_published() -> None:
+    store, bus = LostReplyStore(), FlakyBus()
+    bus.broker_up.set()
+    writer = writer_for(store, bus)
+    writer.start()
+    failed = Outcome(claim(1), MessageStatus.FAILED, "parking", reason="http 400")
+    await asyncio.wait_for(writer.submit(failed), 5)
+    assert store.repeats == [False, True]
+    assert bus.published == [failed], "its message.finalized and parking-lot copy go out"
+    metrics = writer.metrics.registry
+    assert metrics.get_sample_value("mailing_sender_outcomes_total", {"status": "failed"}) == 1
+    assert metrics.get_sample_value("mailing_sender_outcomes_unwritten_total") in (None, 0)
     await writer.close()
