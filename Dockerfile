@@ -20,6 +20,13 @@ COPY alembic.ini ./
 # The root filesystem is read-only at run time: compile the bytecode now.
 RUN python -m compileall -q shared services
 
+# The admin UI's front-end packages (htmx, Pico CSS, Chart.js) from the lock file, without the
+# development ones; the API serves them from /app/node_modules.
+FROM node:20-slim AS assets
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
 FROM python:3.11-slim
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -31,6 +38,7 @@ COPY --from=build /app/.venv /app/.venv
 COPY --from=build /app/shared /app/shared
 COPY --from=build /app/services /app/services
 COPY --from=build /app/alembic.ini /app/alembic.ini
+COPY --from=assets /app/node_modules /app/node_modules
 USER 10001:10001
 # api 8000, scheduler metrics 9101, sender metrics 9102, reporter metrics 9103, probe stand-in 8090
 EXPOSE 8000 9101 9102 9103 8090

@@ -191,6 +191,30 @@ def test_every_procfile_service_has_a_k8s_deployment() -> None:
     assert jobs, "deploy/k8s needs the migration Job (python -m shared.migrate)"
 
 
+def test_compose_takes_no_address_of_make_run_from_the_env_file() -> None:
+    # Compose reads .env for the compose file's ${...} as well: a MAILING_ name whose .env.example value is
+    # a loopback address (make run's) would point a container at itself.
+    loopback = set(
+        re.findall(
+            r"^(MAILING_[A-Z0-9_]+)=\S*127\.0\.0\.1", (ROOT / ".env.example").read_text(), re.MULTILINE
+        )
+    )
+    assert {"MAILING_PROBE_BASE_URL", "MAILING_REPORTER_SMTP_HOST"} <= loopback
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+    assert not used & loopback, f"docker-compose.yml interpolates make run's addresses: {used & loopback}"
+
+
+WRITABLE = "/tmp/"  # noqa: S108 - the one writable directory of the image, not a file made here
+
+
+def test_a_development_api_generates_its_secrets_into_the_writable_tmp() -> None:
+    # The image's /app belongs to root and the pods' root filesystem is read-only.
+    assert compose()["services"]["api"]["environment"]["MAILING_LOCAL_STATE_DIR"].startswith(WRITABLE)
+    dev = yaml.safe_load((ROOT / "deploy/k8s/overlays/dev/kustomization.yaml").read_text())
+    config = next(p["patch"] for p in dev["patches"] if "name: mailing-config" in p["patch"])
+    assert yaml.safe_load(config)["data"]["MAILING_LOCAL_STATE_DIR"].startswith(WRITABLE)
+
+
 def test_compose_app_services_wait_for_migration_and_have_healthchecks() -> None:
     for module, (name, service) in compose_services_by_module().items():
         if module in ("shared.migrate", "services.probe_stub"):
