@@ -127,7 +127,8 @@ async def test_events_written_while_the_broker_is_unreachable_arrive_once_when_i
                 assert time.monotonic() - started < 2.0
                 during.append(response.json()["id"])
             assert (await api.post(f"{MAILINGS}/{before}/pause")).status_code == 200
-            assert (await api.get("/readyz")).status_code == 503
+            readiness = await api.get("/readyz")  # still in service: its writes wait in the outbox
+            assert (readiness.status_code, readiness.json()["checks"]["rabbitmq"]) == (200, False)
             assert len(await outbox(api_settings)) == 6
 
             await proxy.start()
@@ -151,6 +152,6 @@ async def test_with_rabbitmq_unreachable_the_api_keeps_accepting_mailings(api_se
             assert time.monotonic() - started < 2.0
         assert (await api.get(MAILINGS)).json()["total"] == 3
         readiness = await api.get("/readyz")
-        assert readiness.status_code == 503
+        assert readiness.status_code == 200, "a broker outage must not take the API out of service"
         assert readiness.json()["checks"] == {"database": True, "rabbitmq": False}
     assert [key for key, _ in await outbox(api_settings)] == ["mailing.created"] * 3
