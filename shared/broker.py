@@ -211,12 +211,15 @@ class Consumer(Generic[C]):
         except Reject as exc:
             await self._park(message, str(exc))
         except asyncio.CancelledError:
+            # Stopping, not a failure of this delivery: a nack does not count towards the limit.
             await message.nack(requeue=True)
             raise
         except Exception:
             logger.exception("handler failed on {} (delivery {}); requeueing", self.queue.name, count + 1)
             await asyncio.sleep(self.patience.requeue_pause)
-            await message.nack(requeue=True)
+            # A reject, not a nack: from RabbitMQ 4.3 only a reject counts towards the queue's delivery
+            # limit (x-delivery-limit), which is what parks a delivery that always fails.
+            await message.reject(requeue=True)
         else:
             await message.ack()
 
@@ -253,14 +256,24 @@ class Consumer(Generic[C]):
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
         """Stop taking deliveries, then give the ones in progress time to finish."""
         if self._tag is not None:
-            await self.queue.cancel(self._tag)
-            self._tag = None
+            tag, self._tag = self._tag, None
+            try:
+                # A robust channel waits for its connection without end: a broker that is away (or a
+                # stalled network) must not hold the shutdown, and it sends no deliveries meanwhile.
+                async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+                    await self.queue.cancel(tag)
+            except Exception as exc:  # a broken connection raises what its transport raised; stop regardless
+                logger.warning(
+                    "could not cancel the consumer of {} ({!r}); stopping anyway", self.queue.name, exc
+                )
         if self._active:
             await asyncio.wait(list(self._active), timeout=drain_timeout)
 
 
 # Reading a queue's counts must not hang a service's loop while the broker is away.
 QUEUE_STATUS_TIMEOUT_SECONDS = 5.0
+# Nor cancelling a consumer its shutdown.
+CANCEL_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
+from bench.chaos import FreezingProxy
 from shared.broker import (
+    CANCEL_TIMEOUT_SECONDS,
     Consumer,
     Delivery,
     ParkingLot,
@@ -82,3 +85,31 @@ async def test_the_consumer_acks_parks_and_requeues_by_the_handlers_outcome(topo
     # Message 3 failed once, went back to the queue and was handled on its second delivery.
     assert [(m, n) for m, n in seen if m == 3] == [(3, 0), (3, 1)]
     assert [m for m, _ in seen].count(1) == 1
+
+
+async def test_stopping_a_consumer_does_not_wait_for_a_broker_that_is_away(topology: Topology) -> None:
+    target = urlsplit(AMQP_URL)
+    proxy = FreezingProxy(target.port or 5672)
+    await proxy.start()
+    proxied = AMQP_URL.replace(f"{target.hostname}:{target.port or 5672}", f"127.0.0.1:{proxy.port}")
+    connection = await connect(proxied)
+    try:
+        channel = await confirm_channel(connection)
+        work = await channel.get_exchange(topology.work_exchange)
+
+        async def handler(delivery: Delivery[SendMessages]) -> None:
+            return None
+
+        queue = await channel.get_queue(topology.send_queue)
+        parking = ParkingLot(Publisher(work), topology.parking_key)
+        consumer = Consumer(queue, SendMessages, handler, parking=parking)
+        await consumer.start()
+        await proxy.stop()  # the broker is gone; the robust connection waits to reconnect, without end
+        deadline = asyncio.get_running_loop().time() + 30
+        while connection.connected.is_set():
+            assert asyncio.get_running_loop().time() < deadline, "the connection never saw the broker go"
+            await asyncio.sleep(0.05)
+        # A guard against a hang, not a timing: the consumer gives its cancel CANCEL_TIMEOUT_SECONDS.
+        await asyncio.wait_for(consumer.stop(), CANCEL_TIMEOUT_SECONDS + 10)
+    finally:
+        await asyncio.wait_for(connection.close(), 10)
