@@ -46,8 +46,11 @@ class CommonSettings(BaseSettings):
         return self.db_statement_timeout_seconds + 5.0
 
     def db_connect_args(self) -> dict[str, Any]:
-        """libpq parameters of every connection: timeouts, and TCP keepalives that find a dead peer
-        (a database host that vanished) within about half a minute."""
+        """libpq parameters of every connection: timeouts, TCP keepalives that find a dead peer (a
+        database host that vanished) within about half a minute while the connection is idle, and a TCP
+        user timeout that does so while a statement is unanswered: keepalives are not sent while sent
+        data waits for its acknowledgement, which the kernel would otherwise retransmit for about 15
+        minutes (a failover whose old primary vanished mid-statement)."""
         timeout_ms = int(self.db_statement_timeout_seconds * 1000)
         return {
             "connect_timeout": self.db_connect_timeout_seconds,
@@ -57,6 +60,7 @@ class CommonSettings(BaseSettings):
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            "tcp_user_timeout": int(self.db_deadline_seconds * 1000),
         }
 
     @property

@@ -177,3 +177,15 @@ async def test_a_sender_reports_its_circuit_and_fence_for_the_dashboard(engine: 
         " FROM sender_health"
     )
     assert rows == [("host:42", int(BreakerState.OPEN), 4, True, 5, 1)]
+
+
+async def test_every_database_connection_gives_up_on_an_unacknowledged_statement_at_the_deadline(
+    engine: AsyncEngine, settings: CommonSettings
+) -> None:
+    # A vanished database host is found by TCP keepalives only while nothing waits for an acknowledgement;
+    # libpq's tcp_user_timeout covers a statement under way (docs/reliability.md).
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        parameters = raw.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    assert parameters["tcp_user_timeout"] == str(int(settings.db_deadline_seconds * 1000))
+    assert parameters["keepalives_idle"] == "10"
