@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
@@ -50,17 +52,26 @@ async def start_ops_server(
     return runner
 
 
+@dataclass
+class BrokerSlot:
+    """A service's RabbitMQ connection once it has one. Its ops server starts before it connects, which
+    waits as long as the broker is down: alive (/healthz) at once, ready (/readyz) once connected, so a
+    broker that is down at start-up fails no liveness probe (a restart loop would only add to the wait)."""
+
+    connection: AbstractRobustConnection | None = None
+
+
 async def start_service_ops(
     host: str,
     port: int,
     registry: CollectorRegistry,
     engine: AsyncEngine,
-    connection: AbstractRobustConnection,
+    broker: BrokerSlot,
 ) -> web.AppRunner:
     """The ops server of a background service: ready while both PostgreSQL and RabbitMQ are."""
 
     async def readiness() -> dict[str, bool]:
-        return {"database": await database_ready(engine), "rabbitmq": broker_ready(connection)}
+        return {"database": await database_ready(engine), "rabbitmq": broker_ready(broker.connection)}
 
     return await start_ops_server(host, port, registry, readiness)
 
@@ -88,3 +99,20 @@ async def release(
     await engine.dispose()
     if ops is not None:
         await ops.cleanup()
+
+
+async def serve_service_ops(
+    running: AsyncExitStack,
+    serve: bool,
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    engine: AsyncEngine,
+) -> BrokerSlot:
+    """A background service's ops server (when `serve`), stopped by `running`, started before the service
+    connects to RabbitMQ; returns the slot for `link_broker` to fill, which its readiness reads."""
+    broker = BrokerSlot()
+    if serve:
+        ops = await start_service_ops(host, port, registry, engine, broker)
+        running.push_async_callback(ops.cleanup)
+    return broker

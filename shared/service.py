@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractExchange, AbstractQueue, AbstractRobustConnecti
 from loguru import logger
 
 from shared.broker import confirm_channel, connect, consumed_queue
-from shared.ops import stop_on_signals
+from shared.ops import BrokerSlot, stop_on_signals
 from shared.topology import Topology, declare, exchanges
 
 
@@ -74,10 +74,17 @@ class BrokerLink:
 
 
 async def link_broker(
-    running: AsyncExitStack, amqp_url: str, topology: Topology, queue: str, prefetch: int
+    running: AsyncExitStack,
+    amqp_url: str,
+    topology: Topology,
+    queue: str,
+    prefetch: int,
+    slot: BrokerSlot | None = None,
 ) -> BrokerLink:
-    """Connect (closed by `running`), declare the topology on a confirmed channel whose exchanges the
-    service publishes to, and open `queue` for consuming on a channel of its own with `prefetch`."""
+    """Connect (closed by `running`; waits while the broker is down), declare the topology on a
+    confirmed channel whose exchanges the service publishes to, and open `queue` for consuming on a
+    channel of its own with `prefetch`; then put the connection in `slot` (what the ops server's
+    readiness looks at)."""
     connection = await connect(amqp_url)
     running.push_async_callback(connection.close)
     channel = await confirm_channel(connection)
@@ -85,4 +92,7 @@ async def link_broker(
     events, work = await exchanges(channel, topology)
     consume_channel = await connection.channel()
     await consume_channel.set_qos(prefetch_count=prefetch)
-    return BrokerLink(connection, events, work, await consumed_queue(consume_channel, queue))
+    link = BrokerLink(connection, events, work, await consumed_queue(consume_channel, queue))
+    if slot is not None:
+        slot.connection = connection
+    return link

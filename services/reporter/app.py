@@ -18,7 +18,7 @@ from shared.broker import service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
-from shared.ops import start_service_ops
+from shared.ops import serve_service_ops
 from shared.service import StackedService, link_broker
 
 
@@ -56,18 +56,25 @@ class ReporterService(StackedService):
         settings = self.settings
         topology = settings.topology()
         running.push_async_callback(self.engine.dispose)
-        link = await link_broker(
-            running, settings.amqp_url, topology, topology.service_queue("reporter"), settings.prefetch
+        broker = await serve_service_ops(
+            running,
+            self.serve_ops,
+            settings.metrics_host,
+            settings.metrics_port,
+            self.metrics.registry,
+            self.engine,
         )
-        connection = link.connection
+        link = await link_broker(
+            running,
+            settings.amqp_url,
+            topology,
+            topology.service_queue("reporter"),
+            settings.prefetch,
+            broker,
+        )
         consumer = service_consumer(
             link.queue, MessagesFinalized, self.reporter.on_finalized, work=link.work, topology=topology
         )
-        if self.serve_ops:
-            ops = await start_service_ops(
-                settings.metrics_host, settings.metrics_port, self.metrics.registry, self.engine, connection
-            )
-            running.push_async_callback(ops.cleanup)
         stop = asyncio.Event()
         loop = asyncio.create_task(run_loop(self.reporter, settings.tick_seconds, stop), name="reporter")
 

@@ -16,7 +16,7 @@ from shared.broker import Delivery, Publisher, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import start_service_ops
+from shared.ops import serve_service_ops
 from shared.service import StackedService, link_broker
 
 
@@ -61,8 +61,16 @@ class SchedulerService(StackedService):
         topology = settings.topology()
         engine = make_engine(settings)
         running.push_async_callback(engine.dispose)
+        broker = await serve_service_ops(
+            running,
+            self.serve_ops,
+            settings.metrics_host,
+            settings.metrics_port,
+            self.metrics.registry,
+            engine,
+        )
         link = await link_broker(
-            running, settings.amqp_url, topology, topology.service_queue("scheduler"), EVENTS_PREFETCH
+            running, settings.amqp_url, topology, topology.service_queue("scheduler"), EVENTS_PREFETCH, broker
         )
         connection, events, work = link.connection, link.events, link.work
         publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)
@@ -74,11 +82,6 @@ class SchedulerService(StackedService):
             wake.set()
 
         consumer = service_consumer(link.queue, MailingChanged, on_event, work=work, topology=topology)
-        if self.serve_ops:
-            ops = await start_service_ops(
-                settings.metrics_host, settings.metrics_port, self.metrics.registry, engine, connection
-            )
-            running.push_async_callback(ops.cleanup)
         await consumer.start()
         running.push_async_callback(consumer.stop)
         stop = asyncio.Event()

@@ -37,7 +37,7 @@ from shared.broker import (
 from shared.clock import utc_now
 from shared.contracts import SendMessages
 from shared.db import make_engine
-from shared.ops import start_service_ops
+from shared.ops import serve_service_ops
 from shared.readiness import READINESS_TIMEOUT_SECONDS
 from shared.service import StackedService, link_broker
 
@@ -163,7 +163,17 @@ class SenderService(StackedService):
         topology = settings.topology()
         self.engine = make_engine(settings)
         running.push_async_callback(self.engine.dispose)
-        link = await link_broker(running, settings.amqp_url, topology, topology.send_queue, settings.prefetch)
+        broker = await serve_service_ops(
+            running,
+            self.serve_ops,
+            settings.metrics_host,
+            settings.metrics_port,
+            metrics.registry,
+            self.engine,
+        )
+        link = await link_broker(
+            running, settings.amqp_url, topology, topology.send_queue, settings.prefetch, broker
+        )
         connection, events, work, send_queue = link.connection, link.events, link.work, link.queue
 
         clocks = Clocks(now=utc_now, monotonic=time.monotonic)
@@ -204,11 +214,6 @@ class SenderService(StackedService):
         # Callers before the writer's last flush, so every outcome they produce reaches it.
         running.push_async_callback(sender.close, settings.request_timeout_seconds)
         consumer = service_consumer(send_queue, SendMessages, sender.handle, work=work, topology=topology)
-        if self.serve_ops:
-            ops = await start_service_ops(
-                settings.metrics_host, settings.metrics_port, metrics.registry, self.engine, connection
-            )
-            running.push_async_callback(ops.cleanup)
         # Everything built so far lives as long as the process: keep the collector from walking it again
         # and again, and let it run less often under a load that allocates thousands of objects a second.
         gc.freeze()
