@@ -169,7 +169,10 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
-            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows; a close before it
+            # is a connection error, not an answer.
+            self.headers_done = False
+            return
         waiter, self.waiter = self.waiter, None
         if waiter is None or waiter.done():
             self.pool._drop(self)  # a second answer to one request
@@ -250,23 +253,35 @@ class HttpClient:
         )
         deadline = loop.time() + total
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
+        retried = False
         while True:
             # An idle connection without the await of `_connection`: the common case, once warm.
-            conn = self._take_idle() or await self._connection(loop, deadline, total)
-            if not conn.closing():
-                break
-            # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
-            self._drop(conn, lost=True)
-        waiter = conn.request(data)
-        timer = loop.call_at(deadline, conn.time_out, waiter, total)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if conn.waiter is waiter:
-                conn.fail(ClientClosedError("the call was cancelled"))
-            raise
-        finally:
-            timer.cancel()
+            conn = self._take_idle()
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._connection(loop, deadline, total)
+            if conn.closing():
+                # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
+                self._drop(conn, lost=True)
+                continue
+            waiter = conn.request(data)
+            timer = loop.call_at(deadline, conn.time_out, waiter, total)
+            try:
+                return await waiter
+            except ServerDisconnectedError:
+                if retried or not reused or conn.received:
+                    raise
+                # A kept-alive connection the server closed as this request went out (its FIN was still
+                # on the way): no byte of an answer came, so the request goes once more, on another
+                # connection and within the same deadline. A server that took the request and closed
+                # without a word looks the same; the message's retry would send it again all the same.
+                retried = True
+            except asyncio.CancelledError:
+                if conn.waiter is waiter:
+                    conn.fail(ClientClosedError("the call was cancelled"))
+                raise
+            finally:
+                timer.cancel()
 
     async def close(self) -> None:
         """Close every connection; calls under way and later ones raise `ClientClosedError`."""
@@ -289,25 +304,26 @@ class HttpClient:
 
     async def _connection(
         self, loop: asyncio.AbstractEventLoop, deadline: float, total: float
-    ) -> _Connection:
+    ) -> tuple[_Connection, bool]:
+        """A connection for a call, and whether it is one kept alive from an earlier call."""
         while True:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             conn = self._take_idle()
             if conn is not None:
-                return conn
+                return conn, True
             if self._open < self._max:
-                return await self._connect(loop, deadline)
+                return await self._connect(loop, deadline), False
             waiter: asyncio.Future[None] = loop.create_future()
             self._slot_waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
-            except TimeoutError:
-                raise TimeoutError(f"no free connection within {total:g} s") from None
-            except asyncio.CancelledError:
+            except (TimeoutError, asyncio.CancelledError) as exc:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._wake_one()  # the wake-up this call received is passed on
+                    self._wake_one()  # the wake-up this call received (as its time ran out) is passed on
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"no free connection within {total:g} s") from None
                 raise
             finally:
                 if not waiter.done():
@@ -326,8 +342,7 @@ class HttpClient:
         self._open += 1
         limit = max(0.0, min(self._connect_timeout, deadline - loop.time()))
         try:
-            async with asyncio.timeout(limit):
-                conn = await self._open_connection(loop)
+            conn = await self._open_connection(loop, loop.time() + limit)
         except BaseException as exc:
             self._open -= 1
             self._wake_one()
@@ -344,20 +359,26 @@ class HttpClient:
             raise ClientClosedError("the client is closed")
         return conn
 
-    async def _open_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        """A connection to the first address that takes one (the host's own name checked under TLS)."""
-        addresses = self._literal or await self._resolve(loop)
+    async def _open_connection(self, loop: asyncio.AbstractEventLoop, until: float) -> _Connection:
+        """A connection to the first address that takes one (the host's own name checked under TLS) by
+        `until` (the loop's time). Each address gets an equal share of the time left, so one that
+        swallows its connects (a stale DNS answer, a dead route) leaves the next its own chance; when
+        none takes one, the name is looked up again next time. `TimeoutError` (an `OSError`) when the
+        time ran out."""
+        async with asyncio.timeout_at(until):
+            addresses = self._literal or await self._resolve(loop)
         error: OSError | None = None
-        for address in addresses:
+        for tried, address in enumerate(addresses):
             try:
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, loop),
-                    address,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                )
-            except OSError as exc:
+                async with asyncio.timeout((until - loop.time()) / (len(addresses) - tried)):
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self, loop),
+                        address,
+                        self.port,
+                        ssl=self._ssl,
+                        server_hostname=self.host if self._ssl is not None else None,
+                    )
+            except OSError as exc:  # TimeoutError too
                 error = exc
             else:
                 return conn

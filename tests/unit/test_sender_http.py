@@ -371,11 +371,11 @@ async def test_the_pool_keeps_its_bound_and_its_count_through_every_kind_of_fail
         _Connection.connection_lost,
     )
 
-    async def opening(client: HttpClient, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def opening(client: HttpClient, loop: asyncio.AbstractEventLoop, until: float) -> _Connection:
         counts["opening"] += 1
         counts["most"] = max(counts["most"], counts["opening"] + len(held))
         try:
-            conn = await open_connection(client, loop)
+            conn = await open_connection(client, loop, until)
         finally:
             counts["opening"] -= 1
         if not conn.dropped:
@@ -455,3 +455,92 @@ async def test_a_reset_during_a_body_without_length_is_an_error_not_a_short_body
     async with Server(reset) as server, client_of(server.url) as client:
         with pytest.raises(ServerDisconnectedError):
             await client.post("/", b"{}")
+
+
+async def test_an_answer_followed_at_once_by_the_servers_close_does_not_fail_the_next_call() -> None:
+    # Kept alive, then closed at once: the next call may find the connection idle before its FIN arrives.
+    async with Server(answering(answer(), close=True)) as server, client_of(server.url) as client:
+        statuses = [(await client.post("/", b"{}")).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert server.accepted == 3
+
+
+async def test_a_connection_closed_before_any_answer_is_not_tried_again_when_it_was_new() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with Server(drop) as server, client_of(server.url) as client:
+        with pytest.raises(ServerDisconnectedError, match="before answering"):
+            await client.post("/", b"{}")
+    assert server.accepted == 1, "a new connection's request may have been taken: it goes through the retry"
+
+
+async def test_an_interim_answer_then_a_close_is_a_connection_error_not_an_answer() -> None:
+    async with (
+        Server(answering(b"HTTP/1.1 100 Continue\r\n\r\n", close=True)) as server,
+        client_of(server.url) as client,
+    ):
+        with pytest.raises(ServerDisconnectedError):
+            await client.post("/", b"{}")
+
+
+async def test_an_address_that_swallows_connects_leaves_the_next_its_share_and_is_looked_up_again() -> None:
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    addresses = ["192.0.2.1", "127.0.0.1"]  # the first a stale answer whose SYNs go nowhere
+    real_connect = loop.create_connection
+
+    async def looking_up(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    async def connecting(factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        if host == "192.0.2.1":
+            await asyncio.Event().wait()  # never answered
+        return await real_connect(factory, host, port, **kwargs)
+
+    loop.getaddrinfo = looking_up  # type: ignore[method-assign]
+    loop.create_connection = connecting  # type: ignore[method-assign]
+    try:
+        async with Server(answering(answer())) as server:
+            url = server.url.replace("127.0.0.1", "api.example")
+            async with client_of(url, connect_timeout_seconds=0.4) as client:
+                assert (await client.post("/", b"{}")).status == 200
+            addresses[1:] = []  # now only the stale one
+            async with client_of(url, connect_timeout_seconds=0.2) as client:
+                for _ in range(2):
+                    with pytest.raises(TimeoutError, match="no connection"):
+                        await client.post("/", b"{}")
+        assert lookups == ["api.example"] * 3, "looked up again after a connect that timed out"
+    finally:
+        del loop.getaddrinfo
+        del loop.create_connection
+
+
+async def test_a_free_connection_reaches_the_next_waiter_when_the_first_one_times_out_as_it_frees() -> None:
+    held = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        while await read_request(reader) is not None:
+            if first:  # its answer is put into the client's connection by the test, at a chosen instant
+                first = False
+                held.set()
+                continue
+            writer.write(answer())
+
+    loop = asyncio.get_running_loop()
+    async with Server(handle) as server, client_of(server.url, max_connections=1) as client:
+        first = asyncio.create_task(client.post("/a", b"{}"))
+        await held.wait()
+        (conn,) = client._all
+        started = loop.time()
+        short = asyncio.create_task(client.post("/b", b"{}", 0.5))
+        long = asyncio.create_task(client.post("/c", b"{}", 3.0))
+        await asyncio.sleep(0)
+        # The first call's answer is read in the very turn in which the short call's time runs out.
+        loop.call_at(started + 0.5 - 1e-6, conn.data_received, answer())
+        assert (await first).status == 200
+        with pytest.raises(TimeoutError):
+            await short
+        assert (await long).status == 200, "the freed connection went to the call still waiting"
