@@ -500,7 +500,7 @@ async def test_an_address_that_swallows_connects_leaves_the_next_its_share_and_i
         return await real_connect(factory, host, port, **kwargs)
 
     loop.getaddrinfo = looking_up  # type: ignore[method-assign]
-    loop.create_connection = connecting  # type: ignore[method-assign]
+    loop.create_connection = connecting  # type: ignore[method-assign, assignment]
     try:
         async with Server(answering(answer())) as server:
             url = server.url.replace("127.0.0.1", "api.example")
