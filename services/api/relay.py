@@ -81,22 +81,28 @@ class OutboxRelay:
         while not self._stop.is_set():
             try:
                 exchange = await self._exchange()
-                if exchange is None:
-                    break
+            except Exception as exc:
+                # Connecting is the broker's part alone (a refused connection is a ConnectionError, which
+                # could pass for the database's).
+                await self._failed(exc, database=False)
+                await self._sleep(self._pause)
+                continue
+            if exchange is None:
+                break
+            try:
                 published = await self.relay_once(exchange)
                 self._recovered()
                 if published:
                     continue
             except Exception as exc:
-                await self._failed(exc)
+                await self._failed(exc, database=database_unavailable(exc))
             await self._sleep(self._pause)
         await self._drop_connection()
 
-    async def _failed(self, exc: Exception) -> None:
+    async def _failed(self, exc: Exception, *, database: bool) -> None:
         self.metrics.outbox_failures.inc()
         self._failures += 1
         self._pause = min(self._pause * 2, self.max_pause)
-        database = database_unavailable(exc)
         # One warning an outage: a pass fails every few seconds until the broker or database is back.
         if self._failures == 1:
             logger.warning(
@@ -110,6 +116,10 @@ class OutboxRelay:
         if not database:
             # A database outage leaves the broker connection as good as it was.
             await self._drop_connection()
+            # What waits grows while nothing leaves: the gauge (and its alert) must see it.
+            with contextlib.suppress(Exception):
+                async with unit_of_work(self.sessions) as session:
+                    await self._count_backlog(session)
 
     def _recovered(self) -> None:
         if self._failures:
@@ -122,6 +132,8 @@ class OutboxRelay:
             if not await session.scalar(
                 text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
             ):
+                # Another API process relays; this one's gauge still says what waits.
+                await self._count_backlog(session)
                 return 0
             rows = (
                 await session.execute(
@@ -140,14 +152,17 @@ class OutboxRelay:
                 ((to_contract(r.id, r.payload), r.routing_key) for r in rows), within=PUBLISH_TIMEOUT_SECONDS
             )
             await session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])))
-            backlog = await session.scalar(select(func.count()).select_from(OutboxEvent))
+            await self._count_backlog(session)
         self.metrics.outbox_published.inc(len(rows))
-        self.metrics.outbox_backlog.set(backlog or 0)
         for r in rows:
             logger.bind(mailing_id=r.payload.get("mailing_id")).info(
                 "relayed event {} ({})", r.id, r.routing_key
             )
         return len(rows)
+
+    async def _count_backlog(self, session: AsyncSession) -> None:
+        waiting = await session.scalar(select(func.count()).select_from(OutboxEvent))
+        self.metrics.outbox_backlog.set(waiting or 0)
 
     async def _exchange(self) -> AbstractExchange | None:
         """The events exchange over a live connection; None when the relay was stopped meanwhile."""

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.domain.statuses import MessageStatus
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -79,6 +81,10 @@ class SenderMetrics:
             ["status"],
             registry=registry,
         )
+        # Every status from 0 at the start: a series born at its first write, holding that write's count,
+        # would hide it from increase() (a new sender's first failures, the alerts on parked sends).
+        for status in MessageStatus:
+            self.outcomes.labels(status)
         self.in_flight = Gauge(
             "mailing_sender_in_flight_requests", "Calls to the external API in flight", registry=registry
         )
@@ -103,8 +109,9 @@ class SenderMetrics:
         )
         self.flush_seconds = Histogram(
             "mailing_sender_status_flush_seconds",
-            "Duration of one batched status write",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            "Duration of one flush's status write (one transaction of one or two statements)",
+            # Up to past the fence (3 s), where calls stop for a write that does not finish.
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0),
             registry=registry,
         )
         self.flush_rows = Counter(

@@ -38,3 +38,11 @@ def test_no_other_metric_can_take_the_call_stats_names() -> None:
     SenderMetrics(registry)
     with pytest.raises(ValueError, match="Duplicated"):
         Counter("mailing_sender_attempts", "another", registry=registry)
+
+
+def test_every_outcome_status_is_exported_from_zero_before_its_first_write() -> None:
+    # A series born at its first write would hide that write from increase() (the parked-sends alerts).
+    registry = CollectorRegistry()
+    SenderMetrics(registry)
+    for status in ("sent", "failed", "retrying", "expired", "cancelled", "pending", "queued"):
+        assert registry.get_sample_value("mailing_sender_outcomes_total", {"status": status}) == 0.0
