@@ -31,6 +31,8 @@ async def _wait_for_a_lock_wait(engine: AsyncEngine, deadline_seconds: float = 1
             )
             if waiting:
                 return
+            # pg_stat_activity is read once a transaction: the next look needs a new one.
+            await conn.rollback()
             assert time.monotonic() < deadline, "nobody waited for the mailing's row"
             await asyncio.sleep(0.01)
 
