@@ -16,9 +16,11 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractExchange, AbstractQueue, AbstractRobustConnection
 from loguru import logger
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import confirm_channel, connect, consumed_queue
-from shared.ops import BrokerSlot, stop_on_signals
+from shared.ops import BrokerSlot, serve_service_ops, stop_on_signals
 from shared.topology import Topology, declare, exchanges
 
 
@@ -96,3 +98,31 @@ async def link_broker(
     if slot is not None:
         slot.connection = connection
     return link
+
+
+class LinkedServiceSettings(Protocol):
+    """What `link_service` reads of a background service's settings."""
+
+    amqp_url: str
+    metrics_host: str
+    metrics_port: int
+
+    def topology(self) -> Topology: ...
+
+
+async def link_service(
+    running: AsyncExitStack,
+    settings: LinkedServiceSettings,
+    registry: CollectorRegistry,
+    engine: AsyncEngine,
+    queue: str,
+    prefetch: int,
+    *,
+    serve_ops: bool,
+) -> BrokerLink:
+    """A background service's start: its ops server (when `serve_ops`) first, alive at once and ready once
+    the broker is linked, then `link_broker`, which waits while RabbitMQ is down."""
+    broker = await serve_service_ops(
+        running, serve_ops, settings.metrics_host, settings.metrics_port, registry, engine
+    )
+    return await link_broker(running, settings.amqp_url, settings.topology(), queue, prefetch, broker)

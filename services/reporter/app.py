@@ -18,8 +18,7 @@ from shared.broker import service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MessagesFinalized
 from shared.db import make_engine
-from shared.ops import serve_service_ops
-from shared.service import StackedService, link_broker
+from shared.service import StackedService, link_service
 
 
 async def run_loop(reporter: Reporter, tick_seconds: float, stop: asyncio.Event) -> None:
@@ -56,21 +55,14 @@ class ReporterService(StackedService):
         settings = self.settings
         topology = settings.topology()
         running.push_async_callback(self.engine.dispose)
-        broker = await serve_service_ops(
+        link = await link_service(
             running,
-            self.serve_ops,
-            settings.metrics_host,
-            settings.metrics_port,
+            settings,
             self.metrics.registry,
             self.engine,
-        )
-        link = await link_broker(
-            running,
-            settings.amqp_url,
-            topology,
             topology.service_queue("reporter"),
             settings.prefetch,
-            broker,
+            serve_ops=self.serve_ops,
         )
         consumer = service_consumer(
             link.queue, MessagesFinalized, self.reporter.on_finalized, work=link.work, topology=topology

@@ -16,8 +16,7 @@ from shared.broker import Delivery, Publisher, service_consumer
 from shared.clock import Clock, utc_now
 from shared.contracts import MailingChanged
 from shared.db import make_engine
-from shared.ops import serve_service_ops
-from shared.service import StackedService, link_broker
+from shared.service import StackedService, link_service
 
 
 async def run_loop(
@@ -61,16 +60,14 @@ class SchedulerService(StackedService):
         topology = settings.topology()
         engine = make_engine(settings)
         running.push_async_callback(engine.dispose)
-        broker = await serve_service_ops(
+        link = await link_service(
             running,
-            self.serve_ops,
-            settings.metrics_host,
-            settings.metrics_port,
+            settings,
             self.metrics.registry,
             engine,
-        )
-        link = await link_broker(
-            running, settings.amqp_url, topology, topology.service_queue("scheduler"), EVENTS_PREFETCH, broker
+            topology.service_queue("scheduler"),
+            EVENTS_PREFETCH,
+            serve_ops=self.serve_ops,
         )
         connection, events, work = link.connection, link.events, link.work
         publisher = AmqpSchedulerPublisher(Publisher(work), Publisher(events), topology, connection)

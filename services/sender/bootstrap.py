@@ -37,9 +37,8 @@ from shared.broker import (
 from shared.clock import utc_now
 from shared.contracts import SendMessages
 from shared.db import make_engine
-from shared.ops import serve_service_ops
 from shared.readiness import READINESS_TIMEOUT_SECONDS
-from shared.service import StackedService, link_broker
+from shared.service import StackedService, link_service
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -163,16 +162,14 @@ class SenderService(StackedService):
         topology = settings.topology()
         self.engine = make_engine(settings)
         running.push_async_callback(self.engine.dispose)
-        broker = await serve_service_ops(
+        link = await link_service(
             running,
-            self.serve_ops,
-            settings.metrics_host,
-            settings.metrics_port,
+            settings,
             metrics.registry,
             self.engine,
-        )
-        link = await link_broker(
-            running, settings.amqp_url, topology, topology.send_queue, settings.prefetch, broker
+            topology.send_queue,
+            settings.prefetch,
+            serve_ops=self.serve_ops,
         )
         connection, events, work, send_queue = link.connection, link.events, link.work, link.queue
 
