@@ -21,7 +21,8 @@ def _cancel_open(which: ColumnElement[bool], reason: str, now: datetime) -> Upda
             Message.status.in_([s.value for s in OPEN_MESSAGE_STATUSES]),
             or_(Message.lease_until.is_(None), Message.lease_until < now),
         )
-        .values(status=MessageStatus.CANCELLED.value, last_error=reason, updated_at=now)
+        # The claim token goes with it: no sender's write, a repeat included, takes the row for its own.
+        .values(status=MessageStatus.CANCELLED.value, last_error=reason, updated_at=now, claim_token=None)
     )
 
 

@@ -283,7 +283,7 @@ async def cancel_unmatched(
     result = await conn.execute(
         text(
             "WITH cancelled AS ("
-            f" UPDATE messages m SET status = {_CANCELLED}, updated_at = :now,"
+            f" UPDATE messages m SET status = {_CANCELLED}, updated_at = :now, claim_token = NULL,"
             " last_error = CASE WHEN c.deleted_at IS NOT NULL THEN :deleted ELSE :unmatched END"
             " FROM clients c"
             " WHERE c.id = m.client_id AND m.mailing_id = :mid"
@@ -356,7 +356,9 @@ async def finalize_unfinished(
             f" WHERE mailing_id = :mid AND status IN {OPEN_SQL}"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
-            " UPDATE messages m SET status = :status, last_error = :reason, updated_at = :now"
+            " UPDATE messages m SET status = :status, last_error = :reason, updated_at = :now,"
+            # No sender's write, a repeat included, may take the row for its own afterwards.
+            " claim_token = NULL"
             f" FROM chunk WHERE m.id = chunk.id AND m.status IN {OPEN_SQL}"
             " RETURNING m.id, m.client_id, m.status, m.attempts, m.last_error"
         ),

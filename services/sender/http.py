@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import httptools
 
 CONNECT_TIMEOUT_SECONDS: Final = 3.0
+# What each of a host's addresses gets of it at least: a connect and TLS handshake to a distant host.
+MIN_CONNECT_SHARE_SECONDS: Final = 1.0
 KEEPALIVE_SECONDS: Final = 30.0
 # An answer is a short JSON object; anything near this is a misbehaving server, not an answer to buffer.
 MAX_RESPONSE_BYTES: Final = 1 << 20
@@ -361,16 +363,19 @@ class HttpClient:
 
     async def _open_connection(self, loop: asyncio.AbstractEventLoop, until: float) -> _Connection:
         """A connection to the first address that takes one (the host's own name checked under TLS) by
-        `until` (the loop's time). Each address gets an equal share of the time left, so one that
-        swallows its connects (a stale DNS answer, a dead route) leaves the next its own chance; when
-        none takes one, the name is looked up again next time. `TimeoutError` (an `OSError`) when the
-        time ran out."""
+        `until` (the loop's time). Each address gets an equal share of the time left (at least
+        `MIN_CONNECT_SHARE_SECONDS`), so one that swallows its connects (a stale DNS answer, a dead route)
+        leaves the next its own chance; when none takes one, the name is looked up again next time.
+        `TimeoutError` (an `OSError`) when the time ran out."""
         async with asyncio.timeout_at(until):
             addresses = self._literal or await self._resolve(loop)
         error: OSError | None = None
         for tried, address in enumerate(addresses):
+            left = until - loop.time()
+            # An equal share, but never less than a healthy connect (and TLS handshake) needs.
+            share = max(left / (len(addresses) - tried), min(left, MIN_CONNECT_SHARE_SECONDS))
             try:
-                async with asyncio.timeout((until - loop.time()) / (len(addresses) - tried)):
+                async with asyncio.timeout(share):
                     _, conn = await loop.create_connection(
                         lambda: _Connection(self, loop),
                         address,

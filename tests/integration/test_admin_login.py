@@ -14,12 +14,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import itsdangerous
+import psycopg
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import SecretStr
 
 from scripts.dev_oidc import running
 from scripts.dev_token import access_token
+from services.api.admin import sessions
 from services.api.admin.identity import Role, UiUser, csrf_token, current_user, require_role, verify_csrf
 from services.api.app import SESSION_COOKIE, build_api
 from services.api.settings import DEV_OIDC_CLIENT_ID, ApiSettings
@@ -220,6 +222,20 @@ async def test_a_copy_of_the_session_cookie_is_refused_after_the_sign_out(ui: ht
     assert (await ui.get("/admin/auth/me")).status_code == 401
     change = await ui.post("/admin/_test/change", data={"csrf_token": token})
     assert change.status_code == 303 and change.headers["location"].startswith("/admin/login")
+
+
+async def test_a_sign_out_while_the_database_is_away_still_signs_this_browser_out(
+    ui: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await sign_in(ui, "operator")
+    token = (await ui.get(PAGE)).json()["csrf"]
+
+    async def unreachable(*args: object) -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(sessions, "end", unreachable)
+    assert (await ui.post("/admin/logout", data={"csrf_token": token})).status_code == 303
+    assert (await ui.get("/admin/auth/me")).status_code == 401
 
 
 async def test_a_session_ends_its_lifetime_after_the_sign_in_however_often_it_is_used(

@@ -21,7 +21,9 @@ from services.sender.outcome import Outcome
 from services.sender.service import Sender
 from services.sender.store import Store
 from shared.db import make_engine
-from shared.domain.statuses import MessageStatus
+from shared.domain.statuses import MessageStatus, Reason
+from shared.messages import cancel_open_messages
+from shared.models import Message
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
@@ -189,3 +191,19 @@ async def test_every_database_connection_gives_up_on_an_unacknowledged_statement
         parameters = raw.driver_connection.info.get_parameters()  # type: ignore[union-attr]
     assert parameters["tcp_user_timeout"] == str(int(settings.db_deadline_seconds * 1000))
     assert parameters["keepalives_idle"] == "10"
+
+
+async def test_a_repeated_write_does_not_take_a_message_another_service_ended_after_the_lease(
+    db: Db, store: Store, engine: AsyncEngine
+) -> None:
+    mailing = await db.mailing()
+    (item,) = await db.queued_messages(mailing, 1)
+    (claim,) = await store.claim([item.message_id], 60.0)
+    await expire_leases(db, mailing)
+    async with engine.begin() as conn:  # the mailing cancelled meanwhile: the API ends its open messages
+        await conn.execute(
+            cancel_open_messages(Message.id == claim.message_id, Reason.MAILING_CANCELLED, datetime.now(UTC))
+        )
+    # The sender's writer repeating a write of the same outcome, whose first try it never heard back from.
+    mine = Outcome(claim, MessageStatus.CANCELLED, reason=Reason.MAILING_CANCELLED)
+    assert await store.write([mine], repeat=True) == []

@@ -601,3 +601,13 @@ def test_compose_grafana_provisions_the_prometheus_data_source_and_the_dashboard
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{dashboards_in}/{DASHBOARD.name}"
     assert all(p.startswith("127.0.0.1:") for p in grafana["ports"])
+
+
+def test_every_gitlab_ci_script_line_is_a_command() -> None:
+    # An unquoted `grep -q "image: x"` reads as a mapping, which the schema lets through and GitLab rejects.
+    pipeline = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    for name, job in pipeline.items():
+        if isinstance(job, dict):
+            for part in ("before_script", "script", "after_script"):
+                for line in job.get(part) or []:
+                    assert isinstance(line, str), f"{name}.{part} holds {line!r}, not a command"

@@ -504,7 +504,8 @@ async def test_an_address_that_swallows_connects_leaves_the_next_its_share_and_i
     try:
         async with Server(answering(answer())) as server:
             url = server.url.replace("127.0.0.1", "api.example")
-            async with client_of(url, connect_timeout_seconds=0.4) as client:
+            # 2.5 s for two addresses: 1.25 s each (a share is never under MIN_CONNECT_SHARE_SECONDS).
+            async with client_of(url, connect_timeout_seconds=2.5) as client:
                 assert (await client.post("/", b"{}")).status == 200
             addresses[1:] = []  # now only the stale one
             async with client_of(url, connect_timeout_seconds=0.2) as client:

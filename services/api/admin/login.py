@@ -29,6 +29,7 @@ from services.api.admin.identity import (
     verify_csrf,
 )
 from services.api.deps import SessionDep
+from services.api.errors import database_unavailable
 from services.api.settings import ApiSettings, OidcConfig
 from shared.domain.roles import role_from_claims
 
@@ -150,8 +151,16 @@ async def logout(request: Request, db: SessionDep) -> Response:
     ends_at = session_ends_at(request)
     if user is not None and ends_at is not None:
         await verify_csrf(request)
-        await sessions.end(db, session[SESSION_ID], ends_at)
-        await db.commit()
+        try:
+            await sessions.end(db, session[SESSION_ID], ends_at)
+            await db.commit()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            # This browser is signed out all the same; a copy of its cookie stays good until it expires.
+            logger.bind(actor=user.subject).warning(
+                "could not record the sign-out of {} (database unavailable: {!r})", user.subject, exc
+            )
         id_token = session.get("id_token")
         session.clear()
         request.state.actor = user.subject
