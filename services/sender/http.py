@@ -255,35 +255,26 @@ class HttpClient:
         )
         deadline = loop.time() + total
         data = b"%b%b%b%d\r\n\r\n%b" % (self._prefix, path.encode("ascii"), self._head, len(body), body)
-        retried = False
         while True:
             # An idle connection without the await of `_connection`: the common case, once warm.
-            conn = self._take_idle()
-            reused = conn is not None
-            if conn is None:
-                conn, reused = await self._connection(loop, deadline, total)
-            if conn.closing():
-                # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
-                self._drop(conn, lost=True)
-                continue
-            waiter = conn.request(data)
-            timer = loop.call_at(deadline, conn.time_out, waiter, total)
-            try:
-                return await waiter
-            except ServerDisconnectedError:
-                if retried or not reused or conn.received:
-                    raise
-                # A kept-alive connection the server closed as this request went out (its FIN was still
-                # on the way): no byte of an answer came, so the request goes once more, on another
-                # connection and within the same deadline. A server that took the request and closed
-                # without a word looks the same; the message's retry would send it again all the same.
-                retried = True
-            except asyncio.CancelledError:
-                if conn.waiter is waiter:
-                    conn.fail(ClientClosedError("the call was cancelled"))
-                raise
-            finally:
-                timer.cancel()
+            conn = self._take_idle() or await self._connection(loop, deadline, total)
+            if not conn.closing():
+                break
+            # Closed under us, its connection_lost not yet delivered: nothing was sent, take another.
+            self._drop(conn, lost=True)
+        # A kept-alive connection the server closes as this request goes out fails the call like any
+        # other close before an answer: the server may have read the request, so it is not sent again
+        # here but left to the message's retry, after its delay.
+        waiter = conn.request(data)
+        timer = loop.call_at(deadline, conn.time_out, waiter, total)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if conn.waiter is waiter:
+                conn.fail(ClientClosedError("the call was cancelled"))
+            raise
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         """Close every connection; calls under way and later ones raise `ClientClosedError`."""
@@ -306,16 +297,15 @@ class HttpClient:
 
     async def _connection(
         self, loop: asyncio.AbstractEventLoop, deadline: float, total: float
-    ) -> tuple[_Connection, bool]:
-        """A connection for a call, and whether it is one kept alive from an earlier call."""
+    ) -> _Connection:
         while True:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             conn = self._take_idle()
             if conn is not None:
-                return conn, True
+                return conn
             if self._open < self._max:
-                return await self._connect(loop, deadline), False
+                return await self._connect(loop, deadline)
             waiter: asyncio.Future[None] = loop.create_future()
             self._slot_waiters.append(waiter)
             try:
