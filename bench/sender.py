@@ -3,6 +3,11 @@
 Ceilings: a bare loop of the same HTTP client (`services.sender.http`) against the same stand-in, and a
 bare consume + ack of the same AMQP messages. The sender runs in this process (logging at WARNING, so
 the per-call log line costs nothing); the stand-in runs as its own process.
+
+`python -m bench.sender --round BASE LATENCY_MS IN_FLIGHT MESSAGES` runs one sender round against a
+stand-in already running at BASE, logging as a service does (INFO, readable lines, on stderr), and prints
+its rate: `bench.e2e` runs it with stderr a pipe it drains, for a figure of the sender as `make run` runs
+it beside the ceiling's (`logged_sender_round`).
 """
 
 from __future__ import annotations
@@ -382,6 +387,45 @@ def stand_in() -> Iterator[str]:
         stub.wait(timeout=10)
 
 
+async def logged_sender_round(base: str, latency_ms: int, in_flight: int, total: int) -> float:
+    """`sender_round` in a child process logging at INFO, its stderr a pipe drained here: the sender's
+    figure with its per-call line written, as a service writes it."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.sender",
+        "--round",
+        base,
+        str(latency_ms),
+        str(in_flight),
+        str(total),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    logged, lines = child.stderr, 0
+
+    async def drain() -> None:
+        nonlocal lines
+        while block := await logged.read(1 << 16):
+            lines += block.count(b"\n")
+
+    draining = asyncio.create_task(drain())
+    out = await child.stdout.read()
+    await draining
+    if await child.wait() != 0:
+        raise RuntimeError(f"the logged sender round failed (exit {child.returncode}): {out!r}")
+    if lines < total:
+        raise RuntimeError(f"the logged sender round wrote {lines} lines for {total} messages")
+    return float(out)
+
+
+async def round_main(base: str, latency_ms: int, in_flight: int, total: int) -> None:
+    configure_logging("sender", level="INFO")
+    print(await sender_round(base, make_token(SECRET), latency_ms, in_flight, total))
+
+
 async def main_async(base: str) -> int:
     configure_logging("bench", level="WARNING")
     await wait_healthy(f"{base}/healthz", within=10)
@@ -397,6 +441,10 @@ async def main_async(base: str) -> int:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--round"]:
+        base, latency_ms, in_flight, total = sys.argv[2:6]
+        uvloop.run(round_main(base, int(latency_ms), int(in_flight), int(total)))
+        return
     with stand_in() as base:
         code = uvloop.run(main_async(base))
     raise SystemExit(code)
