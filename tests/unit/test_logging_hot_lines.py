@@ -66,6 +66,25 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ),
     ("fields named as the line's own", (), {"message": "mine", "level": 5, "time": None, "x": 1}),
     ("id {}", (1234567890,), {"big": 12345678901234, "minus": -7, "ratio": 0.5}),
+    # A phone made across two values or a value and fixed digits, ten digits in a value or in the fixed
+    # text, a control character, a format spec, a conversion, a name, more values than fields, a bool.
+    ("id {} of {} ({})", (999_999_999, None, "ok"), {"attempt": 1, "note": "call 79001112233"}),
+    ("id {} of {}", (-999_999_999, "fine"), {}),
+    ("id {} ok", (1_000_000_000,), {"id": 1}),
+    ("id {} ok", (79001234567,), {"id": 79001234567}),
+    ("{}{}", (79001, 234567), {"a": 1}),
+    ("call 7{} now", (9001234567,), {}),
+    ("call {}1234567 now", (7900,), {}),
+    ("tab {} here", ("a\tb",), {"x": 1}),
+    ("spec {:>12} here", (79001234567,), {}),
+    ("spec {:05} here", (12,), {}),
+    ("conversion {!r} here", ("79001234567",), {}),
+    ("named {x} here", (), {"x": 79001234567}),
+    ("more {} than fields", (1, 2, 3), {"x": 1}),
+    ("a float {}", (0.12345678901234,), {}),
+    ("fixed 79001234567 digits {}", (1,), {}),
+    ("fixed \x1b control {}", (1,), {}),
+    ("True is not an int here: {}", (True,), {"b": False}),
 ]
 
 
