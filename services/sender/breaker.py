@@ -79,9 +79,6 @@ class CircuitBreaker:
             return self._trial
         return None
 
-    def try_acquire(self) -> bool:
-        return self.admit() is not None
-
     def slot(self, until: float, abandoned: Callable[[], bool]) -> CallSlot:
         """A call's turn: `async with breaker.slot(until, abandoned) as slot`; `slot.acquired` says
         whether it may call; `slot.record(success)` counts the call; a slot left unrecorded is

@@ -150,15 +150,15 @@ async def test_a_probe_slot_taken_but_not_called_is_given_back_on_any_exit() -> 
     breaker, _ = half_open_breaker()
     async with breaker.slot(until=10.0, abandoned=lambda: False) as slot:
         assert slot.acquired
-        assert not breaker.try_acquire(), "the one probe is out"
-    assert breaker.try_acquire(), "returned when the call was not made"
+        assert breaker.admit() is None, "the one probe is out"
+    assert breaker.admit() is not None, "returned when the call was not made"
     breaker.release()
 
     with pytest.raises(RuntimeError):
         async with breaker.slot(until=10.0, abandoned=lambda: False) as slot:
             assert slot.acquired
             raise RuntimeError("a recheck failed between the slot and the call")
-    assert breaker.try_acquire(), "returned on an exception too"
+    assert breaker.admit() is not None, "returned on an exception too"
 
 
 async def test_a_probe_slot_whose_call_was_recorded_stays_counted() -> None:
@@ -166,8 +166,8 @@ async def test_a_probe_slot_whose_call_was_recorded_stays_counted() -> None:
     async with breaker.slot(until=10.0, abandoned=lambda: False) as slot:
         slot.record(True)
     assert breaker.state is BreakerState.HALF_OPEN
-    assert breaker.try_acquire(), "the second probe"
-    assert not breaker.try_acquire(), "the first probe's slot was used, not given back"
+    assert breaker.admit() is not None, "the second probe"
+    assert breaker.admit() is None, "the first probe's slot was used, not given back"
 
 
 async def test_a_slot_admitted_before_the_breaker_opened_neither_frees_nor_fills_a_probe_place() -> None:
@@ -183,11 +183,11 @@ async def test_a_slot_admitted_before_the_breaker_opened_neither_frees_nor_fills
         breaker.record(False)
         breaker.record(False)  # other calls failed meanwhile: open, then half-open after the cool-down
         clock.now = 5.0
-        assert breaker.try_acquire(), "the trial's one probe"
+        assert breaker.admit() is not None, "the trial's one probe"
         early.record(True)
         assert breaker.state is BreakerState.HALF_OPEN, "an answer from before the trial is not its probe's"
     # `late` leaves without a call: the probe's place is still taken.
-    assert not breaker.try_acquire()
+    assert breaker.admit() is None
     breaker.record(True)  # the probe's own answer
     assert breaker.state.name == "CLOSED"
 

@@ -42,14 +42,14 @@ def test_breaker_opens_when_most_recent_calls_fail_and_refuses_calls_for_the_coo
     clock = FakeClock()
     b = breaker(clock)
     for ok in (True, True, False, False, False, False):
-        assert b.try_acquire()
+        assert b.admit() is not None
         b.record(ok)
     assert state_of(b) is BreakerState.CLOSED
     b.record(False)
     assert state_of(b) is BreakerState.OPEN
-    assert not b.try_acquire()
+    assert b.admit() is None
     clock.now = 4.9
-    assert not b.try_acquire()
+    assert b.admit() is None
     assert b.cooldown_left() == pytest.approx(0.1)
 
 
@@ -71,7 +71,7 @@ def test_breaker_opens_exactly_when_the_ratio_over_the_last_window_calls_is_reac
         if should_open:
             clock.now += 5  # cool-down over; two good probes close it with an empty window
             for _ in range(2):
-                assert b.try_acquire()
+                assert b.admit() is not None
                 b.record(True)
             assert state_of(b) is BreakerState.CLOSED
             window = []
@@ -84,12 +84,12 @@ def test_breaker_lets_a_few_probes_through_after_the_cooldown_and_closes_when_th
         b.record(False)
     clock.now = 5.0
     assert state_of(b) is BreakerState.HALF_OPEN
-    assert b.try_acquire() and b.try_acquire()
-    assert not b.try_acquire()
+    assert b.admit() is not None and b.admit() is not None, "two probes"
+    assert b.admit() is None
     b.record(True)
     b.record(True)
     assert state_of(b) is BreakerState.CLOSED
-    assert b.try_acquire()
+    assert b.admit() is not None
 
 
 def test_a_failed_probe_opens_the_breaker_again() -> None:
@@ -98,7 +98,7 @@ def test_a_failed_probe_opens_the_breaker_again() -> None:
     for _ in range(4):
         b.record(False)
     clock.now = 5.0
-    assert b.try_acquire()
+    assert b.admit() is not None
     b.record(False)
     assert state_of(b) is BreakerState.OPEN
     assert b.opened_count == 2
