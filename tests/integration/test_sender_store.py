@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,40 +18,46 @@ from .test_sender_support import Db
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def store(settings: CommonSettings) -> AsyncIterator[Store]:
+    """The sender's store on an engine of its own, closed after the test."""
+    engine = make_engine(settings)
+    store = Store(engine, settings, settings.topology().send_queue)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await engine.dispose()
+
+
 async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
-    settings: CommonSettings,
+    settings: CommonSettings, store: Store
 ) -> None:
     # The writer retries a write whose reply it never got, though PostgreSQL may have committed it.
     db = Db(settings.psycopg_dsn)
     mailing = await db.mailing()
     items = await db.queued_messages(mailing, 2)
-    engine = make_engine(settings)
-    store = Store(engine, settings, settings.topology().send_queue)
-    try:
-        claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
-        given_back, refused = (claims[i.message_id] for i in items)
-        assert given_back.attempts == refused.attempts == 1
-        retry_at = datetime.now(UTC) + timedelta(minutes=2)
-        outcomes = [
-            Outcome(given_back, MessageStatus.QUEUED, attempts=given_back.attempts - 1),
-            Outcome(
-                refused,
-                MessageStatus.RETRYING,
-                reason="http 401",
-                next_attempt_at=retry_at,
-                attempts=refused.attempts - 1,
-            ),
-        ]
+    claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
+    given_back, refused = (claims[i.message_id] for i in items)
+    assert given_back.attempts == refused.attempts == 1
+    retry_at = datetime.now(UTC) + timedelta(minutes=2)
+    outcomes = [
+        Outcome(given_back, MessageStatus.QUEUED, attempts=given_back.attempts - 1),
+        Outcome(
+            refused,
+            MessageStatus.RETRYING,
+            reason="http 401",
+            next_attempt_at=retry_at,
+            attempts=refused.attempts - 1,
+        ),
+    ]
 
-        for _ in range(2):
-            written = await store.write(outcomes)
-            assert sorted((w.claim.message_id, w.status, w.attempts_after) for w in written) == [
-                (given_back.message_id, "queued", 0),
-                (refused.message_id, "retrying", 0),
-            ]
-    finally:
-        await store.close()
-        await engine.dispose()
+    for _ in range(2):
+        written = await store.write(outcomes)
+        assert sorted((w.claim.message_id, w.status, w.attempts_after) for w in written) == [
+            (given_back.message_id, "queued", 0),
+            (refused.message_id, "retrying", 0),
+        ]
 
     statuses = await db.statuses(mailing)
     assert statuses[given_back.message_id][:2] == ("queued", 0)
@@ -58,44 +65,40 @@ async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
 
 
 async def test_a_final_write_repeated_after_a_lost_reply_counts_as_written_for_its_own_claim_only(
-    settings: CommonSettings,
+    settings: CommonSettings, store: Store
 ) -> None:
     # Its first try committed: a repeat that found nothing to write would drop the outcomes (no event,
     # no parking-lot copy, the metrics short), though this claim wrote them.
     db = Db(settings.psycopg_dsn)
     mailing = await db.mailing()
     items = await db.queued_messages(mailing, 3)
-    engine = make_engine(settings)
-    store = Store(engine, settings, settings.topology().send_queue)
-    try:
-        claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
-        delivered, failed, other = (claims[i.message_id] for i in items)
-        outcomes = [
-            Outcome(delivered, MessageStatus.SENT, sent_at=datetime.now(UTC)),
-            Outcome(failed, MessageStatus.FAILED, reason="http 400"),
-        ]
-        expected = sorted((o.claim.message_id, o.status) for o in outcomes)
-        for repeat in (False, True):
-            written = await store.write(outcomes, repeat=repeat)
-            assert sorted((w.claim.message_id, w.status) for w in written) == expected
-        # Only a repeat takes a final row, and only with its own status and its own claim's token.
-        assert await store.write(outcomes) == []
-        late = Outcome(delivered, MessageStatus.FAILED, reason="late")
-        assert await store.write([late], repeat=True) == []
-        await store.write([Outcome(other, MessageStatus.SENT, sent_at=datetime.now(UTC))])
-        stranger = other._replace(token=other.token + 1)  # a claim that never held the message
-        repeated = Outcome(stranger, MessageStatus.SENT, sent_at=datetime.now(UTC))
-        assert await store.write([repeated], repeat=True) == []
-    finally:
-        await store.close()
-        await engine.dispose()
+    claims = {c.message_id: c for c in await store.claim([i.message_id for i in items], 60.0)}
+    delivered, failed, other = (claims[i.message_id] for i in items)
+    outcomes = [
+        Outcome(delivered, MessageStatus.SENT, sent_at=datetime.now(UTC)),
+        Outcome(failed, MessageStatus.FAILED, reason="http 400"),
+    ]
+    expected = sorted((o.claim.message_id, o.status) for o in outcomes)
+    for repeat in (False, True):
+        written = await store.write(outcomes, repeat=repeat)
+        assert sorted((w.claim.message_id, w.status) for w in written) == expected
+    # Only a repeat takes a final row, and only with its own status and its own claim's token.
+    assert await store.write(outcomes) == []
+    late = Outcome(delivered, MessageStatus.FAILED, reason="late")
+    assert await store.write([late], repeat=True) == []
+    await store.write([Outcome(other, MessageStatus.SENT, sent_at=datetime.now(UTC))])
+    stranger = other._replace(token=other.token + 1)  # a claim that never held the message
+    repeated = Outcome(stranger, MessageStatus.SENT, sent_at=datetime.now(UTC))
+    assert await store.write([repeated], repeat=True) == []
 
     statuses = await db.statuses(mailing)
     assert statuses[delivered.message_id][0] == "sent"
     assert statuses[failed.message_id][0] == "failed"
 
 
-async def test_the_lease_keeps_a_bulk_inserted_message_on_its_page(settings: CommonSettings) -> None:
+async def test_the_lease_keeps_a_bulk_inserted_message_on_its_page(
+    settings: CommonSettings, store: Store
+) -> None:
     # The scheduler inserts a mailing's messages in bulk; the sender's lease changes no indexed column.
     # With room left on each page (migration 0010) the leased row stays where it was, a HOT update that
     # touches none of the table's indexes; on full pages every one would move and be indexed anew. One
@@ -110,13 +113,7 @@ async def test_the_lease_keeps_a_bulk_inserted_message_on_its_page(settings: Com
         (mailing,),
     )
     pages_before = {int(row[0]): int(row[1]) for row in rows}
-    engine = make_engine(settings)
-    store = Store(engine, settings, settings.topology().send_queue)
-    try:
-        claims = await store.claim(sorted(pages_before), 60.0)
-    finally:
-        await store.close()
-        await engine.dispose()
+    claims = await store.claim(sorted(pages_before), 60.0)
     assert len(claims) == len(pages_before)
 
     after = await db.execute(
