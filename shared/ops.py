@@ -42,16 +42,6 @@ def build_ops_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web
     return app
 
 
-async def start_ops_server(
-    host: str, port: int, registry: CollectorRegistry, readiness: ReadinessCheck
-) -> web.AppRunner:
-    """Start serving in the background; the caller awaits `runner.cleanup()` at shutdown."""
-    runner = web.AppRunner(build_ops_app(registry, readiness), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
-
 @dataclass
 class BrokerSlot:
     """A service's RabbitMQ connection once it has one. Its ops server starts before it connects, which
@@ -59,21 +49,6 @@ class BrokerSlot:
     broker that is down at start-up fails no liveness probe (a restart loop would only add to the wait)."""
 
     connection: AbstractRobustConnection | None = None
-
-
-async def start_service_ops(
-    host: str,
-    port: int,
-    registry: CollectorRegistry,
-    engine: AsyncEngine,
-    broker: BrokerSlot,
-) -> web.AppRunner:
-    """The ops server of a background service: ready while both PostgreSQL and RabbitMQ are."""
-
-    async def readiness() -> dict[str, bool]:
-        return {"database": await database_ready(engine), "rabbitmq": broker_ready(broker.connection)}
-
-    return await start_ops_server(host, port, registry, readiness)
 
 
 @contextlib.contextmanager
@@ -90,17 +65,6 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
                 loop.remove_signal_handler(signum)
 
 
-async def release(
-    connection: AbstractRobustConnection, engine: AsyncEngine, ops: web.AppRunner | None = None
-) -> None:
-    """The last steps of a background service's stop: the broker connection, the database pool and the
-    ops server."""
-    await connection.close()
-    await engine.dispose()
-    if ops is not None:
-        await ops.cleanup()
-
-
 async def serve_service_ops(
     running: AsyncExitStack,
     serve: bool,
@@ -110,9 +74,17 @@ async def serve_service_ops(
     engine: AsyncEngine,
 ) -> BrokerSlot:
     """A background service's ops server (when `serve`), stopped by `running`, started before the service
-    connects to RabbitMQ; returns the slot for `link_broker` to fill, which its readiness reads."""
+    connects to RabbitMQ: ready while both PostgreSQL and RabbitMQ are. Returns the slot for
+    `link_broker` to fill, which its readiness reads."""
     broker = BrokerSlot()
-    if serve:
-        ops = await start_service_ops(host, port, registry, engine, broker)
-        running.push_async_callback(ops.cleanup)
+    if not serve:
+        return broker
+
+    async def readiness() -> dict[str, bool]:
+        return {"database": await database_ready(engine), "rabbitmq": broker_ready(broker.connection)}
+
+    runner = web.AppRunner(build_ops_app(registry, readiness), access_log=None)
+    await runner.setup()
+    running.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, host, port).start()
     return broker

@@ -81,7 +81,7 @@ async def link_broker(
     topology: Topology,
     queue: str,
     prefetch: int,
-    slot: BrokerSlot | None = None,
+    slot: BrokerSlot,
 ) -> BrokerLink:
     """Connect (closed by `running`; waits while the broker is down), declare the topology on a
     confirmed channel whose exchanges the service publishes to, and open `queue` for consuming on a
@@ -95,8 +95,7 @@ async def link_broker(
     consume_channel = await connection.channel()
     await consume_channel.set_qos(prefetch_count=prefetch)
     link = BrokerLink(connection, events, work, await consumed_queue(consume_channel, queue))
-    if slot is not None:
-        slot.connection = connection
+    slot.connection = connection
     return link
 
 
