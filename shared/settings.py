@@ -46,11 +46,11 @@ class CommonSettings(BaseSettings):
         return self.db_statement_timeout_seconds + 5.0
 
     def db_connect_args(self) -> dict[str, Any]:
-        """libpq parameters of every connection: timeouts, TCP keepalives that find a dead peer (a
-        database host that vanished) within about half a minute while the connection is idle, and a TCP
-        user timeout that does so while a statement is unanswered: keepalives are not sent while sent
-        data waits for its acknowledgement, which the kernel would otherwise retransmit for about 15
-        minutes (a failover whose old primary vanished mid-statement)."""
+        """libpq parameters of every connection: timeouts, TCP keepalives, and a TCP user timeout (the
+        deadline) that bounds both how long keepalive probes may go unanswered on an idle connection
+        (Linux then takes it over from the probe count) and how long sent data may wait for its
+        acknowledgement, which keepalives do not cover and the kernel would otherwise retransmit for
+        about 15 minutes (a failover whose old primary vanished mid-statement)."""
         timeout_ms = int(self.db_statement_timeout_seconds * 1000)
         return {
             "connect_timeout": self.db_connect_timeout_seconds,
