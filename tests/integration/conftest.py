@@ -21,8 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bench.chaos import free_port
 from services.api.app import build_api
 from services.api.settings import ApiSettings
+from services.sender.store import Store
+from shared.db import make_engine
 from shared.settings import CommonSettings
 from shared.topology import Topology
+
+from .test_sender_support import Db
 
 ADMIN_KEY = "test-admin-key"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -35,6 +39,24 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(database_url)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def store(settings: CommonSettings) -> AsyncIterator[Store]:
+    """The sender's store on an engine of its own (made as the services make theirs), closed after."""
+    engine = make_engine(settings)
+    store = Store(engine, settings, settings.topology().send_queue)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await engine.dispose()
+
+
+@pytest.fixture
+def db(settings: CommonSettings) -> Db:
+    """The test's database through psycopg, for seeding and reading back what the services wrote."""
+    return Db(settings.psycopg_dsn)
 
 
 @pytest.fixture

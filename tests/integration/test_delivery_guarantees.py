@@ -38,18 +38,6 @@ async def engine(settings: CommonSettings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.fixture
-async def store(engine: AsyncEngine, settings: CommonSettings) -> AsyncIterator[Store]:
-    store = Store(engine, settings, settings.topology().send_queue)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-def db(settings: CommonSettings) -> Db:
-    return Db(settings.psycopg_dsn)
-
-
 async def expire_leases(db: Db, mailing_id: int) -> None:
     """What the passing of a whole lease does, without waiting for it."""
     await db.execute(

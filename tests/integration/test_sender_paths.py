@@ -44,11 +44,6 @@ def stub(stub_server: ProbeStubService) -> Stub:
     return Stub(f"http://127.0.0.1:{stub_server.port}")
 
 
-@pytest.fixture
-def db(settings: CommonSettings) -> Db:
-    return Db(settings.psycopg_dsn)
-
-
 class Senders:
     def __init__(self, settings: CommonSettings, stub: Stub) -> None:
         self.settings = settings

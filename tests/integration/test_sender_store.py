@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.sender.outcome import Outcome
 from services.sender.store import Store
-from shared.db import make_engine
 from shared.domain.statuses import MessageStatus
 from shared.settings import CommonSettings
 
 from .test_sender_support import Db
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def store(settings: CommonSettings) -> AsyncIterator[Store]:
-    """The sender's store on an engine of its own, closed after the test."""
-    engine = make_engine(settings)
-    store = Store(engine, settings, settings.topology().send_queue)
-    try:
-        yield store
-    finally:
-        await store.close()
-        await engine.dispose()
 
 
 async def test_a_status_write_repeated_after_a_lost_reply_leaves_the_same_row(
