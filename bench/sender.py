@@ -404,18 +404,26 @@ async def logged_sender_round(base: str, latency_ms: int, in_flight: int, total:
         stderr=asyncio.subprocess.PIPE,
     )
     assert child.stdout is not None and child.stderr is not None
-    logged, lines = child.stderr, 0
+    logged, lines, tail = child.stderr, 0, b""
 
     async def drain() -> None:
-        nonlocal lines
+        nonlocal lines, tail
         while block := await logged.read(1 << 16):
             lines += block.count(b"\n")
+            tail = (tail + block)[-4096:]
 
-    draining = asyncio.create_task(drain())
-    out = await child.stdout.read()
-    await draining
-    if await child.wait() != 0:
-        raise RuntimeError(f"the logged sender round failed (exit {child.returncode}): {out!r}")
+    try:
+        draining = asyncio.create_task(drain())
+        out = await child.stdout.read()
+        await draining
+        code = await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    if code != 0:
+        said = tail.decode(errors="replace")
+        raise RuntimeError(f"the logged sender round failed (exit {code}): {out!r}\n{said}")
     if lines < total:
         raise RuntimeError(f"the logged sender round wrote {lines} lines for {total} messages")
     return float(out)
