@@ -70,6 +70,8 @@ _MAILINGS = text(f"SELECT {_MAILING_COLUMNS} FROM mailings AS g WHERE g.id = ANY
 # message: a sender whose lease ran out and passed to another can neither overwrite nor release it.
 # A repeat of a write whose commit reply was lost (`write(..., repeat=True)`) also takes a final row its
 # own claim left with the same status: what its first try wrote is counted and published all the same.
+# That rests on every other statement that ends a message (the API's and the scheduler's cancels, the
+# scheduler's finalize) clearing `claim_token`: a new one must do so too.
 _WRITE = f"""
     UPDATE messages AS m
     SET status = u.status,
