@@ -43,6 +43,7 @@ from shared.contracts import SendItem, SendMessages
 from shared.domain.statuses import MailingStatus, MessageStatus
 from shared.logging import configure_logging
 from shared.migrate import upgrade
+from shared.service import settle_heap
 from shared.topology import Topology, declare, delete
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,6 +267,7 @@ async def sender_rate(
             settings, registry=CollectorRegistry(), serve_ops=False, make_provider=make_provider
         )
         await app.start()
+        settle_heap()  # as `serve` does once a service's process has started it
         # Throughput, not start-up: the clock starts once the sender consumes. The end is read from
         # the sender's own count of committed `sent` rows, so measuring puts no load on PostgreSQL.
         started, cpu = time.perf_counter(), time.process_time()

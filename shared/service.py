@@ -10,6 +10,7 @@ a metrics registry, whether the ops server listens); production passes none.
 from __future__ import annotations
 
 import asyncio
+import gc
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,9 @@ from shared.broker import confirm_channel, connect, consumed_queue
 from shared.ops import BrokerSlot, serve_service_ops, stop_on_signals
 from shared.topology import Topology, declare, exchanges
 
+# The collector's young-generation threshold once a service runs (Python's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
 
 class Service(Protocol):
     async def start(self) -> None: ...
@@ -35,10 +39,20 @@ async def serve(service: Service) -> None:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         await service.start()
+        settle_heap()
         try:
             await stop.wait()
         finally:
             await service.stop()
+
+
+def settle_heap() -> None:
+    """Once a service has started, everything built so far (modules, settings, pools, connections) lives as
+    long as the process: the collector stops walking it at every full collection (`gc.freeze`), and its
+    young generation runs less often under a load that allocates thousands of objects a second
+    (docs/benchmarks.md, "Garbage collection")."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class StackedService:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import socket
@@ -39,8 +38,6 @@ from shared.contracts import SendMessages
 from shared.db import make_engine
 from shared.readiness import READINESS_TIMEOUT_SECONDS
 from shared.service import StackedService, link_service
-
-GC_YOUNG_THRESHOLD = 50_000
 
 # The external API's client: ProbeClient over the shared HTTP client; benchmarks put an instant one in.
 ProviderFactory = Callable[[HttpClient, AnswerHook], Provider]
@@ -211,10 +208,6 @@ class SenderService(StackedService):
         # Callers before the writer's last flush, so every outcome they produce reaches it.
         running.push_async_callback(sender.close, settings.request_timeout_seconds)
         consumer = service_consumer(send_queue, SendMessages, sender.handle, work=work, topology=topology)
-        # Everything built so far lives as long as the process: keep the collector from walking it again
-        # and again, and let it run less often under a load that allocates thousands of objects a second.
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         await consumer.start()
         running.push_async_callback(self._stop_consuming, consumer)
         health = HealthReport(f"{socket.gethostname()}:{os.getpid()}", breaker, sender)

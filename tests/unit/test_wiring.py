@@ -1,10 +1,14 @@
 """Every service is wired in one shape: `build_<service>(settings)` connects to nothing and answers an
-object whose `start()` and `stop()` are coroutines."""
+object whose `start()` and `stop()` are coroutines; `serve` runs one as its process."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import inspect
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,7 +22,7 @@ from services.scheduler.app import build_scheduler
 from services.scheduler.settings import SchedulerSettings
 from services.sender.bootstrap import build_sender
 from services.sender.settings import SenderSettings
-from shared.service import Service
+from shared.service import GC_YOUNG_THRESHOLD, Service, serve
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +49,40 @@ def test_a_service_is_built_without_connecting_and_starts_and_stops(name: str) -
 
     assert inspect.iscoroutinefunction(service.start)
     assert inspect.iscoroutinefunction(service.stop)
+
+
+@pytest.fixture
+def restored_collector() -> Iterator[None]:
+    """`serve` changes the process's collector; the test process gets its own settings back."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+class _SeesTheCollector:
+    """Asks to be stopped as soon as it has started, and notes what the collector is like meanwhile."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    async def start(self) -> None:
+        self.seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+
+    async def stop(self) -> None:
+        self.seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
+
+
+@pytest.mark.usefixtures("restored_collector")
+async def test_a_served_service_runs_with_its_start_up_heap_frozen_and_a_larger_young_generation() -> None:
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    service = _SeesTheCollector()
+
+    await serve(service)
+
+    (frozen_at_start, young_at_start), (frozen_running, young_running) = service.seen
+    assert (frozen_at_start, young_at_start) == (0, 700)
+    assert frozen_running > 0  # what `start` built is no longer walked
+    assert young_running == GC_YOUNG_THRESHOLD
