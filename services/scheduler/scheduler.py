@@ -23,7 +23,6 @@ from shared.contracts import (
     MailingChanged,
     MessageOutcome,
     MessagesFinalized,
-    SendItem,
     SendMessages,
 )
 from shared.domain.statuses import MailingStatus, MessageStatus, Reason
@@ -484,11 +483,14 @@ class Scheduler:
         HANDED.info_each((c.mailing_id, c.message_id, c.client_id) for c in claimed)
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
+        # Each command validated whole from plain items: built an item at a time, it cost half as much again.
         items = [
-            SendItem(message_id=c.message_id, mailing_id=c.mailing_id, client_id=c.client_id) for c in claimed
+            {"message_id": c.message_id, "mailing_id": c.mailing_id, "client_id": c.client_id}
+            for c in claimed
         ]
         return [
-            SendMessages(messages=list(chunk)) for chunk in chunks(items, self.settings.messages_per_event)
+            SendMessages.model_validate({"messages": chunk})
+            for chunk in chunks(items, self.settings.messages_per_event)
         ]
 
     async def _publish_finalized(self, finalized: Sequence[store.Finalized], now: datetime) -> None:

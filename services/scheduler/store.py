@@ -23,7 +23,7 @@ from shared.domain.statuses import (
 # Advisory-lock key space of the scheduler, so its per-mailing locks never collide with anyone else's.
 _LOCK_SPACE = 0x5343 << 48
 
-_QUEUED_VALUE = MessageStatus.QUEUED.value
+_QUEUED_VALUE, _EXPIRED_VALUE = MessageStatus.QUEUED.value, MessageStatus.EXPIRED.value
 # The statuses the statements below quote, in their SQL form.
 _PENDING, _QUEUED, _EXPIRED, _CANCELLED = (
     s.sql
@@ -157,7 +157,11 @@ async def matching_timezones(
 
 
 def _finalized(rows: Sequence[Any], mailing_id: int) -> list[Finalized]:
-    return [Finalized(r.id, mailing_id, r.client_id, r.status, r.attempts, r.last_error) for r in rows]
+    """Rows of (id, client_id, status, attempts, last_error), unpacked as tuples (see `insert_chunk`)."""
+    return [
+        Finalized(id_, mailing_id, client, status, attempts, reason)
+        for id_, client, status, attempts, reason in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -239,11 +243,13 @@ async def insert_chunk(
             params,
         )
     ).all()
-    queued = [Claimed(r.id, plan.id, r.client_id) for r in rows if r.status == _QUEUED_VALUE]
+    # A chunk's rows unpacked as tuples: looking each column up by name cost more than the rest of the loop.
+    mid = plan.id
+    queued = [Claimed(id_, mid, client) for _, _, id_, client, status in rows if status == _QUEUED_VALUE]
     expired = [
-        Finalized(r.id, plan.id, r.client_id, r.status, 0, Reason.NO_OPENING)
-        for r in rows
-        if r.status == MessageStatus.EXPIRED
+        Finalized(id_, mid, client, status, 0, Reason.NO_OPENING)
+        for _, _, id_, client, status in rows
+        if status == _EXPIRED_VALUE
     ]
     return ExpansionChunk(rows[0].last, queued, int(rows[0].pending), expired)
 
@@ -460,11 +466,16 @@ async def claim_stale(
     conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, cutoff: datetime, limit: int
 ) -> list[Claimed]:
     """Queued or retrying messages that entered the send queue before `cutoff` (a retry re-enters it
-    when its delay ends) and that no sender holds: they are queued anew, to be published again."""
+    when its delay ends) and that no sender holds: they are queued anew, to be published again.
+
+    A retrying message was queued before its delay began, so `queued_at < cutoff` holds for every one
+    taken: said as well, it lets the sweep read `ix_messages_in_flight` from its oldest entry instead of
+    every message in flight (70 ms of PostgreSQL a tick with 50,000 of them, docs/benchmarks.md)."""
     result = await conn.execute(
         text(
             "WITH stale AS (SELECT id FROM messages"
             f" WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN {IN_FLIGHT_SQL}"
+            " AND queued_at < :cutoff"
             f" AND (CASE WHEN status = {_QUEUED} THEN queued_at ELSE next_attempt_at END) < :cutoff"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
