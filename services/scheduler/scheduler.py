@@ -312,7 +312,7 @@ class Scheduler:
                     expansion.changed_since,
                     after_client_id=after,
                     limit=size,
-                    queued_at=now if await self._may_queue(conn, current, now, outstanding, size) else None,
+                    queue=await self._may_queue(conn, current, now, outstanding, size),
                     skip_existing=expansion.again,
                 )
             if chunk.expired:
@@ -355,13 +355,14 @@ class Scheduler:
         now: datetime,
         outstanding: _Outstanding,
         size: int,
-    ) -> bool:
-        """Whether a chunk's due messages go to the sender at once: the mailing is running (as
-        `running_mailings` has it) and a whole chunk of `size` fits under the outstanding cap;
-        otherwise they stay pending for the dispatch."""
+    ) -> int:
+        """How many of a chunk of `size` may go to the sender at once: none unless the mailing is running
+        (as `running_mailings` has it), else as many as fit under the outstanding cap. The rest stay
+        pending for the dispatch: messages written once more (pending, then queued), so a chunk that
+        fits in part is queued in part."""
         if mailing.status != RUNNING or not mailing.plan.start_at <= now < mailing.plan.end_at:
-            return False
-        return await outstanding.room(conn, size) == size
+            return 0
+        return await outstanding.room(conn, size)
 
     async def sweep(
         self,

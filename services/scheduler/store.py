@@ -183,12 +183,13 @@ async def insert_chunk(
     *,
     after_client_id: int,
     limit: int,
-    queued_at: datetime | None,
+    queue: int = 0,
     skip_existing: bool = False,
 ) -> ExpansionChunk:
     """One row for each of the next `limit` matching clients by id, planned per timezone; an existing
-    (mailing, client) is left alone. With `queued_at`, a row due at `now` is written `queued` (the caller
-    hands it to the sender once this commits) instead of `pending` (the dispatch claims it later).
+    (mailing, client) is left alone. A row due at `now` among the chunk's first `queue` clients is written
+    `queued` (the caller hands it to the sender once this commits), any other `pending` (the dispatch
+    claims it later).
 
     With `skip_existing` (a mailing expanded before), clients that have their message are passed over
     before the limit, so a pass that finds nothing new is one anti-join, not an insert attempt a client:
@@ -202,7 +203,7 @@ async def insert_chunk(
         "now": now,
         "after": after_client_id,
         "limit": limit,
-        "queued_at": queued_at,
+        "queue": queue,
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
@@ -219,8 +220,10 @@ async def insert_chunk(
                 "WITH picked AS (SELECT c.id, c.timezone FROM clients c"
                 f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed} {without_message}"
                 " ORDER BY c.id LIMIT :limit),"
+                # The last of the first `queue` clients (NULL for none): computed once for the chunk.
                 " src AS (SELECT k.id, p.nb,"
-                " CAST(:queued_at AS timestamptz) IS NOT NULL AND p.nb <= :now AS due"
+                " k.id <= (SELECT max(q.id) FROM (SELECT id FROM picked ORDER BY id LIMIT :queue) AS q)"
+                " AND p.nb <= :now AS due"
                 " FROM picked k"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
                 " ON p.tz = k.timezone),"
@@ -230,7 +233,7 @@ async def insert_chunk(
                 f" SELECT :mid, s.id, CASE WHEN s.nb IS NULL THEN {_EXPIRED} WHEN s.due THEN {_QUEUED}"
                 f" ELSE {_PENDING} END,"
                 " COALESCE(s.nb, :end_at), CASE WHEN s.nb IS NULL THEN :reason END,"
-                " CASE WHEN s.due THEN CAST(:queued_at AS timestamptz) END, :now, :now"
+                " CASE WHEN s.due THEN CAST(:now AS timestamptz) END, :now, :now"
                 " FROM src AS s ORDER BY s.id"
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"

@@ -415,9 +415,9 @@ async def test_outstanding_cap_is_counted_again_only_when_its_bound_leaves_no_ro
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A count plus the pass's own hand-overs bounds what is outstanding: three chunks of 2 are handed
-    # over after one count (0); the fourth would make 8 > 7, so it counts (6) and stays pending, as do
-    # the fifth and the empty one that ends the pass (6 each); the dispatch counts (6), hands over 1,
-    # and counts again (7) to find the cap reached. A count before every chunk made eight.
+    # over after one count (0); the fourth would make 8 > 7, so it counts (6) and hands over the one
+    # that fits, the other staying pending; the fifth and the empty one that ends the pass count (7) and
+    # stay pending, and so does the dispatch. A count before every chunk made eight.
     counts: list[int] = []
     count = scheduler_store.outstanding
 
@@ -428,4 +428,4 @@ async def test_outstanding_cap_is_counted_again_only_when_its_bound_leaves_no_ro
     monkeypatch.setattr(scheduler_store, "outstanding", counting)
     publisher = await tick_under_cap(engine, cap=7, clients=10)
     assert len(publisher.sent_ids) == 7
-    assert counts == [0, 6, 6, 6, 6, 7]
+    assert counts == [0, 6, 7, 7, 7]
