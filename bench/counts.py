@@ -248,7 +248,9 @@ async def _expansion(settings: CommonSettings, db: Db, mailing: int) -> Row:
                     pid = int((await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
                     zones = plan_timezones(plan, ZONES, now)
                     cpu, started = _cpu(pid), time.perf_counter()
-                    await insert_chunk(conn, plan, zones, now, None, after_client_id=0, limit=CLIENTS)
+                    await insert_chunk(
+                        conn, plan, zones, now, None, after_client_id=0, limit=CLIENTS, queue_first=0
+                    )
                 times.add(mode, time.perf_counter() - started, _cpu(pid) - cpu)
     finally:
         await engine.dispose()

@@ -48,9 +48,11 @@ async def serve(service: Service) -> None:
 
 def settle_heap() -> None:
     """Once a service has started, everything built so far (modules, settings, pools, connections) lives as
-    long as the process: the collector stops walking it at every full collection (`gc.freeze`), and its
-    young generation runs less often under a load that allocates thousands of objects a second
-    (docs/benchmarks.md, "Garbage collection")."""
+    long as the process: after one full collection (start-up's garbage is not kept for good), the
+    collector stops walking it at every full collection (`gc.freeze`), and its young generation runs
+    less often under a load that allocates thousands of objects a second (docs/benchmarks.md, "2026-12-01
+    (eighth session): garbage collection in every service")."""
+    gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 

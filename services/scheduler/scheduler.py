@@ -312,7 +312,7 @@ class Scheduler:
                     expansion.changed_since,
                     after_client_id=after,
                     limit=size,
-                    queue=await self._may_queue(conn, current, now, outstanding, size),
+                    queue_first=await self._queue_room(conn, current, now, outstanding, size),
                     skip_existing=expansion.again,
                 )
             if chunk.expired:
@@ -348,7 +348,7 @@ class Scheduler:
             log.info("mailing finished: status running -> finished")
         return True
 
-    async def _may_queue(
+    async def _queue_room(
         self,
         conn: AsyncConnection,
         mailing: store.MailingRow,
@@ -356,10 +356,10 @@ class Scheduler:
         outstanding: _Outstanding,
         size: int,
     ) -> int:
-        """How many of a chunk of `size` may go to the sender at once: none unless the mailing is running
-        (as `running_mailings` has it), else as many as fit under the outstanding cap. The rest stay
-        pending for the dispatch: messages written once more (pending, then queued), so a chunk that
-        fits in part is queued in part."""
+        """How many of a chunk's first clients may have their due rows written `queued`, to go to the
+        sender at once: none unless the mailing is running now (as `running_mailings` has it), else the
+        room under the outstanding cap. The chunk's other due rows are written `pending`, for the
+        dispatch to write again."""
         if mailing.status != RUNNING or not mailing.plan.start_at <= now < mailing.plan.end_at:
             return 0
         return await outstanding.room(conn, size)

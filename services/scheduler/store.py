@@ -157,7 +157,8 @@ async def matching_timezones(
 
 
 def _finalized(rows: Sequence[Any], mailing_id: int) -> list[Finalized]:
-    """Rows of (id, client_id, status, attempts, last_error), unpacked as tuples (see `insert_chunk`)."""
+    """Rows of (id, client_id, status, attempts, last_error): unpacked as tuples, as a lookup by name in
+    SQLAlchemy's `Row` costs more than the rest of the loop (an end can take every message of a mailing)."""
     return [
         Finalized(id_, mailing_id, client, status, attempts, reason)
         for id_, client, status, attempts, reason in rows
@@ -183,13 +184,13 @@ async def insert_chunk(
     *,
     after_client_id: int,
     limit: int,
-    queue: int = 0,
+    queue_first: int,
     skip_existing: bool = False,
 ) -> ExpansionChunk:
     """One row for each of the next `limit` matching clients by id, planned per timezone; an existing
-    (mailing, client) is left alone. A row due at `now` among the chunk's first `queue` clients is written
-    `queued` (the caller hands it to the sender once this commits), any other `pending` (the dispatch
-    claims it later).
+    (mailing, client) is left alone. The row of one of the chunk's first `queue_first` clients that is due
+    at `now` is written `queued` (the caller hands it to the sender once this commits); any other due row
+    `pending` (the dispatch claims it later).
 
     With `skip_existing` (a mailing expanded before), clients that have their message are passed over
     before the limit, so a pass that finds nothing new is one anti-join, not an insert attempt a client:
@@ -203,7 +204,7 @@ async def insert_chunk(
         "now": now,
         "after": after_client_id,
         "limit": limit,
-        "queue": queue,
+        "queue_first": queue_first,
     }
     where = _filter_sql(plan, params)
     changed = _changed_sql(changed_since, params)
@@ -220,20 +221,20 @@ async def insert_chunk(
                 "WITH picked AS (SELECT c.id, c.timezone FROM clients c"
                 f" WHERE c.deleted_at IS NULL AND c.id > :after AND {where} {changed} {without_message}"
                 " ORDER BY c.id LIMIT :limit),"
-                # The last of the first `queue` clients (NULL for none): computed once for the chunk.
-                " src AS (SELECT k.id, p.nb,"
-                " k.id <= (SELECT max(q.id) FROM (SELECT id FROM picked ORDER BY id LIMIT :queue) AS q)"
-                " AND p.nb <= :now AS due"
+                # Up to the last of the first `queue_first` clients, found once for the chunk (none: NULL).
+                " src AS (SELECT k.id, p.nb, COALESCE(k.id <= (SELECT max(q.id)"
+                " FROM (SELECT id FROM picked ORDER BY id LIMIT :queue_first) AS q), FALSE)"
+                " AND p.nb <= :now AS to_queue"
                 " FROM picked k"
                 " JOIN unnest(CAST(:tzs AS text[]), CAST(:nbs AS timestamptz[])) AS p(tz, nb)"
                 " ON p.tz = k.timezone),"
                 " ins AS ("
                 " INSERT INTO messages (mailing_id, client_id, status, not_before, last_error, queued_at,"
                 " created_at, updated_at)"
-                f" SELECT :mid, s.id, CASE WHEN s.nb IS NULL THEN {_EXPIRED} WHEN s.due THEN {_QUEUED}"
+                f" SELECT :mid, s.id, CASE WHEN s.nb IS NULL THEN {_EXPIRED} WHEN s.to_queue THEN {_QUEUED}"
                 f" ELSE {_PENDING} END,"
                 " COALESCE(s.nb, :end_at), CASE WHEN s.nb IS NULL THEN :reason END,"
-                " CASE WHEN s.due THEN CAST(:now AS timestamptz) END, :now, :now"
+                " CASE WHEN s.to_queue THEN CAST(:now AS timestamptz) END, :now, :now"
                 " FROM src AS s ORDER BY s.id"
                 " ON CONFLICT (mailing_id, client_id) DO NOTHING"
                 " RETURNING id, client_id, status)"
@@ -254,7 +255,8 @@ async def insert_chunk(
         for _, _, id_, client, status in rows
         if status == _EXPIRED_VALUE
     ]
-    return ExpansionChunk(rows[0].last, queued, int(rows[0].pending), expired)
+    last, pending = rows[0][:2]
+    return ExpansionChunk(last, queued, int(pending), expired)
 
 
 async def finalized_at(
@@ -468,18 +470,20 @@ async def unqueue(conn: AsyncConnection, message_ids: Sequence[int], dispatched_
 async def claim_stale(
     conn: AsyncConnection, mailing_ids: Sequence[int], now: datetime, cutoff: datetime, limit: int
 ) -> list[Claimed]:
-    """Queued or retrying messages that entered the send queue before `cutoff` (a retry re-enters it
-    when its delay ends) and that no sender holds: they are queued anew, to be published again.
+    """Queued or retrying messages that entered the send queue before `cutoff` (a queued one at
+    `queued_at`, a retry when its delay ends, at `next_attempt_at`) and that no sender holds: they are
+    queued anew, to be published again.
 
-    A retrying message was queued before its delay began, so `queued_at < cutoff` holds for every one
-    taken: said as well, it lets the sweep read `ix_messages_in_flight` from its oldest entry instead of
-    every message in flight (70 ms of PostgreSQL a tick with 50,000 of them, docs/benchmarks.md)."""
+    A retry was queued before its delay began: every statement that makes a message `queued` sets
+    `queued_at`, and the sender's retry keeps it. So `queued_at < cutoff` holds for every message taken,
+    and leads the condition: it is what `ix_messages_in_flight` is ordered by, so the sweep reads the
+    index from its oldest entry instead of every message in flight (70 ms of PostgreSQL a tick with
+    50,000 of them, docs/benchmarks.md)."""
     result = await conn.execute(
         text(
             "WITH stale AS (SELECT id FROM messages"
             f" WHERE mailing_id = ANY(CAST(:mids AS bigint[])) AND status IN {IN_FLIGHT_SQL}"
-            " AND queued_at < :cutoff"
-            f" AND (CASE WHEN status = {_QUEUED} THEN queued_at ELSE next_attempt_at END) < :cutoff"
+            f" AND queued_at < :cutoff AND (status = {_QUEUED} OR next_attempt_at < :cutoff)"
             " AND (lease_until IS NULL OR lease_until < :now)"
             " LIMIT :limit FOR UPDATE SKIP LOCKED)"
             f" UPDATE messages m SET status = {_QUEUED}, queued_at = :now, updated_at = :now"

@@ -12,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler import scheduler as scheduling
+from services.scheduler import store
+from services.scheduler.planning import plan_timezones
 from services.scheduler.scheduler import Scheduler
 from shared.contracts import SendMessages
 
@@ -194,3 +196,54 @@ async def test_the_tick_and_the_event_consumer_never_expand_one_mailing_at_once(
     release.set()
     assert await first
     assert len(publisher.sent_ids) == CLIENTS
+
+
+async def test_a_chunk_queues_the_due_rows_of_its_first_clients_and_writes_every_other_due_row_pending(
+    engine: AsyncEngine,
+) -> None:
+    # 09:00-21:00 local, ending at 10:00 UTC: at T0 (06:00 UTC) Moscow is open (09:00), London not yet
+    # (07:00, opens at 08:00 UTC), New York never before the end (02:00, opens at 13:00 UTC).
+    zones = ["Europe/Moscow", "Europe/London", "Europe/Moscow", "America/New_York", "Europe/Moscow"]
+    ids = [await add_client(engine, tz) for tz in zones]
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=4), window=(time(9), time(21)))
+
+    async def chunk(queue_first: int) -> tuple[store.ExpansionChunk, dict[int, tuple[str, bool]]]:
+        async with engine.begin() as conn:
+            row = await store.load_mailing(conn, mailing)
+            assert row is not None
+            plan = plan_timezones(row.plan, await store.matching_timezones(conn, row.plan, None), T0)
+            written = await store.insert_chunk(
+                conn, row.plan, plan, T0, None, after_client_id=0, limit=10, queue_first=queue_first
+            )
+            result = await conn.execute(
+                text("SELECT client_id, status, queued_at IS NOT NULL FROM messages WHERE mailing_id = :m"),
+                {"m": mailing},
+            )
+            states = {int(c): (str(s), bool(q)) for c, s, q in result}
+            await conn.rollback()
+        return written, states
+
+    written, states = await chunk(queue_first=3)
+    assert [c.client_id for c in written.queued] == [ids[0], ids[2]]
+    assert written.pending == 2 and [f.client_id for f in written.expired] == [ids[3]]
+    assert written.last_client_id == ids[-1]
+    assert states == {
+        ids[0]: ("queued", True),
+        ids[1]: ("pending", False),  # among the first three, but not due yet
+        ids[2]: ("queued", True),
+        ids[3]: ("expired", False),
+        ids[4]: ("pending", False),  # due, but past the first three
+    }
+
+    written, states = await chunk(queue_first=0)
+    assert written.queued == [] and written.pending == 4
+    assert {c: s for c, (s, _) in states.items()} == {
+        ids[0]: "pending",
+        ids[1]: "pending",
+        ids[2]: "pending",
+        ids[3]: "expired",
+        ids[4]: "pending",
+    }
+
+    written, _ = await chunk(queue_first=10)
+    assert [c.client_id for c in written.queued] == [ids[0], ids[2], ids[4]]

@@ -417,7 +417,7 @@ async def test_outstanding_cap_is_counted_again_only_when_its_bound_leaves_no_ro
     # A count plus the pass's own hand-overs bounds what is outstanding: three chunks of 2 are handed
     # over after one count (0); the fourth would make 8 > 7, so it counts (6) and hands over the one
     # that fits, the other staying pending; the fifth and the empty one that ends the pass count (7) and
-    # stay pending, and so does the dispatch. A count before every chunk made eight.
+    # stay pending; the dispatch counts (7) and hands over nothing. A count before every chunk made seven.
     counts: list[int] = []
     count = scheduler_store.outstanding
 

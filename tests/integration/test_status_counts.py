@@ -107,7 +107,7 @@ async def test_the_scheduler_and_the_senders_writes_keep_the_counts_exact(settin
     try:
         async with engine.begin() as conn:
             zones = plan_timezones(plan, ZONES, now)
-            await insert_chunk(conn, plan, zones, now, None, after_client_id=0, limit=600)
+            await insert_chunk(conn, plan, zones, now, None, after_client_id=0, limit=600, queue_first=0)
         await assert_exact(db)
         # A narrowed filter cancels the unmatched clients' unsent messages.
         narrowed = MailingPlan(plan.id, plan.start_at, plan.end_at, None, ("even",), ())

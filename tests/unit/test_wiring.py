@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import os
-import signal
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,6 +21,7 @@ from services.scheduler.app import build_scheduler
 from services.scheduler.settings import SchedulerSettings
 from services.sender.bootstrap import build_sender
 from services.sender.settings import SenderSettings
+from shared import service as serving
 from shared.service import GC_YOUNG_THRESHOLD, Service, serve
 
 pytestmark = pytest.mark.unit
@@ -52,33 +52,45 @@ def test_a_service_is_built_without_connecting_and_starts_and_stops(name: str) -
 
 
 @pytest.fixture
-def restored_collector() -> Iterator[None]:
-    """`serve` changes the process's collector; the test process gets its own settings back."""
+def default_collector() -> Iterator[None]:
+    """The collector as Python starts it; the test process gets its own settings back afterwards."""
     threshold = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
     yield
     gc.unfreeze()
     gc.set_threshold(*threshold)
 
 
 class _SeesTheCollector:
-    """Asks to be stopped as soon as it has started, and notes what the collector is like meanwhile."""
+    """Asks to be stopped as soon as it has started (as SIGTERM would), and notes what the collector is
+    like when it starts and when it stops."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
+        self.stop_requested: asyncio.Event | None = None
 
     async def start(self) -> None:
         self.seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
-        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+        assert self.stop_requested is not None
+        asyncio.get_running_loop().call_soon(self.stop_requested.set)
 
     async def stop(self) -> None:
         self.seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
 
 
-@pytest.mark.usefixtures("restored_collector")
-async def test_a_served_service_runs_with_its_start_up_heap_frozen_and_a_larger_young_generation() -> None:
-    gc.unfreeze()
-    gc.set_threshold(700, 10, 10)
+@pytest.mark.usefixtures("default_collector")
+async def test_a_served_service_runs_with_its_start_up_heap_frozen_and_a_larger_young_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     service = _SeesTheCollector()
+
+    @contextmanager
+    def signals(stop: asyncio.Event) -> Iterator[None]:
+        service.stop_requested = stop
+        yield
+
+    monkeypatch.setattr(serving, "stop_on_signals", signals)
 
     await serve(service)
 
