@@ -484,7 +484,7 @@ class Scheduler:
         HANDED.info_each((c.mailing_id, c.message_id, c.client_id) for c in claimed)
 
     def _commands(self, claimed: Sequence[store.Claimed]) -> list[SendMessages]:
-        # Each command validated whole from plain items: built an item at a time, it cost half as much again.
+        # Each command validated whole from plain items, not a model built an item at a time (cheaper).
         items = [
             {"message_id": c.message_id, "mailing_id": c.mailing_id, "client_id": c.client_id}
             for c in claimed

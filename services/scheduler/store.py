@@ -247,7 +247,7 @@ async def insert_chunk(
             params,
         )
     ).all()
-    # A chunk's rows unpacked as tuples: looking each column up by name cost more than the rest of the loop.
+    # A chunk's rows unpacked as tuples: a `Row`'s lookup by name costs more than the rest of the loop.
     mid = plan.id
     queued = [Claimed(id_, mid, client) for _, _, id_, client, status in rows if status == _QUEUED_VALUE]
     expired = [
@@ -477,8 +477,8 @@ async def claim_stale(
     A retry was queued before its delay began: every statement that makes a message `queued` sets
     `queued_at`, and the sender's retry keeps it. So `queued_at < cutoff` holds for every message taken,
     and leads the condition: it is what `ix_messages_in_flight` is ordered by, so the sweep reads the
-    index from its oldest entry instead of every message in flight (70 ms of PostgreSQL a tick with
-    50,000 of them, docs/benchmarks.md)."""
+    index from its oldest entry instead of every message in flight (docs/benchmarks.md, "eighth
+    session")."""
     result = await conn.execute(
         text(
             "WITH stale AS (SELECT id FROM messages"
