@@ -139,6 +139,10 @@ class Message(Base):
             f"status IN {MessageStatus.sql_list()}",
             name="status_known",
         ),
+        # What the recovery sweep's condition starts from (migration 0014).
+        CheckConstraint(
+            f"status NOT IN {IN_FLIGHT_SQL} OR queued_at IS NOT NULL", name="in_flight_queued_at"
+        ),
         Index("uq_messages_mailing_id_client_id", "mailing_id", "client_id", unique=True),
         Index("ix_messages_mailing_id_status", "mailing_id", "status"),
         Index("ix_messages_client_id", "client_id"),

@@ -57,8 +57,8 @@ def seed(live: LiveApi) -> dict[str, Any]:
         with psycopg.connect(live.settings.psycopg_dsn, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO messages"
-                " (mailing_id, client_id, status, not_before, attempts, sent_at, last_error)"
-                " SELECT %s, c.id, s.status, now(), CASE WHEN s.status = 'failed' THEN 3 ELSE 1 END,"
+                " (mailing_id, client_id, status, not_before, queued_at, attempts, sent_at, last_error)"
+                " SELECT %s, c.id, s.status, now(), now(), CASE WHEN s.status = 'failed' THEN 3 ELSE 1 END,"
                 "   CASE WHEN s.status = 'sent' THEN now() - make_interval(mins => s.n::int * 3) END,"
                 "   CASE WHEN s.status = 'failed' THEN 'http 400' END"
                 " FROM unnest(%s::text[]) WITH ORDINALITY AS s(status, n)"

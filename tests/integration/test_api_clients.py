@@ -234,7 +234,8 @@ def _add_messages(settings: ApiSettings, client_id: int, statuses: list[str]) ->
             ).fetchone()
             assert mailing is not None
             conn.execute(
-                "INSERT INTO messages (mailing_id, client_id, status, not_before) VALUES (%s, %s, %s, now())",
+                "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at)"
+                " VALUES (%s, %s, %s, now(), now())",
                 (mailing[0], client_id, status),
             )
 

@@ -60,8 +60,9 @@ async def add_messages(
             client = await cur.fetchone()
             assert client is not None
             cur = await conn.execute(
-                "INSERT INTO messages (mailing_id, client_id, status, not_before, attempts, sent_at) "
-                "VALUES (%s, %s, %s, now(), %s, CASE WHEN %s = 'sent' THEN now() END) RETURNING id",
+                "INSERT INTO messages"
+                " (mailing_id, client_id, status, not_before, queued_at, attempts, sent_at) "
+                "VALUES (%s, %s, %s, now(), now(), %s, CASE WHEN %s = 'sent' THEN now() END) RETURNING id",
                 (mailing_id, client[0], status, attempts, status),
             )
             row = await cur.fetchone()

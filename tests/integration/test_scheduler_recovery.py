@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.scheduler import Scheduler
@@ -224,3 +225,21 @@ async def test_messages_a_sender_holds_back_behind_its_open_breaker_are_not_copi
         )
     await scheduler.tick(later + timedelta(seconds=2))
     assert publisher.take_sent() == first, "every sender is idle and claims nothing: the message is lost"
+
+
+@pytest.mark.parametrize("status", ["queued", "retrying"])
+async def test_the_database_refuses_a_message_in_flight_without_the_time_it_was_queued(
+    engine: AsyncEngine, status: str
+) -> None:
+    # The sweep's condition starts from queued_at: such a message would never be found lost.
+    client = await add_client(engine, "Europe/Moscow")
+    mailing = await add_mailing(engine, T0, T0 + timedelta(hours=5))
+    with pytest.raises(IntegrityError, match="ck_messages_in_flight_queued_at"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (mailing_id, client_id, status, not_before)"
+                    " VALUES (:m, :c, :s, now())"
+                ),
+                {"m": mailing, "c": client, "s": status},
+            )

@@ -66,9 +66,9 @@ async def test_plain_inserts_updates_deletes_and_truncate_keep_the_counts_exact(
     first, second = await db.mailing(), await db.mailing()
     await clients(db, 300)
     await db.execute(
-        "INSERT INTO messages (mailing_id, client_id, status, not_before)"
+        "INSERT INTO messages (mailing_id, client_id, status, not_before, queued_at)"
         " SELECT CASE WHEN id %% 2 = 0 THEN %s ELSE %s END, id,"
-        " (ARRAY['pending', 'queued', 'sent'])[1 + id %% 3], now() FROM clients",
+        " (ARRAY['pending', 'queued', 'sent'])[1 + id %% 3], now(), now() FROM clients",
         (first, second),
     )
     await assert_exact(db)
